@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine: `make train` (the main job) and `make test`.
+# Each creates .venv on first use from pyproject.toml's pinned dependencies.
+PYTHON ?= python3.11
+VENV   := .venv
+STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+RUN    := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python
+
+.PHONY: venv train test test-slow bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+## The main job: train the on-board model on real data (defaults: BasicMotions, golden target).
+train: venv
+	$(RUN) -m host.cli train $(ARGS)
+
+## The default test suite (what CI runs).
+test: venv
+	$(RUN) -m pytest -q --durations=10 -m "not slow" tests
+
+## Long runs: long sequences, format sweeps, full training comparisons.
+test-slow: venv
+	$(RUN) -m pytest -q --durations=10 -m slow tests
+
+bench: venv
+	$(RUN) -m benchmarks.run_all $(ARGS)
+
+clean:
+	rm -rf $(VENV) build runs
