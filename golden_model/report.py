@@ -1,0 +1,265 @@
+"""Numerics reports: RHEL (float and fixed point) against float64 BPTT, and the format sweep.
+
+Both reports use the on-board model's loss: mean of positions -> random linear head ->
+softmax cross-entropy. The fixed-point run gets its nudge the way a board would: the host
+reads the position sum, computes dL/dȳ in float and quantises (dL/dȳ)/L into state units.
+The float references run on the DEQUANTISED parameters and inputs, i.e. on exactly the system
+the integers represent, so the comparison measures the arithmetic, not the coefficient rounding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import product
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from golden_model import hru_fixed, hru_float
+from golden_model.formats import FixedFormat
+
+
+def cosine(reference, estimate) -> float:
+    a, b = np.ravel(np.asarray(reference, np.float64)), np.ravel(np.asarray(estimate, np.float64))
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else float("nan")
+
+
+def norm_ratio(reference, estimate) -> float:
+    """‖estimate‖ / ‖reference‖ (1.0 is perfect)."""
+    ref = np.linalg.norm(np.asarray(reference, np.float64))
+    return float(np.linalg.norm(np.asarray(estimate, np.float64)) / ref) if ref > 0 else float("nan")
+
+
+def classifier_loss(head, target: int):
+    """Cross-entropy of the linear head on the mean position: a position-only (time-reversal invariant) loss."""
+
+    def loss(y_mean):
+        logits = head @ y_mean
+        return jax.nn.logsumexp(logits) - logits[target]
+
+    return loss
+
+
+@dataclass
+class LinearCase:
+    """One random, exactly representable problem: integer parameters/inputs and their float values."""
+
+    q: hru_fixed.LinearParamsInt
+    params: dict
+    u_int: jax.Array
+    u: jax.Array
+    head: jax.Array
+    target: int
+
+    @property
+    def length(self) -> int:
+        return int(self.u.shape[0])
+
+
+def make_linear_case(oscillators: int, inputs: int, length: int, seed: int, fmt: FixedFormat) -> LinearCase:
+    """Paper-like initialisation, with A >= 0.1.
+
+    A is drawn from U(0.1, 1) rather than U(0, 1): an oscillator with A -> 0 is a free particle
+    whose position under white-noise forcing grows like L^1.5 and leaves any fixed word width
+    at long L (the float model reaches |y| ~ 1,200 at L = 16k). δ = sigmoid(U(0, 1)) and
+    B ~ U(±1/√N)/2 keep |y| below ~300 at L = 16k for unit-variance inputs.
+    """
+    rng = np.random.default_rng(seed)
+    raw = {
+        "A": rng.uniform(0.1, 1.0, oscillators),
+        "B": rng.uniform(-1.0, 1.0, (oscillators, inputs)) / (2.0 * math.sqrt(inputs)),
+        "delta": 1.0 / (1.0 + np.exp(-rng.uniform(0.0, 1.0, oscillators))),
+    }
+    q = hru_fixed.quantize_linear_params(raw, fmt)
+    u_int = hru_fixed.quantize_inputs(np.clip(rng.normal(size=(length, inputs)), -4.0, 4.0), fmt)
+    head = jnp.asarray(rng.normal(size=(4, oscillators)))
+    return LinearCase(q, hru_fixed.dequantize_linear_params(q, fmt), u_int,
+                      jnp.asarray(np.asarray(u_int) / 2.0 ** fmt.input_frac), head, int(rng.integers(4)))
+
+
+def float_gradients(case: LinearCase, epsilon: float) -> tuple[dict, dict]:
+    """(BPTT, float RHEL) gradients of the case's loss, both float64."""
+    zeros = jnp.zeros(case.params["A"].shape)
+    loss = classifier_loss(case.head, case.target)
+    _, bptt = hru_float.bptt(hru_float.LINEAR, case.params, case.u, zeros, zeros, lambda ys: loss(ys.mean(axis=0)))
+    mean_nudge = lambda y, z, pos_sum: jax.grad(loss)(pos_sum / case.length) / case.length
+    rhel, _ = hru_float.rhel(hru_float.LINEAR, case.params, case.u, zeros, zeros, mean_nudge, epsilon)
+    return bptt, rhel
+
+
+def fixed_gradients(case: LinearCase, fmt: FixedFormat) -> tuple[dict, int]:
+    """Fixed-point RHEL gradients as a board computes them; returns (grads, overflow events)."""
+    zeros = jnp.zeros(case.q.A.shape, jnp.int64)
+    fwd = hru_fixed.forward(case.q, case.u_int, zeros, zeros, fmt)
+    y_mean = np.asarray(fwd.pos_sum, np.float64) / 2.0 ** fmt.state_frac / case.length
+    e = jax.grad(classifier_loss(case.head, case.target))(jnp.asarray(y_mean))
+    nudge = hru_fixed.quantize_nudge(np.asarray(e) / case.length, fmt)
+    ech = hru_fixed.echo(case.q, case.u_int, fwd.y, fwd.z, nudge, fmt)
+    overflows = int(fwd.overflows) + int(np.sum(ech.overflows))
+    return hru_fixed.gradients(case.q, ech.acc_a, ech.acc_b, fmt), overflows
+
+
+def echo_error_lsb(case: LinearCase, fmt: FixedFormat, seed: int) -> int:
+    """Largest |echo − initial| (in LSBs) after forward + ε = 0 echo from a random initial state."""
+    rng = np.random.default_rng(seed + 1)
+    p = case.q.A.shape[0]
+    one = 1 << fmt.state_frac
+    y0 = jnp.asarray(rng.integers(-one, one, p))
+    z0 = jnp.asarray(rng.integers(-one, one, p))
+    fwd = hru_fixed.forward(case.q, case.u_int, y0, z0, fmt)
+    ech = hru_fixed.echo(case.q, case.u_int, fwd.y, fwd.z, jnp.zeros(p, jnp.int64), fmt)
+    err = jnp.maximum(jnp.abs(ech.y - y0[None]).max(), jnp.abs(ech.z + z0[None]).max())
+    return int(err)
+
+
+def epsilon_log2(epsilon: float) -> int:
+    """The exponent of a power-of-two ε (the board scales nudges by shifts)."""
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be a positive number, got {epsilon}")
+    exponent = math.log2(epsilon)
+    if exponent != round(exponent):
+        raise ValueError(f"epsilon must be a power of two for the fixed-point model (e.g. 0.125), got {epsilon}")
+    return int(exponent)
+
+
+def check_gradients(hru: str = "linear", length: int = 1024, oscillators: int = 16, inputs: int = 4,
+                    epsilon: float = 0.125, seed: int = 0, fmt: FixedFormat | None = None) -> dict:
+    """The gradient report: reversibility, overflow events and per-parameter agreement with BPTT."""
+    if hru != "linear":
+        from golden_model import report_nonlinear
+
+        return report_nonlinear.check_gradients(length, oscillators, inputs, epsilon, seed, fmt)
+    fmt = (fmt or FixedFormat()).replace(epsilon_log2=epsilon_log2(epsilon))
+    case = make_linear_case(oscillators, inputs, length, seed, fmt)
+    bptt, rhel = float_gradients(case, epsilon)
+    fixed, overflows = fixed_gradients(case, fmt)
+    error = echo_error_lsb(case, fmt, seed)
+    params = {}
+    for name in hru_float.LINEAR.param_names:
+        entry = {"rhel_float_cos": cosine(bptt[name], rhel[name]),
+                 "rhel_float_norm_ratio": norm_ratio(bptt[name], rhel[name])}
+        if name in fixed:
+            entry |= {"rhel_fixed_cos": cosine(bptt[name], fixed[name]),
+                      "rhel_fixed_norm_ratio": norm_ratio(bptt[name], fixed[name])}
+        else:  # δ is a fixed hyperparameter on the board: no accumulator for it
+            entry |= {"rhel_fixed_cos": None, "rhel_fixed_norm_ratio": None}
+        params[name] = entry
+    return {"hru": hru, "length": length, "oscillators": oscillators, "inputs": inputs, "epsilon": epsilon,
+            "seed": seed, "format": fmt.as_dict(), "reversible": error == 0, "echo_max_error_lsb": error,
+            "overflow_events": overflows, "params": params}
+
+
+def format_report_table(report: dict) -> str:
+    fmt_num = lambda v: "   —    " if v is None else f"{v:.6f}"
+    lines = [f"HRU {report['hru']}, L = {report['length']}, P = {report['oscillators']}, N = {report['inputs']}, "
+             f"ε = {report['epsilon']}, seed {report['seed']}",
+             f"reversible (ε = 0 echo returns the initial state): {report['reversible']} "
+             f"(max error {report['echo_max_error_lsb']} LSB); overflow events: {report['overflow_events']}",
+             "",
+             f"{'param':<8} {'float cos':>10} {'float ratio':>12} {'fixed cos':>10} {'fixed ratio':>12}"]
+    for name, e in report["params"].items():
+        lines.append(f"{name:<8} {fmt_num(e['rhel_float_cos']):>10} {fmt_num(e['rhel_float_norm_ratio']):>12} "
+                     f"{fmt_num(e['rhel_fixed_cos']):>10} {fmt_num(e['rhel_fixed_norm_ratio']):>12}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Format sweep: widths x epsilon x loss scale, on the linear HRU
+
+
+SWEEP_GRID = {
+    "state_frac": (16, 18, 20, 22, 24),
+    "coef_width": (16, 18),
+    "epsilon_log2": (-6, -3, 0),
+    "loss_scale_log2": (0, 4, 8, 12),
+}
+
+
+def _coef_format(base: FixedFormat, coef_width: int) -> FixedFormat:
+    """Keep the coefficients' integer bits fixed (A < 8, |B| < 4, δ < 2) while the width changes."""
+    return base.replace(coef_width=coef_width, coef_a_frac=coef_width - 4,
+                        coef_b_frac=coef_width - 3, delta_frac=coef_width - 2)
+
+
+def sweep_formats(length: int = 4096, oscillators: int = 32, inputs: int = 8, seeds=(0, 1),
+                  grid: dict | None = None, progress=None) -> list[dict]:
+    """Fixed-point RHEL vs float64 BPTT for every format in ``grid``; worst case over ``seeds``."""
+    grid = grid or SWEEP_GRID
+    rows = []
+    keys = list(grid)
+    for values in product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        fmt = _coef_format(FixedFormat(), setting["coef_width"]).replace(
+            state_frac=setting["state_frac"], epsilon_log2=setting["epsilon_log2"],
+            loss_scale_log2=setting["loss_scale_log2"])
+        worst = {"A_cos": 1.0, "B_cos": 1.0, "A_ratio_err": 0.0, "B_ratio_err": 0.0, "overflow_events": 0}
+        for seed in seeds:
+            case = make_linear_case(oscillators, inputs, length, seed, fmt)
+            bptt, _ = _bptt_cached(case, fmt, seed, length, oscillators, inputs)
+            fixed, overflows = fixed_gradients(case, fmt)
+            for name in ("A", "B"):
+                worst[f"{name}_cos"] = min(worst[f"{name}_cos"], cosine(bptt[name], fixed[name]))
+                worst[f"{name}_ratio_err"] = max(worst[f"{name}_ratio_err"], abs(norm_ratio(bptt[name], fixed[name]) - 1))
+            worst["overflow_events"] += overflows
+        rows.append(setting | worst)
+        if progress:
+            progress(rows[-1])
+    return rows
+
+
+_BPTT_CACHE: dict = {}
+
+
+def _bptt_cached(case, fmt, seed, length, oscillators, inputs):
+    """BPTT depends on the quantised coefficients only, not on the state format or ε: compute once per coefficient format."""
+    key = (seed, length, oscillators, inputs, fmt.coef_width, fmt.input_frac)
+    if key not in _BPTT_CACHE:
+        _BPTT_CACHE[key] = float_gradients(case, fmt.epsilon)
+    return _BPTT_CACHE[key]
+
+
+def sweep_table(rows: list[dict]) -> str:
+    head = ("| state Q | coef bits | ε | loss scale | A cos | A ‖·‖ err | B cos | B ‖·‖ err | overflows |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    body = [f"| Q{32 - r['state_frac'] - 1}.{r['state_frac']} | {r['coef_width']} | 2^{r['epsilon_log2']} | "
+            f"2^{r['loss_scale_log2']} | {r['A_cos']:.6f} | {100 * r['A_ratio_err']:.3f} % | {r['B_cos']:.6f} | "
+            f"{100 * r['B_ratio_err']:.3f} % | {r['overflow_events']} |" for r in rows]
+    return "\n".join([head, *body])
+
+
+# ---------------------------------------------------------------------------------------------
+# Nonlinear HRU, float: RHEL's finite-nudge bias is O(ε²)
+
+
+def make_nonlinear_float_params(oscillators: int, inputs: int, delta: float, seed: int) -> dict:
+    """Paper-like initialisation (rhel-algorithm.md §3.3) with a per-oscillator δ."""
+    rng = np.random.default_rng(seed)
+    return {
+        "W": jnp.asarray(rng.uniform(0.5, 1.0, oscillators)),
+        "b": jnp.asarray(rng.uniform(-0.5, 0.5, oscillators)),
+        "c": jnp.asarray(rng.uniform(-1.0, 1.0, oscillators)),
+        "alpha": jnp.asarray(rng.uniform(0.1, 1.0, oscillators)),
+        "B": jnp.asarray(rng.uniform(-1.0, 1.0, (oscillators, inputs)) / (2.0 * math.sqrt(inputs))),
+        "delta": jnp.full(oscillators, delta),
+    }
+
+
+def nonlinear_float_bias(epsilons, length: int = 1024, oscillators: int = 16, inputs: int = 4,
+                         delta: float = 0.1, seed: int = 0) -> list[dict]:
+    """Float64 nonlinear RHEL vs BPTT for each ε: per parameter (1 − cosine, norm ratio − 1)."""
+    params = make_nonlinear_float_params(oscillators, inputs, delta, seed)
+    rng = np.random.default_rng(seed + 1)
+    u = jnp.asarray(rng.normal(size=(length, inputs)))
+    loss = classifier_loss(jnp.asarray(rng.normal(size=(4, oscillators))), int(rng.integers(4)))
+    zeros = jnp.zeros(oscillators)
+    _, bptt = hru_float.bptt(hru_float.NONLINEAR, params, u, zeros, zeros, lambda ys: loss(ys.mean(axis=0)))
+    mean_nudge = lambda y, z, pos_sum: jax.grad(loss)(pos_sum / length) / length
+    rows = []
+    for eps in epsilons:
+        rhel, _ = hru_float.rhel(hru_float.NONLINEAR, params, u, zeros, zeros, mean_nudge, eps)
+        rows.append({"epsilon": eps, **{
+            name: {"one_minus_cos": 1.0 - cosine(bptt[name], rhel[name]), "norm_ratio_error": norm_ratio(bptt[name], rhel[name]) - 1.0}
+            for name in (*hru_float.NONLINEAR.param_names, "u")}})
+    return rows
