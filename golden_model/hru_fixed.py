@@ -95,7 +95,7 @@ def quantize_nudge(dl_dy, fmt: FixedFormat):
     return jnp.asarray(quantize(np.asarray(dl_dy) * fmt.nudge_scale, fmt.state_width, fmt.state_frac, "nudge"))
 
 
-def _drift_shift(x, fmt: FixedFormat):
+def drift_shift(x, fmt: FixedFormat):
     shift = fmt.delta_frac + 1
     return floor_shift(x, shift) if fmt.drift_rounding == "floor" else round_shift(x, shift)
 
@@ -108,10 +108,10 @@ def input_drive(q: LinearParamsInt, u_k, fmt: FixedFormat):
 def leapfrog_step(q: LinearParamsInt, y, z, b, fmt: FixedFormat):
     """One integer step; returns (y, z, yh, overflow_events). Works on (P,) or batched (…, P)."""
     w = fmt.state_width
-    yh, o1 = wrap(y + _drift_shift(q.delta * z, fmt), w)
+    yh, o1 = wrap(y + drift_shift(q.delta * z, fmt), w)
     f, o2 = wrap(round_shift(q.A * yh, fmt.coef_a_frac) - b, w)
     z, o3 = wrap(z - round_shift(q.delta * f, fmt.delta_frac), w)
-    y, o4 = wrap(yh + _drift_shift(q.delta * z, fmt), w)
+    y, o4 = wrap(yh + drift_shift(q.delta * z, fmt), w)
     return y, z, yh, count(o1) + count(o2) + count(o3) + count(o4)
 
 
@@ -119,14 +119,13 @@ def _saturating_add(counter, events, fmt: FixedFormat):
     return jnp.minimum(counter + events, (1 << fmt.counter_width) - 1)
 
 
-@partial(jax.jit, static_argnames=("fmt",))
-def forward(q: LinearParamsInt, u, y0, z0, fmt: FixedFormat) -> ForwardResult:
-    """Forward phase: u (L, N) int64 -> final state, position sum and overflow count."""
+def run_forward(step, q, u, y0, z0, fmt: FixedFormat) -> ForwardResult:
+    """The forward scan shared by every HRU; ``step(y, z, b)`` -> (y, z, *read_out, events)."""
 
     def body(carry, u_k):
         y, z, pos_sum, ovf = carry
         b, ob = input_drive(q, u_k, fmt)
-        y, z, _, events = leapfrog_step(q, y, z, b, fmt)
+        y, z, *_, events = step(y, z, b)
         pos_sum, os = wrap(pos_sum + y, fmt.acc_width)
         return (y, z, pos_sum, _saturating_add(ovf, events + count(ob) + count(os), fmt)), None
 
@@ -146,9 +145,13 @@ def _nudges_after_steps(nudge, length):
     return last, jnp.concatenate([tail, jnp.zeros((1, last.shape[0]), nudge.dtype)], axis=0)
 
 
-@partial(jax.jit, static_argnames=("fmt",))
-def echo(q: LinearParamsInt, u, y_final, z_final, nudge, fmt: FixedFormat) -> EchoResult:
-    """The ±ε echo pair with gradient accumulation. ``nudge``: (P,) constant or (L, P) per state."""
+def run_echo(step, accumulate, acc0, q, u, y_final, z_final, nudge, fmt: FixedFormat):
+    """The echo-pair scan shared by every HRU.
+
+    ``step(y, z, b)`` -> (y, z, *read_out, events) runs on one echo (vmapped over the pair);
+    ``accumulate(acc, read_out, u_k)`` -> (acc, events) gets each read-out stacked [+ε, −ε].
+    Returns (y, z, acc, overflows[echo_plus, echo_minus, gradient]).
+    """
     w, length = fmt.state_width, u.shape[0]
     first, after = _nudges_after_steps(nudge, length)
     signs = jnp.array([1, -1], jnp.int64)[:, None]
@@ -157,26 +160,48 @@ def echo(q: LinearParamsInt, u, y_final, z_final, nudge, fmt: FixedFormat) -> Ec
     ovf_echo = jnp.stack([count(oz[0]), count(oz[1])])
 
     def body(carry, xs):
-        y, z, acc_a, acc_b, ovf_echo, ovf_grad = carry
+        y, z, acc, ovf_echo, ovf_grad = carry
         u_k, n_k = xs
         b, ob = input_drive(q, u_k, fmt)
-        step = jax.vmap(lambda yy, zz: leapfrog_step(q, yy, zz, b, fmt))
-        y, z, yh, events = step(y, z)
+        y, z, *read_out, events = jax.vmap(lambda yy, zz: step(yy, zz, b))(y, z)
         z, on = wrap(z + signs * n_k[None, :], w)
-        d, od = wrap(yh[0] - yh[1], w)
-        s, oS = wrap(yh[0] + yh[1], w)
-        acc_a, oa = wrap(acc_a + round_shift(d * s, fmt.acc_a_shift), fmt.acc_width)
-        acc_b, obb = wrap(acc_b + round_shift(d[:, None] * u_k[None, :], fmt.acc_b_shift), fmt.acc_width)
+        acc, grad_events = accumulate(acc, read_out, u_k)
         echo_events = events + count(ob) + jnp.sum(on, axis=1, dtype=jnp.int64)
-        grad_events = count(od) + count(oS) + count(oa) + count(obb)
-        carry = (y, z, acc_a, acc_b,
-                 _saturating_add(ovf_echo, echo_events, fmt), _saturating_add(ovf_grad, grad_events, fmt))
-        return carry, None
+        return (y, z, acc, _saturating_add(ovf_echo, echo_events, fmt),
+                _saturating_add(ovf_grad, grad_events, fmt)), None
 
+    init = (y, z_start, acc0, ovf_echo, jnp.zeros((), jnp.int64))
+    (y, z, acc, ovf_echo, ovf_grad), _ = lax.scan(body, init, (u[::-1], after))
+    return y, z, acc, jnp.concatenate([ovf_echo, ovf_grad[None]])
+
+
+@partial(jax.jit, static_argnames=("fmt",))
+def forward(q: LinearParamsInt, u, y0, z0, fmt: FixedFormat) -> ForwardResult:
+    """Forward phase: u (L, N) int64 -> final state, position sum and overflow count."""
+    return run_forward(lambda y, z, b: leapfrog_step(q, y, z, b, fmt), q, u, y0, z0, fmt)
+
+
+def _accumulate(acc, read_out, u_k, fmt: FixedFormat):
+    """accA += R(d·S), accB += R(d·u) at the half-step position; returns (acc, overflow events)."""
+    (yh,) = read_out
+    acc_a, acc_b = acc
+    w = fmt.state_width
+    d, od = wrap(yh[0] - yh[1], w)
+    s, os = wrap(yh[0] + yh[1], w)
+    acc_a, oa = wrap(acc_a + round_shift(d * s, fmt.acc_a_shift), fmt.acc_width)
+    acc_b, ob = wrap(acc_b + round_shift(d[:, None] * u_k[None, :], fmt.acc_b_shift), fmt.acc_width)
+    return (acc_a, acc_b), count(od) + count(os) + count(oa) + count(ob)
+
+
+@partial(jax.jit, static_argnames=("fmt",))
+def echo(q: LinearParamsInt, u, y_final, z_final, nudge, fmt: FixedFormat) -> EchoResult:
+    """The ±ε echo pair with gradient accumulation. ``nudge``: (P,) constant or (L, P) per state."""
     p, n = q.B.shape
-    init = (y, z_start, jnp.zeros(p, jnp.int64), jnp.zeros((p, n), jnp.int64), ovf_echo, jnp.zeros((), jnp.int64))
-    (y, z, acc_a, acc_b, ovf_echo, ovf_grad), _ = lax.scan(body, init, (u[::-1], after))
-    return EchoResult(y, z, acc_a, acc_b, jnp.concatenate([ovf_echo, ovf_grad[None]]))
+    acc0 = (jnp.zeros(p, jnp.int64), jnp.zeros((p, n), jnp.int64))
+    y, z, (acc_a, acc_b), overflows = run_echo(
+        lambda yy, zz, b: leapfrog_step(q, yy, zz, b, fmt), partial(_accumulate, fmt=fmt), acc0,
+        q, u, y_final, z_final, nudge, fmt)
+    return EchoResult(y, z, acc_a, acc_b, overflows)
 
 
 def gradients(q: LinearParamsInt, acc_a, acc_b, fmt: FixedFormat) -> dict:

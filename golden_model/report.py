@@ -8,6 +8,7 @@ the integers represent, so the comparison measures the arithmetic, not the coeff
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from itertools import product
@@ -17,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from golden_model import hru_fixed, hru_float
+from golden_model import hru_fixed_nonlinear as nl
 from golden_model.formats import FixedFormat
+from golden_model.hru_fixed_nonlinear import NonlinearFormat
 
 
 def cosine(reference, estimate) -> float:
@@ -43,10 +46,11 @@ def classifier_loss(head, target: int):
 
 
 @dataclass
-class LinearCase:
+class Case:
     """One random, exactly representable problem: integer parameters/inputs and their float values."""
 
-    q: hru_fixed.LinearParamsInt
+    hru: str
+    q: tuple
     params: dict
     u_int: jax.Array
     u: jax.Array
@@ -58,7 +62,12 @@ class LinearCase:
         return int(self.u.shape[0])
 
 
-def make_linear_case(oscillators: int, inputs: int, length: int, seed: int, fmt: FixedFormat) -> LinearCase:
+def _base(fmt) -> FixedFormat:
+    """The shared word formats (the nonlinear format extends a FixedFormat)."""
+    return fmt.base if isinstance(fmt, NonlinearFormat) else fmt
+
+
+def _linear_init(rng, oscillators, inputs) -> dict:
     """Paper-like initialisation, with A >= 0.1.
 
     A is drawn from U(0.1, 1) rather than U(0, 1): an oscillator with A -> 0 is a free particle
@@ -66,52 +75,89 @@ def make_linear_case(oscillators: int, inputs: int, length: int, seed: int, fmt:
     at long L (the float model reaches |y| ~ 1,200 at L = 16k). δ = sigmoid(U(0, 1)) and
     B ~ U(±1/√N)/2 keep |y| below ~300 at L = 16k for unit-variance inputs.
     """
-    rng = np.random.default_rng(seed)
-    raw = {
+    return {
         "A": rng.uniform(0.1, 1.0, oscillators),
         "B": rng.uniform(-1.0, 1.0, (oscillators, inputs)) / (2.0 * math.sqrt(inputs)),
         "delta": 1.0 / (1.0 + np.exp(-rng.uniform(0.0, 1.0, oscillators))),
     }
-    q = hru_fixed.quantize_linear_params(raw, fmt)
-    u_int = hru_fixed.quantize_inputs(np.clip(rng.normal(size=(length, inputs)), -4.0, 4.0), fmt)
+
+
+def _nonlinear_init(rng, oscillators, inputs) -> dict:
+    """rhel-algorithm.md §3.3's initialisation with σ(c) stored directly and a small per-oscillator δ."""
+    return {
+        "W": rng.uniform(0.5, 1.0, oscillators),
+        "b": rng.uniform(-0.5, 0.5, oscillators),
+        "sigma_c": rng.uniform(0.5, 0.73, oscillators),
+        "alpha": rng.uniform(0.1, 1.0, oscillators),
+        "B": rng.uniform(-1.0, 1.0, (oscillators, inputs)) / math.sqrt(inputs),
+        "delta": rng.uniform(0.05, 0.2, oscillators),
+    }
+
+
+# per HRU: (initialisation, quantise, dequantise, integer module, accumulators -> gradients)
+_FIXED = {
+    "linear": (_linear_init, hru_fixed.quantize_linear_params, hru_fixed.dequantize_linear_params, hru_fixed,
+               lambda q, ech, fmt: hru_fixed.gradients(q, ech.acc_a, ech.acc_b, fmt)),
+    "nonlinear": (_nonlinear_init, nl.quantize_nonlinear_params, nl.dequantize_nonlinear_params, nl,
+                  lambda q, ech, fmt: nl.gradients(q, ech.acc, fmt)),
+}
+
+
+def make_case(hru: str, oscillators: int, inputs: int, length: int, seed: int, fmt) -> Case:
+    """Random parameters (quantised), unit-variance inputs clipped to ±4, a random 4-class head."""
+    init, quantize_params, dequantize_params, _, _ = _FIXED[hru]
+    rng = np.random.default_rng(seed)
+    q = quantize_params(init(rng, oscillators, inputs), fmt)
+    base = _base(fmt)
+    u_int = hru_fixed.quantize_inputs(np.clip(rng.normal(size=(length, inputs)), -4.0, 4.0), base)
     head = jnp.asarray(rng.normal(size=(4, oscillators)))
-    return LinearCase(q, hru_fixed.dequantize_linear_params(q, fmt), u_int,
-                      jnp.asarray(np.asarray(u_int) / 2.0 ** fmt.input_frac), head, int(rng.integers(4)))
+    return Case(hru, q, dequantize_params(q, fmt), u_int, jnp.asarray(np.asarray(u_int) / 2.0 ** base.input_frac),
+                head, int(rng.integers(4)))
 
 
-def float_gradients(case: LinearCase, epsilon: float) -> tuple[dict, dict]:
-    """(BPTT, float RHEL) gradients of the case's loss, both float64."""
-    zeros = jnp.zeros(case.params["A"].shape)
+def bptt_gradients(case: Case) -> dict:
+    """Float64 BPTT (autodiff through the whole trajectory) of the case's loss."""
+    zeros = jnp.zeros(case.params["B"].shape[0])
     loss = classifier_loss(case.head, case.target)
-    _, bptt = hru_float.bptt(hru_float.LINEAR, case.params, case.u, zeros, zeros, lambda ys: loss(ys.mean(axis=0)))
+    _, grads = hru_float.bptt(hru_float.HRUS[case.hru], case.params, case.u, zeros, zeros,
+                              lambda ys: loss(ys.mean(axis=0)))
+    return grads
+
+
+def rhel_float_gradients(case: Case, epsilon: float) -> dict:
+    """Float64 RHEL with the board's nudge: (dL/dȳ)/L at every step, from the forward pass's Σy."""
+    zeros = jnp.zeros(case.params["B"].shape[0])
+    loss = classifier_loss(case.head, case.target)
     mean_nudge = lambda y, z, pos_sum: jax.grad(loss)(pos_sum / case.length) / case.length
-    rhel, _ = hru_float.rhel(hru_float.LINEAR, case.params, case.u, zeros, zeros, mean_nudge, epsilon)
-    return bptt, rhel
+    grads, _ = hru_float.rhel(hru_float.HRUS[case.hru], case.params, case.u, zeros, zeros, mean_nudge, epsilon)
+    return grads
 
 
-def fixed_gradients(case: LinearCase, fmt: FixedFormat) -> tuple[dict, int]:
+def fixed_gradients(case: Case, fmt) -> tuple[dict, int]:
     """Fixed-point RHEL gradients as a board computes them; returns (grads, overflow events)."""
-    zeros = jnp.zeros(case.q.A.shape, jnp.int64)
-    fwd = hru_fixed.forward(case.q, case.u_int, zeros, zeros, fmt)
-    y_mean = np.asarray(fwd.pos_sum, np.float64) / 2.0 ** fmt.state_frac / case.length
+    *_, module, to_gradients = _FIXED[case.hru]
+    base = _base(fmt)
+    zeros = jnp.zeros(case.q.B.shape[0], jnp.int64)
+    fwd = module.forward(case.q, case.u_int, zeros, zeros, fmt)
+    y_mean = np.asarray(fwd.pos_sum, np.float64) / 2.0 ** base.state_frac / case.length
     e = jax.grad(classifier_loss(case.head, case.target))(jnp.asarray(y_mean))
-    nudge = hru_fixed.quantize_nudge(np.asarray(e) / case.length, fmt)
-    ech = hru_fixed.echo(case.q, case.u_int, fwd.y, fwd.z, nudge, fmt)
+    nudge = hru_fixed.quantize_nudge(np.asarray(e) / case.length, base)
+    ech = module.echo(case.q, case.u_int, fwd.y, fwd.z, nudge, fmt)
     overflows = int(fwd.overflows) + int(np.sum(ech.overflows))
-    return hru_fixed.gradients(case.q, ech.acc_a, ech.acc_b, fmt), overflows
+    return to_gradients(case.q, ech, fmt), overflows
 
 
-def echo_error_lsb(case: LinearCase, fmt: FixedFormat, seed: int) -> int:
+def echo_error_lsb(case: Case, fmt, seed: int) -> int:
     """Largest |echo − initial| (in LSBs) after forward + ε = 0 echo from a random initial state."""
+    module = _FIXED[case.hru][3]
     rng = np.random.default_rng(seed + 1)
-    p = case.q.A.shape[0]
-    one = 1 << fmt.state_frac
+    p = case.q.B.shape[0]
+    one = 1 << _base(fmt).state_frac
     y0 = jnp.asarray(rng.integers(-one, one, p))
     z0 = jnp.asarray(rng.integers(-one, one, p))
-    fwd = hru_fixed.forward(case.q, case.u_int, y0, z0, fmt)
-    ech = hru_fixed.echo(case.q, case.u_int, fwd.y, fwd.z, jnp.zeros(p, jnp.int64), fmt)
-    err = jnp.maximum(jnp.abs(ech.y - y0[None]).max(), jnp.abs(ech.z + z0[None]).max())
-    return int(err)
+    fwd = module.forward(case.q, case.u_int, y0, z0, fmt)
+    ech = module.echo(case.q, case.u_int, fwd.y, fwd.z, jnp.zeros(p, jnp.int64), fmt)
+    return int(jnp.maximum(jnp.abs(ech.y - y0[None]).max(), jnp.abs(ech.z + z0[None]).max()))
 
 
 def epsilon_log2(epsilon: float) -> int:
@@ -125,19 +171,25 @@ def epsilon_log2(epsilon: float) -> int:
 
 
 def check_gradients(hru: str = "linear", length: int = 1024, oscillators: int = 16, inputs: int = 4,
-                    epsilon: float = 0.125, seed: int = 0, fmt: FixedFormat | None = None) -> dict:
-    """The gradient report: reversibility, overflow events and per-parameter agreement with BPTT."""
-    if hru != "linear":
-        from golden_model import report_nonlinear
+                    epsilon: float = 0.125, seed: int = 0, fmt=None) -> dict:
+    """The gradient report: reversibility, overflow events and per-parameter agreement with BPTT.
 
-        return report_nonlinear.check_gradients(length, oscillators, inputs, epsilon, seed, fmt)
-    fmt = (fmt or FixedFormat()).replace(epsilon_log2=epsilon_log2(epsilon))
-    case = make_linear_case(oscillators, inputs, length, seed, fmt)
-    bptt, rhel = float_gradients(case, epsilon)
+    ``fmt`` defaults to FixedFormat() (linear) or NonlinearFormat() (nonlinear); its ε is
+    replaced by ``epsilon``, which must be a power of two.
+    """
+    if hru not in _FIXED:
+        raise ValueError(f"unknown HRU {hru!r}; choose from {sorted(_FIXED)}")
+    fmt = fmt or (FixedFormat() if hru == "linear" else NonlinearFormat())
+    if isinstance(fmt, NonlinearFormat):
+        fmt = dataclasses.replace(fmt, base=fmt.base.replace(epsilon_log2=epsilon_log2(epsilon)))
+    else:
+        fmt = fmt.replace(epsilon_log2=epsilon_log2(epsilon))
+    case = make_case(hru, oscillators, inputs, length, seed, fmt)
+    bptt, rhel = bptt_gradients(case), rhel_float_gradients(case, epsilon)
     fixed, overflows = fixed_gradients(case, fmt)
     error = echo_error_lsb(case, fmt, seed)
     params = {}
-    for name in hru_float.LINEAR.param_names:
+    for name in hru_float.HRUS[hru].param_names:
         entry = {"rhel_float_cos": cosine(bptt[name], rhel[name]),
                  "rhel_float_norm_ratio": norm_ratio(bptt[name], rhel[name])}
         if name in fixed:
@@ -147,7 +199,7 @@ def check_gradients(hru: str = "linear", length: int = 1024, oscillators: int = 
             entry |= {"rhel_fixed_cos": None, "rhel_fixed_norm_ratio": None}
         params[name] = entry
     return {"hru": hru, "length": length, "oscillators": oscillators, "inputs": inputs, "epsilon": epsilon,
-            "seed": seed, "format": fmt.as_dict(), "reversible": error == 0, "echo_max_error_lsb": error,
+            "nudge_scale": fmt.nudge_scale, "seed": seed, "reversible": error == 0, "echo_max_error_lsb": error,
             "overflow_events": overflows, "params": params}
 
 
@@ -196,8 +248,8 @@ def sweep_formats(length: int = 4096, oscillators: int = 32, inputs: int = 8, se
             loss_scale_log2=setting["loss_scale_log2"])
         worst = {"A_cos": 1.0, "B_cos": 1.0, "A_ratio_err": 0.0, "B_ratio_err": 0.0, "overflow_events": 0}
         for seed in seeds:
-            case = make_linear_case(oscillators, inputs, length, seed, fmt)
-            bptt, _ = _bptt_cached(case, fmt, seed, length, oscillators, inputs)
+            case = make_case("linear", oscillators, inputs, length, seed, fmt)
+            bptt = _bptt_cached(case, fmt, seed, length, oscillators, inputs)
             fixed, overflows = fixed_gradients(case, fmt)
             for name in ("A", "B"):
                 worst[f"{name}_cos"] = min(worst[f"{name}_cos"], cosine(bptt[name], fixed[name]))
@@ -216,7 +268,7 @@ def _bptt_cached(case, fmt, seed, length, oscillators, inputs):
     """BPTT depends on the quantised coefficients only, not on the state format or ε: compute once per coefficient format."""
     key = (seed, length, oscillators, inputs, fmt.coef_width, fmt.input_frac)
     if key not in _BPTT_CACHE:
-        _BPTT_CACHE[key] = float_gradients(case, fmt.epsilon)
+        _BPTT_CACHE[key] = bptt_gradients(case)
     return _BPTT_CACHE[key]
 
 
@@ -233,33 +285,16 @@ def sweep_table(rows: list[dict]) -> str:
 # Nonlinear HRU, float: RHEL's finite-nudge bias is O(ε²)
 
 
-def make_nonlinear_float_params(oscillators: int, inputs: int, delta: float, seed: int) -> dict:
-    """Paper-like initialisation (rhel-algorithm.md §3.3) with a per-oscillator δ."""
-    rng = np.random.default_rng(seed)
-    return {
-        "W": jnp.asarray(rng.uniform(0.5, 1.0, oscillators)),
-        "b": jnp.asarray(rng.uniform(-0.5, 0.5, oscillators)),
-        "c": jnp.asarray(rng.uniform(-1.0, 1.0, oscillators)),
-        "alpha": jnp.asarray(rng.uniform(0.1, 1.0, oscillators)),
-        "B": jnp.asarray(rng.uniform(-1.0, 1.0, (oscillators, inputs)) / (2.0 * math.sqrt(inputs))),
-        "delta": jnp.full(oscillators, delta),
-    }
-
-
 def nonlinear_float_bias(epsilons, length: int = 1024, oscillators: int = 16, inputs: int = 4,
-                         delta: float = 0.1, seed: int = 0) -> list[dict]:
+                         seed: int = 0) -> list[dict]:
     """Float64 nonlinear RHEL vs BPTT for each ε: per parameter (1 − cosine, norm ratio − 1)."""
-    params = make_nonlinear_float_params(oscillators, inputs, delta, seed)
-    rng = np.random.default_rng(seed + 1)
-    u = jnp.asarray(rng.normal(size=(length, inputs)))
-    loss = classifier_loss(jnp.asarray(rng.normal(size=(4, oscillators))), int(rng.integers(4)))
-    zeros = jnp.zeros(oscillators)
-    _, bptt = hru_float.bptt(hru_float.NONLINEAR, params, u, zeros, zeros, lambda ys: loss(ys.mean(axis=0)))
-    mean_nudge = lambda y, z, pos_sum: jax.grad(loss)(pos_sum / length) / length
+    case = make_case("nonlinear", oscillators, inputs, length, seed, NonlinearFormat())
+    bptt = bptt_gradients(case)
     rows = []
     for eps in epsilons:
-        rhel, _ = hru_float.rhel(hru_float.NONLINEAR, params, u, zeros, zeros, mean_nudge, eps)
+        rhel = rhel_float_gradients(case, eps)
         rows.append({"epsilon": eps, **{
-            name: {"one_minus_cos": 1.0 - cosine(bptt[name], rhel[name]), "norm_ratio_error": norm_ratio(bptt[name], rhel[name]) - 1.0}
+            name: {"one_minus_cos": 1.0 - cosine(bptt[name], rhel[name]),
+                   "norm_ratio_error": norm_ratio(bptt[name], rhel[name]) - 1.0}
             for name in (*hru_float.NONLINEAR.param_names, "u")}})
     return rows
