@@ -10,10 +10,10 @@ RUN    := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 ## The main job: train the on-board model on real data (defaults: BasicMotions, golden target).
