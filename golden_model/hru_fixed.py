@@ -134,15 +134,12 @@ def run_forward(step, q, u, y0, z0, fmt: FixedFormat) -> ForwardResult:
     return ForwardResult(y, z, pos_sum, ovf)
 
 
-def _nudges_after_steps(nudge, length):
-    """Nudge sequence (L, P) aligned with echo steps: n_{j−1} after the step consuming u_j, 0 after the last."""
-    if nudge.ndim == 1:
-        tail = jnp.broadcast_to(nudge, (length - 1, nudge.shape[0]))
-        last = nudge
-    else:
-        tail = nudge[:-1][::-1]
-        last = nudge[-1]
-    return last, jnp.concatenate([tail, jnp.zeros((1, last.shape[0]), nudge.dtype)], axis=0)
+def nudge_for_state(nudge, j):
+    """The nudge for forward state j (1..L): the (P,) constant, or row j−1 of an (L, P) sequence.
+
+    Indexing inside the scan keeps the echo's memory flat in L (no reversed or broadcast copy).
+    """
+    return nudge if nudge.ndim == 1 else lax.dynamic_index_in_dim(nudge, j - 1, keepdims=False)
 
 
 def run_echo(step, accumulate, acc0, q, u, y_final, z_final, nudge, fmt: FixedFormat):
@@ -150,28 +147,29 @@ def run_echo(step, accumulate, acc0, q, u, y_final, z_final, nudge, fmt: FixedFo
 
     ``step(y, z, b)`` -> (y, z, *read_out, events) runs on one echo (vmapped over the pair);
     ``accumulate(acc, read_out, u_k)`` -> (acc, events) gets each read-out stacked [+ε, −ε].
+    The scan walks u backwards in place (reverse=True): echo step m consumes u_j, j = L−1−m,
+    then adds the nudge for state j when j >= 1.
     Returns (y, z, acc, overflows[echo_plus, echo_minus, gradient]).
     """
     w, length = fmt.state_width, u.shape[0]
-    first, after = _nudges_after_steps(nudge, length)
     signs = jnp.array([1, -1], jnp.int64)[:, None]
-    z_start, oz = wrap(-z_final[None, :] + signs * first[None, :], w)
+    z_start, oz = wrap(-z_final[None, :] + signs * nudge_for_state(nudge, length)[None, :], w)
     y = jnp.stack([y_final, y_final])
     ovf_echo = jnp.stack([count(oz[0]), count(oz[1])])
 
-    def body(carry, xs):
-        y, z, acc, ovf_echo, ovf_grad = carry
-        u_k, n_k = xs
-        b, ob = input_drive(q, u_k, fmt)
+    def body(carry, u_j):
+        y, z, acc, ovf_echo, ovf_grad, j = carry
+        b, ob = input_drive(q, u_j, fmt)
         y, z, *read_out, events = jax.vmap(lambda yy, zz: step(yy, zz, b))(y, z)
-        z, on = wrap(z + signs * n_k[None, :], w)
-        acc, grad_events = accumulate(acc, read_out, u_k)
+        n_j = jnp.where(j >= 1, nudge_for_state(nudge, jnp.maximum(j, 1)), 0)
+        z, on = wrap(z + signs * n_j[None, :], w)
+        acc, grad_events = accumulate(acc, read_out, u_j)
         echo_events = events + count(ob) + jnp.sum(on, axis=1, dtype=jnp.int64)
         return (y, z, acc, _saturating_add(ovf_echo, echo_events, fmt),
-                _saturating_add(ovf_grad, grad_events, fmt)), None
+                _saturating_add(ovf_grad, grad_events, fmt), j - 1), None
 
-    init = (y, z_start, acc0, ovf_echo, jnp.zeros((), jnp.int64))
-    (y, z, acc, ovf_echo, ovf_grad), _ = lax.scan(body, init, (u[::-1], after))
+    init = (y, z_start, acc0, ovf_echo, jnp.zeros((), jnp.int64), jnp.asarray(length - 1))
+    (y, z, acc, ovf_echo, ovf_grad, _), _ = lax.scan(body, init, u, reverse=True)
     return y, z, acc, jnp.concatenate([ovf_echo, ovf_grad[None]])
 
 

@@ -108,11 +108,9 @@ def _scaled_half_hamiltonian(hru: HRU, params, yh, z_in, z_out, u):
     return jnp.sum(params["delta"] * (kinetic + hru.potential(params, yh, u)))
 
 
-def _nudge_sequence(nudges, length, n_osc):
-    g = jnp.asarray(nudges, dtype=jnp.float64)
-    if g.ndim == 1:
-        g = jnp.broadcast_to(g, (length, n_osc))
-    return g
+def _nudge_for_state(nudges, j):
+    """dL/dy_j for state j (1..L): the (P,) constant or row j−1 of an (L, P) sequence."""
+    return nudges if nudges.ndim == 1 else lax.dynamic_index_in_dim(nudges, j - 1, keepdims=False)
 
 
 def echo(hru: HRU, params, u, y_final, z_final, nudges, epsilon: float):
@@ -120,31 +118,31 @@ def echo(hru: HRU, params, u, y_final, z_final, nudges, epsilon: float):
 
     Returns (grads, echo_states) where grads has every parameter and ``u`` (dL/du_k),
     and echo_states = (y, z) of both echoes after the last step, stacked as [+ε, −ε].
+    The scan walks u backwards in place (reverse=True), so the only O(L) array it creates is
+    the input gradient, which is the size of the input.
     """
-    length, n_osc = u.shape[0], y_final.shape[0]
-    g = _nudge_sequence(nudges, length, n_osc)
+    length = u.shape[0]
+    nudges = jnp.asarray(nudges, dtype=jnp.float64)
     signs = jnp.array([1.0, -1.0])
     y = jnp.stack([y_final, y_final])
-    z = -z_final[None, :] + signs[:, None] * epsilon * g[-1][None, :]
-    # after echo step m (input u_{L-1-m}) comes the nudge for state L-1-m, i.e. g[L-2-m]
-    nudge_after = jnp.concatenate([g[:-1][::-1], jnp.zeros((1, n_osc))], axis=0)
+    z = -z_final[None, :] + signs[:, None] * epsilon * _nudge_for_state(nudges, length)[None, :]
     grad_h = jax.grad(_scaled_half_hamiltonian, argnums=(1, 5))
 
-    def body(carry, xs):
-        y, z, acc = carry
-        uk, nk = xs
-        y, z_next, yh, z_in, z_out = jax.vmap(lambda yy, zz: leapfrog_step(hru, params, yy, zz, uk))(y, z)
-        gp, gu = jax.vmap(lambda a, b, c: grad_h(hru, params, a, b, c, uk))(yh, z_in, z_out)
-        diff = jax.tree.map(lambda t: t[0] - t[1], gp)
-        acc = jax.tree.map(jnp.add, acc, diff)
-        z_next = z_next + signs[:, None] * epsilon * nk[None, :]
-        return (y, z_next, acc), gu[0] - gu[1]
+    def body(carry, u_j):
+        y, z, acc, j = carry
+        y, z_next, yh, z_in, z_out = jax.vmap(lambda yy, zz: leapfrog_step(hru, params, yy, zz, u_j))(y, z)
+        gp, gu = jax.vmap(lambda a, b, c: grad_h(hru, params, a, b, c, u_j))(yh, z_in, z_out)
+        acc = jax.tree.map(lambda total, g: total + g[0] - g[1], acc, gp)
+        # after consuming u_j the echo sits at the flipped image of state j: nudge it (j >= 1)
+        n_j = jnp.where(j >= 1, _nudge_for_state(nudges, jnp.maximum(j, 1)), 0.0)
+        z_next = z_next + signs[:, None] * epsilon * n_j[None, :]
+        return (y, z_next, acc, j - 1), gu[0] - gu[1]
 
     acc0 = jax.tree.map(jnp.zeros_like, params)
-    (y, z, acc), du = lax.scan(body, (y, z, acc0), (u[::-1], nudge_after))
+    (y, z, acc, _), du = lax.scan(body, (y, z, acc0, length - 1), u, reverse=True)
     scale = -1.0 / (2.0 * epsilon)
     grads = {k: scale * v for k, v in acc.items()}
-    grads["u"] = scale * du[::-1]
+    grads["u"] = scale * du
     return grads, (y, z)
 
 
