@@ -1,0 +1,41 @@
+"""Smoke test of benchmarks/: tiny sizes, so the benchmark code cannot rot. No timing assertions."""
+import json
+
+import numpy as np
+
+from benchmarks import gradient_cost, run_all
+
+
+def test_gradient_cost_tiny_timing_and_agreement(tmp_path):
+    out = tmp_path / "gc.json"
+    result = gradient_cost.main(["--lengths", "24", "--repeats", "2", "--min-time", "0", "--p", "4", "--n", "2",
+                                 "--no-memory", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["config"]["lengths"] == [24]
+    for length in ("24",):
+        timing = saved["timing"][length]
+        assert set(timing) == set(gradient_cost.METHODS)
+        for m in gradient_cost.METHODS:
+            assert len(timing[m]["samples_s"]) == 2 and timing[m]["median_s"] > 0
+        # the three gradients are the same gradient (linear HRU: RHEL = BPTT)
+        for k in ("A", "B", "delta"):
+            assert timing["rhel_float"]["cosine_vs_bptt"][k] > 1 - 1e-9
+        for k in ("A", "B"):
+            assert timing["rhel_fixed"]["cosine_vs_bptt"][k] > 0.99
+        assert sum(timing["rhel_fixed"]["overflows"].values()) == 0
+    assert "ms/sample" in gradient_cost.format_table(result)
+
+
+def test_gradient_cost_memory_child_and_run_all(tmp_path, capsys):
+    out = tmp_path / "gc.json"
+    assert run_all.main(["--only", "gradient_cost", "--lengths", "64", "--repeats", "1", "--min-time", "0",
+                         "--p", "4", "--n", "2", "--methods", "rhel_float", "--baseline-length", "8",
+                         "--memory-repeats", "1", "--out", str(out)]) == 0
+    mem = json.loads(out.read_text())["memory"]["rhel_float"]
+    assert mem["baseline"]["length"] == 8
+    m64 = mem["64"]
+    assert m64["peak_rss_bytes"] > 0 and np.isfinite(m64["peak_rss_over_baseline_bytes"])
+    assert m64["xla_total_bytes"] > 0
+    if m64["peak_reset_before_run"]:  # Linux: the peak RSS of the run itself
+        assert m64["run_transient_bytes"] >= 0
+    assert "gradient_cost done" in capsys.readouterr().out
