@@ -648,12 +648,13 @@ class Messages:
         FORWARD_DATA (``mode`` None) or ECHO_DATA payloads, each as full as a frame allows."""
         layout = self.forward_data if mode is None else self.echo_data(mode)
         rows = [list(r) for r in inputs]
+        nudge_rows = None if nudges is None else [list(r) for r in nudges]
         per = layout.max_steps(MAX_REQUEST_PAYLOAD)
         payloads = []
         for offset in range(0, len(rows), per):
             chunk = {"offset": offset, "inputs": [x for r in rows[offset:offset + per] for x in r]}
             if mode is not None and EchoMode(mode) is EchoMode.STREAM:
-                chunk["nudges"] = [x for r in list(nudges)[offset:offset + per] for x in r]
+                chunk["nudges"] = [x for r in nudge_rows[offset:offset + per] for x in r]
             payloads.append(layout.pack(**chunk))
         return payloads
 

@@ -192,10 +192,14 @@ def _accumulate(acc, read_out, u_k, fmt: FixedFormat):
 
 
 @partial(jax.jit, static_argnames=("fmt",))
-def echo(q: LinearParamsInt, u, y_final, z_final, nudge, fmt: FixedFormat) -> EchoResult:
-    """The ±ε echo pair with gradient accumulation. ``nudge``: (P,) constant or (L, P) per state."""
+def echo(q: LinearParamsInt, u, y_final, z_final, nudge, fmt: FixedFormat, acc_a=None, acc_b=None) -> EchoResult:
+    """The ±ε echo pair with gradient accumulation. ``nudge``: (P,) constant or (L, P) per state.
+
+    ``acc_a`` / ``acc_b`` (default zero) are the accumulators to add onto: the board sums over a
+    minibatch step by step, so a wrap is counted when the running sum wraps.
+    """
     p, n = q.B.shape
-    acc0 = (jnp.zeros(p, jnp.int64), jnp.zeros((p, n), jnp.int64))
+    acc0 = (jnp.zeros(p, jnp.int64) if acc_a is None else acc_a, jnp.zeros((p, n), jnp.int64) if acc_b is None else acc_b)
     y, z, (acc_a, acc_b), overflows = run_echo(
         lambda yy, zz, b: leapfrog_step(q, yy, zz, b, fmt), partial(_accumulate, fmt=fmt), acc0,
         q, u, y_final, z_final, nudge, fmt)

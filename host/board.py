@@ -1,0 +1,264 @@
+"""One ``Board`` API over every backend: the golden model, the simulated board, a real board.
+
+::
+
+    with Board.open("golden") as board:              # or "socket://127.0.0.1:PORT",
+        board.write_params(q)                        #    "serial:///dev/ttyUSB0?baud=3000000"
+        fwd = board.forward(u)                       # u: (L, N) integer inputs
+        counters = board.echo(u, nudge)              # nudge: (P,) constant or (L, P) per step
+        acc_a, acc_b = board.read_gradients()
+
+Every backend speaks the wire protocol (docs/protocol.md) through host.client.Client, so the
+integers are identical whichever is behind the URL. Whole sequences are streamed as full frames
+(``Messages.data_payloads``); there is no round trip per time step. Arguments are checked here,
+with messages that name the argument, before anything is sent.
+"""
+from __future__ import annotations
+
+from contextlib import suppress
+
+import numpy as np
+
+from firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
+from firmware.protocol import (Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState,
+                               ProtocolError, Region, unpack_identify)
+from golden_model import hru_fixed
+from golden_model.fixed import int_range
+from golden_model.formats import FixedFormat, HRUSize
+from host.client import Client, LinkError
+from host.transports import Faults, FaultyTransport, GoldenTransport, open_serial
+
+__all__ = ["Board"]
+
+#: Host-side allowance per time step when a reply waits for the core (a completing chunk, ABORT).
+#: Generous for the simulated board; a timeout only costs time when a reply is lost.
+SECONDS_PER_STEP = 1e-4
+
+
+class Board:
+    """A board session: the configuration it reported, and one method per protocol command.
+
+    Use :meth:`open`. ``config`` is what IDENTIFY reported; ``link_stats`` the client's
+    counters. A pass interrupted by any exception (a link failure, Ctrl-C) is ABORTed before the
+    exception propagates, so the board is IDLE again.
+    """
+
+    def __init__(self, client: Client, config: CoreConfig, *, seconds_per_step: float = SECONDS_PER_STEP):
+        self.client, self.config, self.messages = client, config, Messages(config)
+        self.seconds_per_step = seconds_per_step
+
+    @classmethod
+    def open(cls, url: str = "golden", *, size: HRUSize | None = None, fmt: FixedFormat | None = None,
+             capabilities: Capability = Capability.ECHO_STREAM, timeout: float = 1.0, retries: int = 8,
+             seconds_per_step: float = SECONDS_PER_STEP, faults: Faults | None = None,
+             fault_seed: int = 0) -> "Board":
+        """Open a session with the board at ``url`` and IDENTIFY it.
+
+        - ``"golden"``: the golden board model in process, built from ``size`` (default
+          HRUSize(16, 8)), ``fmt`` (default FixedFormat()) and ``capabilities``.
+        - ``"socket://127.0.0.1:PORT"``: a board serving its byte stream on TCP (the simulated board).
+        - ``"serial:///dev/ttyUSB0?baud=3000000"``: a board on a serial port.
+
+        For a board that reports its own configuration, ``size``/``fmt`` when given must match it.
+        ``faults`` injects byte faults in both directions (host.transports.FaultyTransport).
+        """
+        if url == "sim":
+            raise ValueError("the simulated board image is not available yet (the board image issue); "
+                             "use 'golden', or start a simulated board yourself and open its socket:// URL")
+        if url.startswith("loop://"):
+            raise ValueError("loop:// echoes the host's own bytes back: it is for host.client.Client tests only")
+        if url == "golden":
+            config = CoreConfig(size or HRUSize(16, 8), fmt or FixedFormat(), capabilities=capabilities,
+                                build_hash=MODEL_BUILD_HASH)
+            port = GoldenTransport(GoldenBoard(config), timeout)
+        else:
+            port = open_serial(url, timeout=timeout)
+        if faults is not None:
+            port = FaultyTransport(port, faults, seed=fault_seed)
+        client = Client(port, timeout=timeout, retries=retries)
+        try:
+            config = client.start()
+            for name, wanted, got in (("size", size, config.size), ("fmt", fmt, config.fmt)):
+                if wanted is not None and wanted != got:
+                    raise ValueError(f"the board at {url} reports {name} {got}, not the requested {wanted}")
+        except BaseException:
+            client.close()
+            raise
+        return cls(client, config, seconds_per_step=seconds_per_step)
+
+    def __enter__(self) -> "Board":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def link_stats(self) -> dict:
+        return self.client.stats.as_dict()
+
+    # ------------------------------------------------------------------ session and status
+
+    def identify(self) -> CoreConfig:
+        """Ask the board again what it is (the session's IDENTIFY is in ``config``)."""
+        return unpack_identify(self.client.call(Command.IDENTIFY))
+
+    def status(self) -> dict:
+        """STATUS: link and decoder counters, the pass state (a PassState), overflow counters."""
+        values = self.messages.status_reply.unpack(self.client.call(Command.STATUS))
+        values["state"] = PassState(values["state"])
+        return values
+
+    def abort(self) -> None:
+        """End any pass in progress (the board completes it with zero inputs; docs/protocol.md)."""
+        self.client.call(Command.ABORT, timeout=self._wait(self.config.size.max_length))
+
+    # ------------------------------------------------------------------ regions
+
+    def write(self, region: Region, values, start: int = 0) -> None:
+        """WRITE words to a region, split into as many frames as needed."""
+        region = Region(region)
+        flat = np.ravel(_numbers(values, region.name))
+        values = _integers(flat, region.name, flat.shape, self.config.region_field(region).width)
+        per_frame = self.messages.max_words(region, write=True)
+        for offset in range(0, len(values), per_frame):
+            words = values[offset:offset + per_frame].tolist()
+            self.client.call(Command.WRITE, self.messages.pack_write(region, start + offset, words))
+
+    def read(self, region: Region, start: int = 0, count: int | None = None) -> np.ndarray:
+        """READ words of a region (all of it by default), split into as many frames as needed."""
+        region = Region(region)
+        count = self.config.region_depth(region) - start if count is None else count
+        per_frame = self.messages.max_words(region)
+        words: list[int] = []
+        for offset in range(start, start + count, per_frame):
+            n = min(per_frame, start + count - offset)
+            payload = self.client.call(Command.READ, self.messages.pack_read(region, offset, n))
+            words += np.atleast_1d(self.messages.read_reply(region, n).unpack(payload)["values"]).tolist()
+        return np.asarray(words, np.int64)
+
+    def write_params(self, q: hru_fixed.LinearParamsInt) -> None:
+        """Write A (P,), B (P, N) and delta (P,) as raw integers of the coefficient width."""
+        P, N, width = self.config.size.oscillators, self.config.size.inputs, self.config.fmt.coef_width
+        checked = [(region, _integers(value, name, shape, width)) for region, value, name, shape in
+                   ((Region.A, q.A, "A", (P,)), (Region.B, q.B, "B", (P, N)), (Region.DELTA, q.delta, "delta", (P,)))]
+        for region, words in checked:  # all three checked before the first is written
+            self.write(region, words)
+
+    def read_params(self) -> hru_fixed.LinearParamsInt:
+        """A, B, delta as stored (numpy int64): exactly what :meth:`write_params` wrote."""
+        P, N = self.config.size.oscillators, self.config.size.inputs
+        return hru_fixed.LinearParamsInt(self.read(Region.A), self.read(Region.B).reshape(P, N),
+                                         self.read(Region.DELTA))
+
+    def read_gradients(self) -> tuple[np.ndarray, np.ndarray]:
+        """The accumulators (acc_a (P,), acc_b (P, N)): every echo since the last clear, summed."""
+        P, N = self.config.size.oscillators, self.config.size.inputs
+        return self.read(Region.ACC_A), self.read(Region.ACC_B).reshape(P, N)
+
+    def clear_gradients(self) -> None:
+        """Zero the accumulators and the gradient overflow counter."""
+        self.client.call(Command.CLEAR_GRADIENTS)
+
+    # ------------------------------------------------------------------ passes
+
+    def forward(self, u, zero_state: bool = True, read_state: bool = False) -> hru_fixed.ForwardResult:
+        """The forward pass over integer inputs ``u`` (L, N), from zero or from Y0/Z0 as stored.
+
+        Returns ``hru_fixed.ForwardResult`` (numpy): pos_sum, the forward overflow counter, and
+        the final y, z when ``read_state`` (else None; they stay in Y0/Z0 for the echo).
+        """
+        u = self._inputs(u)
+        start = self.messages.forward_start.pack(length=len(u), flags=ForwardFlags.ZERO_STATE if zero_state else 0)
+        final = self._pass(Command.FORWARD_START, start, Command.FORWARD_DATA, self.messages.data_payloads(u))
+        result = self.messages.forward_result.unpack(final)
+        y, z = (self.read(Region.Y0), self.read(Region.Z0)) if read_state else (None, None)
+        return hru_fixed.ForwardResult(y, z, np.atleast_1d(result["pos_sum"]).astype(np.int64),
+                                       np.int64(result["overflow_forward"]))
+
+    def echo(self, u, nudge) -> np.ndarray:
+        """The ±ε echo pair from the state in Y0/Z0, accumulating into ACC_A/ACC_B.
+
+        ``u`` (L, N): the inputs in forward order (the board gets them reversed). ``nudge``: a
+        (P,) constant nudge, or an (L, P) sequence (row j−1 is the nudge for state j, as in
+        ``hru_fixed.echo``; needs the ECHO_STREAM capability). Returns the overflow counters
+        [echo_plus, echo_minus, gradient] (the gradient counter counts since the last clear).
+        """
+        u = self._inputs(u)
+        P, L, width = self.config.size.oscillators, len(u), self.config.fmt.state_width
+        nudge = np.asarray(nudge)
+        if nudge.ndim == 2:
+            if not self.config.capabilities & Capability.ECHO_STREAM:
+                raise ValueError("this board has no echo stream mode (IDENTIFY capability bit 0): give a (P,) nudge")
+            n = _integers(nudge, "nudge", (L, P), width)
+            # step m consumes u_j (j = L-1-m) and carries n_{j-1}; the last step's nudge is unused
+            mode, first, stream = EchoMode.STREAM, n[L - 1], np.concatenate([n[:-1][::-1], np.zeros((1, P), np.int64)])
+        else:
+            mode, first, stream = EchoMode.CONSTANT, _integers(nudge, "nudge", (P,), width), None
+        start = self.messages.echo_start.pack(length=L, mode=mode, nudge=_field_value(first))
+        # lists, not arrays: data_payloads re-lists ``nudges`` for every chunk (cheap for a list only)
+        chunks = self.messages.data_payloads(u[::-1].tolist(), nudges=None if stream is None else stream.tolist(),
+                                             mode=mode)
+        final = self._pass(Command.ECHO_START, start, Command.ECHO_DATA, chunks, mode)
+        result = self.messages.echo_result.unpack(final)
+        return np.array([result["overflow_echo_plus"], result["overflow_echo_minus"], result["overflow_gradient"]],
+                        np.int64)
+
+    def _pass(self, start_cmd: Command, start: bytes, data_cmd: Command, chunks: list[bytes],
+              mode: EchoMode | None = None) -> bytes:
+        """START, then every DATA chunk; the final chunk's reply payload.
+
+        On any exception (even in START, whose reply may be lost after it ran, or which may
+        have met a pass left over from an interrupted session) the pass is ABORTed, best effort,
+        before the exception propagates: the board is IDLE for the next call.
+        """
+        layout = self.messages.forward_data if mode is None else self.messages.echo_data(mode)
+        try:
+            self.client.call(start_cmd, start)
+            for chunk in chunks:
+                final = self.client.call(data_cmd, chunk, timeout=self._wait(layout.steps(len(chunk))))
+        except BaseException:
+            with suppress(LinkError, ProtocolError, OSError):
+                self.abort()
+            raise
+        return final
+
+    def _wait(self, steps: int) -> float:
+        return self.client.timeout + steps * self.seconds_per_step
+
+    def _inputs(self, u) -> np.ndarray:
+        a = _numbers(u, "inputs u")
+        hru_fixed.validate_sequence(a, self.config.size.inputs, self.config.size.max_length)
+        return _integers(a, "inputs u", a.shape, self.config.fmt.input_width)
+
+
+def _field_value(words: np.ndarray):
+    """A Layout field's value: a list of words, or a bare int for a one-word field (P = 1)."""
+    return words.tolist() if words.size > 1 else int(words[0])
+
+
+def _numbers(x, name: str) -> np.ndarray:
+    """``x`` as an integer-valued array: NaN, infinities and fractions get a clear error."""
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if np.any(a != np.round(a)):
+            raise ValueError(f"{name} must hold integers: quantise floats first (golden_model.hru_fixed.quantize_*)")
+    elif a.dtype.kind not in "iub":
+        raise ValueError(f"{name} must be an integer array, got dtype {a.dtype}")
+    return a
+
+
+def _integers(x, name: str, shape: tuple, width: int) -> np.ndarray:
+    """``x`` as int64 of ``shape`` whose values fit signed ``width``-bit words, or a clear error."""
+    a = _numbers(x, name)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    lo, hi = int_range(width)
+    if a.size and (a.min() < lo or a.max() > hi):
+        raise ValueError(f"{name} must fit {width}-bit signed words [{lo}, {hi}], got values in "
+                         f"[{a.min():.0f}, {a.max():.0f}]")
+    return a.astype(np.int64)
