@@ -11,6 +11,7 @@ Why these choices:
   hardware needs no absolute value: (x + 2^(s-1) - [x < 0]) >> s.
 - ``wrap`` keeps the low ``width`` bits (two's complement) and reports whether the value
   changed. Wrapping keeps every leapfrog sub-step a bijection; saturation would not.
+  ``add_wrap`` is the accumulators' form, which also counts wraps of a full 64-bit sum.
 """
 import jax.numpy as jnp
 from jax import lax
@@ -42,6 +43,20 @@ def wrap(x, width: int):
     s = jnp.asarray(64 - width, x.dtype)
     wrapped = lax.shift_right_arithmetic(lax.shift_left(x, s), s)
     return wrapped, wrapped != x
+
+
+def add_wrap(a, b, width: int):
+    """(a + b) wrapped to ``width`` bits, with the overflow flag; exact up to width 64.
+
+    The sum is formed in int64, which itself wraps at 64 bits silently, so at width 64 the flag
+    comes from the operands' signs (two same-sign operands whose sum has the other sign), exactly
+    what a 64-bit adder's carry into and out of the sign bit reports. Narrower accumulators use
+    ``wrap``; their operands are far enough from 2^63 that the int64 sum is exact.
+    """
+    total = a + b
+    if width == 64:
+        return total, ((a < 0) == (b < 0)) & ((total < 0) != (a < 0))
+    return wrap(total, width)
 
 
 def count(flags):

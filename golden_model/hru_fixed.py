@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from golden_model.fixed import count, floor_shift, round_shift, wrap
+from golden_model.fixed import add_wrap, count, floor_shift, round_shift, wrap
 from golden_model.formats import FixedFormat, quantize, dequantize
 
 PHASES = ("forward", "echo_plus", "echo_minus", "gradient")
@@ -126,7 +126,7 @@ def run_forward(step, q, u, y0, z0, fmt: FixedFormat) -> ForwardResult:
         y, z, pos_sum, ovf = carry
         b, ob = input_drive(q, u_k, fmt)
         y, z, *_, events = step(y, z, b)
-        pos_sum, os = wrap(pos_sum + y, fmt.acc_width)
+        pos_sum, os = add_wrap(pos_sum, y, fmt.acc_width)
         return (y, z, pos_sum, _saturating_add(ovf, events + count(ob) + count(os), fmt)), None
 
     init = (y0, z0, jnp.zeros_like(y0), jnp.zeros((), jnp.int64))
@@ -186,8 +186,8 @@ def _accumulate(acc, read_out, u_k, fmt: FixedFormat):
     w = fmt.state_width
     d, od = wrap(yh[0] - yh[1], w)
     s, os = wrap(yh[0] + yh[1], w)
-    acc_a, oa = wrap(acc_a + round_shift(d * s, fmt.acc_a_shift), fmt.acc_width)
-    acc_b, ob = wrap(acc_b + round_shift(d[:, None] * u_k[None, :], fmt.acc_b_shift), fmt.acc_width)
+    acc_a, oa = add_wrap(acc_a, round_shift(d * s, fmt.acc_a_shift), fmt.acc_width)
+    acc_b, ob = add_wrap(acc_b, round_shift(d[:, None] * u_k[None, :], fmt.acc_b_shift), fmt.acc_width)
     return (acc_a, acc_b), count(od) + count(os) + count(oa) + count(ob)
 
 

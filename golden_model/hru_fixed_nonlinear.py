@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model.fixed import count, round_shift, wrap
+from golden_model.fixed import add_wrap, count, round_shift, wrap
 from golden_model.formats import FixedFormat, dequantize, quantize
 from golden_model.hru_fixed import ForwardResult, drift_shift, run_echo, run_forward
 from golden_model.tanh_table import TanhSpec, tanh_fixed
@@ -219,7 +219,7 @@ def _accumulate(acc: NonlinearAccumulators, yh, a, t, u_k, fmt: NonlinearFormat)
         lc=round_shift(tm * da, fmt.acc_logcosh_shift),
         ty=round_shift(t[0] * yh[0] - t[1] * yh[1], fmt.acc_ty_shift),
     )
-    wrapped = [wrap(old + new, aw) for old, new in zip(acc, terms)]
+    wrapped = [add_wrap(old, new, aw) for old, new in zip(acc, terms)]
     events = count(od) + count(os) + count(oda) + sum(count(o) for _, o in wrapped)
     return NonlinearAccumulators(*(v for v, _ in wrapped)), events
 

@@ -44,8 +44,8 @@ def forward(A, B, delta, u_seq, y, z, fmt):
     return y, z, pos_sum, ovf
 
 
-def echo(A, B, delta, u_seq, y_final, z_final, nudges, fmt):
-    """nudges: a list of L per-state nudge vectors (state 1..L)."""
+def echo(A, B, delta, u_seq, y_final, z_final, nudges, fmt, acc_a=None):
+    """nudges: a list of L per-state nudge vectors (state 1..L); acc_a: starting A accumulators."""
     ws, L, P, N = fmt.state_width, len(u_seq), len(A), len(u_seq[0])
     ovf = [0, 0, 0]
     ys, zs = [], []
@@ -56,7 +56,7 @@ def echo(A, B, delta, u_seq, y_final, z_final, nudges, fmt):
             zz.append(v)
             ovf[s] += o
         ys.append(list(y_final)), zs.append(zz)
-    acc_a, acc_b = [0] * P, [[0] * N for _ in range(P)]
+    acc_a, acc_b = list(acc_a or [0] * P), [[0] * N for _ in range(P)]
     for m in range(L):
         j = L - 1 - m
         yhs = []

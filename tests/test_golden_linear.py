@@ -114,3 +114,18 @@ def test_bad_shapes_and_lengths_get_clear_errors():
         hru_fixed.quantize_linear_params({"A": np.ones(3), "B": np.ones((4, 2)), "delta": np.ones(3)}, FMT)
     with pytest.raises(ValueError, match="power of two"):
         report.check_gradients(epsilon=0.3, length=8)
+
+
+def test_full_width_accumulator_wraps_are_counted():
+    """A 64-bit accumulator's wrap is counted like any other, although the int64 sum wraps silently."""
+    case = report.make_case("linear", 2, 1, 40, seed=4, fmt=FMT)
+    zeros = jnp.zeros(2, jnp.int64)
+    fwd = hru_fixed.forward(case.q, case.u_int, zeros, zeros, FMT)
+    nudge = jnp.full(2, 4000, jnp.int64)
+    start = [2**63 - 1, -(2**63)]  # any positive term wraps the first, any negative one the second
+    ech = hru_fixed.echo(case.q, case.u_int, fwd.y, fwd.z, nudge, FMT, acc_a=jnp.asarray(start))
+    *_, acc_a, _, ovf = golden_oracle.echo(case.q.A.tolist(), case.q.B.tolist(), case.q.delta.tolist(),
+                                           case.u_int.tolist(), fwd.y.tolist(), fwd.z.tolist(),
+                                           [nudge.tolist()] * 40, FMT, acc_a=start)
+    assert ech.acc_a.tolist() == acc_a and ech.overflows.tolist() == ovf
+    assert ovf[2] > 0 and ovf[:2] == [0, 0]
