@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep-formats", help="fixed-point format sweep (state bits x coefficient bits x ε x loss scale)"))
     train.add_train_arguments(sub.add_parser(
         "train", help="train the on-board model (HRU -> mean pool -> linear head) on a real data set"))
+    from hdl import verilog
+    verilog.add_verilog_arguments(sub.add_parser("verilog", help="write the HRU core as Verilog"))
+    verilog.add_verify_arguments(sub.add_parser(
+        "verify", help="one random case through the Verilated core and the golden model"))
     return parser
 
 

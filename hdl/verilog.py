@@ -1,0 +1,230 @@
+"""Verilog generation of the HRU core and the two core-level commands of the ``echoboard`` CLI.
+
+``echoboard verilog`` writes the core as Verilog (Amaranth's bundled Yosys, pinned through
+``AMARANTH_USE_YOSYS=builtin`` so the text does not depend on a Yosys found on PATH).
+
+``echoboard verify --level core`` runs one random case through the Verilated core
+(tests/cocotb_hru_core.py under sim.verilator) and the golden model and prints the scoreboard.
+It needs the golden integer model and the simulation layer, which sit beside and above hdl in
+the dependency order, so they are imported only inside that command (and the case helpers).
+
+The case helpers (``random_case``, ``golden_expectation``) are shared by the command and the
+tests, so every level checks the same fields the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from golden_model.formats import FixedFormat, HRUSize
+from hdl.hru_core import HRUCore, check_config
+
+__all__ = ["core_verilog", "random_case", "golden_expectation", "run_core_case",
+           "add_verilog_arguments", "add_verify_arguments"]
+
+TOPLEVEL = "hru_core"
+REPO = Path(__file__).resolve().parent.parent
+TESTBENCH = REPO / "tests" / "cocotb_hru_core.py"
+BUILD_ROOT = REPO / "build" / "hru_core"
+
+
+def core_verilog(fmt: FixedFormat, size: HRUSize, lanes: int, name: str = TOPLEVEL) -> str:
+    """The Verilog text of ``HRUCore(fmt, size, lanes)`` as module ``name``."""
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from amaranth.back import verilog
+
+    return verilog.convert(HRUCore(fmt, size, lanes), name=name, emit_src=False)
+
+
+# ---------------------------------------------------------------- random cases and their expectations
+
+def random_case(fmt: FixedFormat, size: HRUSize, length: int, seed: int, *, wild: bool = False,
+                zero_nudge: bool = False, per_step_nudge: bool = False) -> dict:
+    """Integer parameters, inputs (L, N), initial state and nudge, as lists of ints.
+
+    Default: a stable bank (A in [0, 2), δ in (0, 0.5]) with moderate inputs and state, and a
+    constant nudge (P,); ``per_step_nudge``: one nudge per forward state, (L, P) as in
+    golden_model.hru_fixed.echo. ``wild``: every word uniformly random over its full width, so
+    most operations overflow.
+    """
+    size.check_length(length)
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    rng = np.random.default_rng(seed)
+    p, n = size.oscillators, size.inputs
+
+    def words(width, shape, bits):
+        bits = width - 1 if wild else min(bits, width - 1)
+        return rng.integers(-(1 << bits), 1 << bits, size=shape, dtype=np.int64)
+
+    if wild:
+        a, delta = words(fmt.coef_width, p, 0), words(fmt.coef_width, p, 0)
+    else:
+        a = rng.integers(0, 2 << fmt.coef_a_frac, size=p)
+        delta = rng.integers(1, (1 << fmt.delta_frac) // 2 + 1, size=p)
+    case = {
+        "A": a, "delta": delta,
+        "B": words(fmt.coef_width, (p, n), fmt.coef_b_frac),
+        "u": words(fmt.input_width, (length, n), fmt.input_frac),
+        "y0": words(fmt.state_width, p, fmt.state_frac),
+        "z0": words(fmt.state_width, p, fmt.state_frac),
+        "nudge": (np.zeros(p, np.int64) if zero_nudge
+                  else words(fmt.state_width, (length, p) if per_step_nudge else p, fmt.state_frac - 3)),
+    }
+    return {k: np.asarray(v, np.int64).tolist() for k, v in case.items()}
+
+
+def golden_expectation(fmt: FixedFormat, case: dict) -> dict:
+    """What the core must hold after CLEAR, FORWARD (from y0, z0) and ECHO, per golden_model.hru_fixed.
+
+    Lists are indexed by oscillator first, so a scoreboard reports the oscillator of a mismatch.
+    """
+    import jax.numpy as jnp
+
+    from golden_model import hru_fixed
+
+    q = hru_fixed.LinearParamsInt(*(jnp.asarray(case[k], jnp.int64) for k in ("A", "B", "delta")))
+    u = jnp.asarray(case["u"], jnp.int64)
+    fwd = hru_fixed.forward(q, u, jnp.asarray(case["y0"], jnp.int64), jnp.asarray(case["z0"], jnp.int64), fmt)
+    ech = hru_fixed.echo(q, u, fwd.y, fwd.z, jnp.asarray(case["nudge"], jnp.int64), fmt)
+    ints = lambda x: np.asarray(x).tolist()  # noqa: E731
+    return {
+        "forward": {"y": ints(fwd.y), "z": ints(fwd.z), "pos_sum": ints(fwd.pos_sum),
+                    "overflows": {"forward": int(fwd.overflows)}},
+        "echo": {"plus": {"y": ints(ech.y[0]), "z": ints(ech.z[0])},
+                 "minus": {"y": ints(ech.y[1]), "z": ints(ech.z[1])},
+                 "acc_a": ints(ech.acc_a), "acc_b": ints(ech.acc_b),
+                 "overflows": dict(zip(hru_fixed.PHASES[1:], ints(ech.overflows)))},
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _verilog_file(fmt: FixedFormat, size: HRUSize, lanes: int) -> tuple[str, Path]:
+    """(configuration name, Verilog path) of a core, converted once per process."""
+    from sim.verilator import amaranth_to_verilog
+
+    fmt_key = hashlib.sha256(json.dumps(fmt.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    config = f"p{size.oscillators}-n{size.inputs}-k{lanes}-m{size.max_length}-{fmt_key}"
+    return config, amaranth_to_verilog(HRUCore(fmt, size, lanes), TOPLEVEL, BUILD_ROOT / f"{config}.v")
+
+
+def run_core_case(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict], expected: list[dict], *,
+                  run_name: str, idle_prob: float = 0.2, seed: int | None = None, waves: bool = False,
+                  check: bool = True, timeout_s: float = 600):
+    """Verilate the core (cached per configuration) and run ``cases`` against ``expected``.
+
+    Returns sim.verilator's ``SimResult``; its ``scoreboards["hru_core"]`` holds the summary and
+    ``test_dir / "hru_core.cycles.json"`` the cycles of every command.
+    """
+    from sim.verilator import build_and_test
+
+    config, verilog_path = _verilog_file(fmt, size, lanes)
+    case_file = BUILD_ROOT / "cases" / f"{config}-{run_name}.json"
+    case_file.parent.mkdir(parents=True, exist_ok=True)
+    case_file.write_text(json.dumps({"format": fmt.as_dict(), "size": [size.oscillators, size.inputs, size.max_length],
+                                     "lanes": lanes, "idle_prob": idle_prob, "cases": cases, "expected": expected}))
+    return build_and_test(verilog_path, TOPLEVEL, TESTBENCH, BUILD_ROOT, run_name=f"{config}-{run_name}",
+                          seed=seed, waves=waves, check=check, timeout_s=timeout_s,
+                          extra_env={"HRU_CASES": str(case_file)})
+
+
+# ---------------------------------------------------------------- CLI
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _size_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--oscillators", "-P", type=_positive_int, default=HRUSize.oscillators, help="P")
+    parser.add_argument("--inputs", "-N", type=_positive_int, default=HRUSize.inputs, help="N")
+    parser.add_argument("--lanes", "-K", type=_positive_int, default=4, help="K parallel lanes (must divide P)")
+    parser.add_argument("--max-length", type=_positive_int, default=HRUSize.max_length,
+                        help="longest sequence the core accepts (sizes the step counter)")
+    parser.add_argument("--hru", choices=("linear", "nonlinear"), default="linear")
+
+
+def _config(args) -> tuple[FixedFormat, HRUSize, int]:
+    if args.hru != "linear":
+        raise ValueError("the nonlinear HRU core is not implemented yet (only --hru linear)")
+    return FixedFormat(), HRUSize(args.oscillators, args.inputs, args.max_length), args.lanes
+
+
+def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
+    _size_arguments(parser)
+    parser.add_argument("-o", "--output", type=Path, default=Path("core.v"), help="Verilog file to write")
+    parser.set_defaults(run=_run_verilog)
+
+
+def _run_verilog(args) -> int:
+    fmt, size, lanes = _config(args)
+    text = core_verilog(fmt, size, lanes)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"wrote {args.output} (module {TOPLEVEL}: P={size.oscillators}, N={size.inputs}, K={lanes})",
+          file=sys.stderr)
+    return 0
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    _size_arguments(parser)
+    parser.add_argument("--level", choices=("core",), default="core", help="what to simulate (core: the HRU core)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--length", "-L", type=_positive_int, default=256)
+    parser.add_argument("--nudge", choices=("constant", "per-step"), default="constant",
+                        help="constant nudge vector (NUDGE store) or one per step through the nudge stream")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.set_defaults(run=_run_verify)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send file descriptor 1 (this process and its children) to stderr for a while."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _run_verify(args) -> int:
+    fmt, size, lanes = _config(args)
+    check_config(fmt, size, lanes)  # argument errors before the (slow) build
+    case = random_case(fmt, size, args.length, args.seed, per_step_nudge=args.nudge == "per-step")
+    with _stdout_to_stderr():  # the Verilator build and cocotb log; stdout carries only the result
+        result = run_core_case(fmt, size, lanes, [case], [golden_expectation(fmt, case)], idle_prob=0.0,
+                               run_name=f"verify-s{args.seed}-l{args.length}", seed=args.seed, check=False)
+    board = result.scoreboards.get(TOPLEVEL, {})
+    cycles_file = result.test_dir / f"{TOPLEVEL}.cycles.json"
+    cycles = json.loads(cycles_file.read_text())[0] if cycles_file.is_file() else None
+    report = {"level": args.level, "steps": args.length, "compared": board.get("compared", 0),
+              "mismatches": board.get("mismatches"), "first_mismatch": board.get("first_mismatch"),
+              "cycles": cycles}
+    ok = result.passed and board.get("mismatches") == 0
+    if not ok and report["mismatches"] is None:
+        report["error"] = result.describe()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{'PASS' if ok else 'FAIL'}: {report['compared']} integers compared, {report['mismatches']} mismatches, "
+              f"first {report['first_mismatch']}; cycles {cycles}")
+        if "error" in report:
+            print(report["error"], file=sys.stderr)
+    return 0 if ok else 1

@@ -1,0 +1,249 @@
+"""HRUCore in Amaranth's simulator against golden_model.hru_fixed: every field compared with ==.
+
+Small sizes and short sequences only (amaranth.sim runs ~10-35 k cycles/s); the long and wide
+runs are in test_hdl_core_verilator.py.
+"""
+import pytest
+from amaranth.sim import Simulator
+
+from golden_model.formats import FixedFormat, HRUSize
+from hdl.hru_core import PHASES, HRUCore, Op, Region, cycles_per_step
+from hdl.verilog import golden_expectation, random_case
+
+SMALL = FixedFormat(state_width=16, state_frac=8, input_width=8, input_frac=5, coef_width=10,
+                    coef_a_frac=6, coef_b_frac=7, delta_frac=8, acc_width=24, acc_a_shift=4,
+                    acc_b_shift=2, counter_width=8)
+
+
+class CoreDriver:
+    """Drives one HRUCore in an amaranth.sim testbench: host port, commands and input stream."""
+
+    def __init__(self, core: HRUCore, ctx):
+        self.core, self.ctx, self.amap = core, ctx, core.address_map
+
+    async def write(self, region, value, osc=0, col=0):
+        bus = self.core.bus
+        self.ctx.set(bus.addr, self.amap.address(region, osc, col))
+        self.ctx.set(bus.w_data, int(value) & ((1 << self.core.data_width) - 1))
+        self.ctx.set(bus.w_en, 1)
+        await self.ctx.tick()
+        self.ctx.set(bus.w_en, 0)
+
+    async def read(self, region, osc=0, col=0) -> int:
+        self.ctx.set(self.core.bus.addr, self.amap.address(region, osc, col))
+        await self.ctx.tick()
+        raw = self.ctx.get(self.core.bus.r_data)
+        width = self.core.data_width
+        return raw if region == Region.COUNTERS or raw < 1 << (width - 1) else raw - (1 << width)
+
+    async def write_vector(self, region, values):
+        for i, v in enumerate(values):
+            await self.write(region, v, i)
+
+    async def read_vector(self, region, count):
+        return [await self.read(region, i) for i in range(count)]
+
+    async def read_matrix(self, region, p, n):
+        return [[await self.read(region, i, j) for j in range(n)] for i in range(p)]
+
+    async def command(self, op: Op, length: int = 0, inputs=(), nudges=None) -> int:
+        """Issue one command, stream ``inputs`` (one row per beat) and, for an echo with per-step
+        nudges (``nudges``: (L, P), golden order), their vectors in reverse, R beats each; wait for
+        ``done``. Returns the cycles from the command to ``done``."""
+        ctx, core = self.ctx, self.core
+        ctx.set(core.cmd.payload, {"op": op, "length": length, "nudge_stream": int(nudges is not None)})
+        ctx.set(core.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(core.cmd.valid, 0)
+        lanes, rows = core.lanes, self.amap.rows
+        pending = [(core.u, [list(row) for row in inputs])]
+        if nudges is not None:
+            pending.append((core.nudge, [[vector[r * lanes + k] for k in range(lanes)]
+                                         for vector in nudges[::-1] for r in range(rows)]))
+        cycles = 1
+        while not ctx.get(core.done):  # done comes with the first idle cycle: the port is usable now
+            moved = []
+            for port, items in pending:
+                ctx.set(port.valid, bool(items))
+                if items:
+                    ctx.set(port.payload, items[0])
+                moved.append(bool(items) and ctx.get(port.ready))
+            await ctx.tick()
+            cycles += 1
+            for (_, items), transferred in zip(pending, moved):
+                if transferred:
+                    items.pop(0)
+        for port, _ in pending:
+            ctx.set(port.valid, 0)
+        return cycles
+
+
+def run_core(fmt: FixedFormat, size: HRUSize, lanes: int, case: dict) -> dict:
+    """Load the case, run CLEAR, FORWARD, ECHO; read back the fields of hdl.verilog.golden_expectation."""
+    return run_minibatch(fmt, size, lanes, [case])[0]
+
+
+def run_minibatch(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict]) -> list[dict]:
+    """CLEAR once, then per case: load it, FORWARD, read back, ECHO, read back (acc_a/acc_b sum up)."""
+    core = HRUCore(fmt, size, lanes)
+    p, n = size.oscillators, size.inputs
+    outs = []
+
+    async def bench(ctx):
+        drv = CoreDriver(core, ctx)
+        clear_cycles = await drv.command(Op.CLEAR)
+        for case in cases:
+            length, per_step = len(case["u"]), isinstance(case["nudge"][0], list)
+            for region, key in ((Region.A, "A"), (Region.DELTA, "delta"), (Region.Y0, "y0"), (Region.Z0, "z0"),
+                                *(() if per_step else ((Region.NUDGE, "nudge"),))):
+                await drv.write_vector(region, case[key])
+            for i in range(p):
+                for j in range(n):
+                    await drv.write(Region.B, case["B"][i][j], i, j)
+            out = {"clear_cycles": clear_cycles}
+            out["forward_cycles"] = await drv.command(Op.FORWARD, length, case["u"])
+            out["forward"] = {
+                "y": await drv.read_vector(Region.Y0, p), "z": await drv.read_vector(Region.Z0, p),
+                "pos_sum": await drv.read_vector(Region.POS_SUM, p),
+                "overflows": {"forward": await drv.read(Region.COUNTERS, 0)},
+            }
+            out["echo_cycles"] = await drv.command(Op.ECHO, length, case["u"][::-1],
+                                                   case["nudge"] if per_step else None)
+            out["echo"] = {
+                "plus": {"y": await drv.read_vector(Region.Y0, p), "z": await drv.read_vector(Region.Z0, p)},
+                "minus": {"y": await drv.read_vector(Region.Y1, p), "z": await drv.read_vector(Region.Z1, p)},
+                "acc_a": await drv.read_vector(Region.ACC_A, p),
+                "acc_b": await drv.read_matrix(Region.ACC_B, p, n),
+                "overflows": {phase: await drv.read(Region.COUNTERS, k) for k, phase in enumerate(PHASES) if k},
+            }
+            outs.append(out)
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return outs
+
+
+CONFIGS = [  # (format, size, lanes)
+    (SMALL, HRUSize(oscillators=2, inputs=1, max_length=64), 1),
+    (SMALL, HRUSize(oscillators=4, inputs=3, max_length=64), 2),
+    (FixedFormat(), HRUSize(oscillators=3, inputs=2, max_length=64), 3),
+    (SMALL, HRUSize(oscillators=8, inputs=1, max_length=64), 1),  # echo slot set by d's hazard (17)
+]
+
+
+@pytest.mark.parametrize("fmt,size,lanes", CONFIGS)
+def test_core_matches_golden(fmt, size, lanes):
+    case = random_case(fmt, size, length=12, seed=size.oscillators * 7 + lanes)
+    got, want = run_core(fmt, size, lanes, case), golden_expectation(fmt, case)
+    assert got["forward"] == want["forward"]
+    assert got["echo"] == want["echo"]
+    assert any(want["echo"]["acc_a"]) and any(v for row in want["echo"]["acc_b"] for v in row)
+    assert got["forward_cycles"] <= 13 * cycles_per_step(size, lanes, echo=False) + 20
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_echo_with_per_step_nudge_stream(lanes):
+    size = HRUSize(oscillators=3, inputs=2, max_length=64)
+    case = random_case(SMALL, size, length=9, seed=21 + lanes, per_step_nudge=True)
+    got, want = run_core(SMALL, size, lanes, case), golden_expectation(SMALL, case)
+    assert got["forward"] == want["forward"]
+    assert got["echo"] == want["echo"]
+    constant = golden_expectation(SMALL, {**case, "nudge": case["nudge"][-1]})
+    assert want["echo"]["acc_a"] != constant["echo"]["acc_a"]  # the per-step nudges mattered
+
+
+def test_accumulators_sum_over_a_minibatch_until_clear():
+    size = HRUSize(oscillators=2, inputs=2, max_length=64)
+    first = random_case(SMALL, size, length=7, seed=31)
+    second = {**random_case(SMALL, size, length=5, seed=32), **{k: first[k] for k in ("A", "B", "delta")}}
+    got = run_minibatch(SMALL, size, 2, [first, second])
+    want = [golden_expectation(SMALL, case) for case in (first, second)]
+    half = 1 << (SMALL.acc_width - 1)
+    wrapped = lambda v: ((v + half) % (2 * half)) - half  # noqa: E731
+    assert got[0]["echo"] == want[0]["echo"]
+    assert got[1]["forward"] == want[1]["forward"]
+    total = {"acc_a": [wrapped(a + b) for a, b in zip(want[0]["echo"]["acc_a"], want[1]["echo"]["acc_a"])],
+             "acc_b": [[wrapped(a + b) for a, b in zip(r0, r1)]
+                       for r0, r1 in zip(want[0]["echo"]["acc_b"], want[1]["echo"]["acc_b"])]}
+    assert {k: got[1]["echo"][k] for k in ("acc_a", "acc_b")} == total
+    assert got[1]["echo"]["plus"] == want[1]["echo"]["plus"] and got[1]["echo"]["minus"] == want[1]["echo"]["minus"]
+
+
+def test_host_writes_while_busy_are_dropped():
+    size = HRUSize(oscillators=2, inputs=1, max_length=64)
+    core = HRUCore(SMALL, size, 1)
+    seen = {}
+
+    async def bench(ctx):
+        drv = CoreDriver(core, ctx)
+        await drv.write(Region.A, 5, 1)
+        ctx.set(core.cmd.payload, {"op": Op.FORWARD, "length": 3, "nudge_stream": 0})
+        ctx.set(core.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(core.cmd.valid, 0)
+        seen["busy"] = ctx.get(core.busy)
+        await drv.write(Region.A, 9, 1)  # busy: dropped
+        ctx.set(core.u.payload, [1])
+        ctx.set(core.u.valid, 1)
+        while not ctx.get(core.done):
+            await ctx.tick()
+        ctx.set(core.u.valid, 0)
+        seen["A1"] = await drv.read(Region.A, 1)
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == {"busy": 1, "A1": 5}
+
+
+def test_core_counts_forced_overflows_and_saturates():
+    fmt = SMALL.replace(counter_width=5)  # saturates at 31
+    size = HRUSize(oscillators=4, inputs=2, max_length=64)
+    case = random_case(fmt, size, length=6, seed=3, wild=True)
+    got, want = run_core(fmt, size, 2, case), golden_expectation(fmt, case)
+    counts = [want["forward"]["overflows"]["forward"], *want["echo"]["overflows"].values()]
+    assert min(counts) > 0 and 31 in counts
+    assert got["forward"] == want["forward"]
+    assert got["echo"] == want["echo"]
+
+
+def test_zero_nudge_echo_returns_the_initial_state_bit_for_bit():
+    size = HRUSize(oscillators=4, inputs=2, max_length=64)
+    case = random_case(SMALL, size, length=16, seed=11, zero_nudge=True)
+    got = run_core(SMALL, size, 4, case)
+    flipped = [((-z + (1 << 15)) % (1 << 16)) - (1 << 15) for z in case["z0"]]
+    for echo in ("plus", "minus"):
+        assert got["echo"][echo] == {"y": case["y0"], "z": flipped}
+    assert got["echo"]["acc_a"] == [0] * 4
+    assert got["echo"] == golden_expectation(SMALL, case)["echo"]
+
+
+@pytest.mark.parametrize("size", [HRUSize(oscillators=2, inputs=1, max_length=64),  # y/z write-back bound
+                                  HRUSize(oscillators=8, inputs=1, max_length=64)])  # echo: d's hazard bound
+def test_slot_minimum_is_tight(size, monkeypatch):
+    """The hazard minimum of a slot is necessary, not just sufficient: one cycle less breaks the result."""
+    import hdl.hru_core
+
+    case = random_case(SMALL, size, length=6, seed=41)
+    want = golden_expectation(SMALL, case)
+    assert run_core(SMALL, size, 1, case)["echo"] == want["echo"]
+    exact = hdl.hru_core.SlotLengths.of
+
+    def one_short(rows, inputs, echo):
+        lengths = exact(rows, inputs, echo)
+        return hdl.hru_core.SlotLengths(mac=lengths.mac, osc=lengths.osc - 1, both=max(lengths.mac, lengths.osc - 1))
+
+    monkeypatch.setattr(hdl.hru_core.SlotLengths, "of", one_short)
+    assert run_core(SMALL, size, 1, case)["echo"] != want["echo"]
+
+
+def test_core_rejects_bad_configurations():
+    with pytest.raises(ValueError, match="must divide"):
+        HRUCore(SMALL, HRUSize(oscillators=6, inputs=2), lanes=4)
+    with pytest.raises(ValueError, match="half_away"):
+        HRUCore(SMALL.replace(drift_rounding="floor"), HRUSize(oscillators=2, inputs=2), lanes=1)
+    with pytest.raises(ValueError, match="lanes"):
+        HRUCore(SMALL, HRUSize(oscillators=2, inputs=2), lanes=0)
