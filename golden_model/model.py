@@ -13,6 +13,17 @@ Every algorithm runs the same three stages, so they differ only where the hardwa
    - ``rhel``       integer echo pair on the board (hru_fixed.echo) with the quantised nudge,
                     accumulators summed over the minibatch as the board's do, scaled on the host.
 
+For ``rhel`` stages 1 and 3 run on a :class:`FixedTarget`: the in-process integer model
+(:class:`InProcessTarget`, vmapped, the default) or a board (host.train.BoardTarget, through the
+Board API). Everything else (chunking, quantisation, the head, the nudge, the scaling) is this
+one driver, so a board and the in-process model give bit-identical losses, gradients and overflow
+counts whenever the board computes hru_fixed's integers. Per minibatch the driver calls
+``load(q)`` once, ``run(uq, live, on_forward)`` per chunk (per live lane in order: zero-state
+forward, ``on_forward(lane, pos_sum)`` -> the integer nudge or None, echo pair onto the running
+accumulators) and ``finish()`` once (read and clear the accumulators). The head is evaluated one
+sample at a time in numpy (:func:`_head`) on every path, so its floats cannot depend on how many
+samples a target runs side by side.
+
 delta is *not trained* in any algorithm: the board accumulates A and B only, so freezing delta
 everywhere keeps the three comparable. Parameters live on the host in float64 ("master
 weights"); the fixed path quantises them (hru_fixed.quantize_linear_params) before each use.
@@ -25,7 +36,7 @@ a zero nudge: its two echoes are identical and add exactly zero to the accumulat
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -105,13 +116,14 @@ def _fixed_forward(q, uq, fmt):
 
 # ---- stage 2: the head on the host ---------------------------------------------------------------
 
-def _head_loss(head, ybar, label):
-    logits = head["W"] @ ybar + head["c"]
-    return jax.nn.logsumexp(logits) - logits[label], logits
-
-
-# per sample: ((loss, logits), (d head, e = dL/dybar))
-_head = jax.jit(jax.vmap(jax.value_and_grad(_head_loss, argnums=(0, 1), has_aux=True), in_axes=(None, 0, 0)))
+def _head(W: np.ndarray, c: np.ndarray, ybar: np.ndarray, label: int):
+    """One sample: (loss, logits, {W, c} gradients, e = dL/dybar), float64 numpy."""
+    logits = W @ ybar + c
+    top = logits.max()
+    lse = top + np.log(np.sum(np.exp(logits - top)))
+    g = np.exp(logits - lse)
+    g[label] -= 1.0  # dL/dlogits = softmax - onehot
+    return float(lse - logits[label]), logits, {"W": np.outer(g, ybar), "c": g}, W.T @ g
 
 
 # ---- stage 3: HRU gradients from e, summed over the lanes ----------------------------------------
@@ -139,12 +151,98 @@ def _rhel_float_grads(hp, u, y, z, e):
 
 
 @partial(jax.jit, static_argnames="fmt")
-def _fixed_echo(q, uq, y, z, nudge, acc_a, acc_b, fmt):
-    """Echo pairs of a chunk added onto the running accumulators: the board's sum until read."""
+def _fixed_echo_lanes(q, uq, y, z, nudge, acc_a, acc_b, fmt):
+    """Echo pairs of a chunk, one lane after the other onto the running accumulators.
+
+    Sequential like the board: each pass starts from the accumulators the previous one left,
+    so a wrap of the running sum is counted in the pass (and at the step) where it happens.
+    """
+    def one(acc, lane):
+        uu, yy, zz, nn = lane
+        r = hx.echo(q, uu, yy, zz, nn, fmt, acc_a=acc[0], acc_b=acc[1])
+        return (r.acc_a, r.acc_b), r.overflows
+
+    (acc_a, acc_b), overflows = jax.lax.scan(one, (acc_a, acc_b), (uq, y, z, nudge))
+    return acc_a, acc_b, overflows
+
+
+@partial(jax.jit, static_argnames="fmt")
+def _fixed_echo_parallel(q, uq, y, z, nudge, acc_a, acc_b, fmt):
+    """Echo pairs of a chunk side by side from zero accumulators, then added (one wrap each).
+
+    Equal to :func:`_fixed_echo_lanes` (values and counts) only when no running sum can wrap:
+    :meth:`InProcessTarget.run` checks that bound before it takes this faster path.
+    """
     r = jax.vmap(lambda uu, yy, zz, nn: hx.echo(q, uu, yy, zz, nn, fmt))(uq, y, z, nudge)
-    acc_a, oa = wrap(acc_a + r.acc_a.sum(axis=0), fmt.acc_width)
-    acc_b, ob = wrap(acc_b + r.acc_b.sum(axis=0), fmt.acc_width)
-    return acc_a, acc_b, r.overflows.sum(axis=1), jnp.sum(oa) + jnp.sum(ob)
+    acc_a, _ = wrap(acc_a + r.acc_a.sum(axis=0), fmt.acc_width)
+    acc_b, _ = wrap(acc_b + r.acc_b.sum(axis=0), fmt.acc_width)
+    return acc_a, acc_b, r.overflows
+
+
+def _max_term(fmt: FixedFormat) -> int:
+    """A bound on |one step's accumulator term|: |d|, |S| < 2^(Ws-1), |u| <= 2^(Wu-1)."""
+    ws, wu = fmt.state_width - 1, fmt.input_width - 1
+    return max(((1 << (2 * ws)) >> fmt.acc_a_shift) + 1, ((1 << (ws + wu)) >> fmt.acc_b_shift) + 1)
+
+
+# ---- the fixed-point target: where stages 1 and 3 run ---------------------------------------------
+
+class FixedTarget(Protocol):
+    """What runs the integer HRU for ``rhel``: the in-process model, or a board (host/)."""
+
+    def load(self, q: hx.LinearParamsInt) -> None:
+        """New parameters for the next minibatch (or evaluation); the accumulators start from zero."""
+
+    def run(self, uq: np.ndarray, live: np.ndarray, on_forward) -> int:
+        """One chunk uq (G, L, N) of one true length; only lanes with ``live`` are real samples.
+
+        Per live lane in order: zero-state forward; ``nudge = on_forward(lane, pos_sum)``; if
+        the nudge (P,) is not None, the echo pair adds onto the accumulators. Returns the forward
+        and echo (±ε) overflow events of the live lanes.
+        """
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(acc_a, acc_b, gradient overflow events) summed since ``load``; then zero them."""
+
+
+class InProcessTarget:
+    """hru_fixed in process: forwards vmapped over a chunk's lanes, echoes onto running accumulators."""
+
+    def __init__(self, fmt: FixedFormat = FixedFormat()):
+        self.fmt = fmt
+
+    def load(self, q: hx.LinearParamsInt) -> None:
+        self.q = q
+        self.acc_a, self.acc_b = jnp.zeros(q.A.shape, jnp.int64), jnp.zeros(q.B.shape, jnp.int64)
+        self.gradient_events = 0
+
+    def run(self, uq, live, on_forward) -> int:
+        fmt, live = self.fmt, np.asarray(live)
+        fwd = _fixed_forward(self.q, jnp.asarray(uq), fmt)
+        pos_sum = np.asarray(fwd.pos_sum)
+        overflows = int(np.sum(np.asarray(fwd.overflows)[live]))
+        nudges = [on_forward(lane, pos_sum[lane]) if live[lane] else None for lane in range(len(live))]
+        echoed = np.array([n is not None for n in nudges])
+        if not echoed.any():
+            return overflows
+        # lanes not echoed get a zero nudge: identical echoes, exactly zero accumulator terms
+        nudge = np.stack([np.zeros(pos_sum.shape[1], np.int64) if n is None else np.asarray(n) for n in nudges])
+        # when no running sum can wrap in this chunk, any order gives the same values and counts:
+        # the vmapped path; otherwise lane after lane, as the board does
+        bound = max(max(-int(a.min()), int(a.max())) for a in (np.asarray(self.acc_a), np.asarray(self.acc_b)))
+        safe = bound + int(echoed.sum()) * uq.shape[1] * _max_term(fmt) < 1 << (fmt.acc_width - 1)
+        echo = _fixed_echo_parallel if safe else _fixed_echo_lanes
+        self.acc_a, self.acc_b, ovf = echo(self.q, jnp.asarray(uq), fwd.y, fwd.z, jnp.asarray(nudge),
+                                           self.acc_a, self.acc_b, fmt)
+        ovf = np.asarray(ovf)[echoed]
+        self.gradient_events += int(ovf[:, 2].sum())
+        return overflows + int(ovf[:, :2].sum())
+
+    def finish(self):
+        limit = (1 << self.fmt.counter_width) - 1  # the board's gradient counter saturates
+        result = (np.asarray(self.acc_a), np.asarray(self.acc_b), min(self.gradient_events, limit))
+        self.load(self.q)
+        return result
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -173,63 +271,74 @@ def _chunks(lengths):
             yield int(length), np.concatenate([part, np.full(LANES - len(part), part[0])]), np.arange(LANES) < len(part)
 
 
-def _run(params, x, lengths, labels, algo, fmt, with_grads):
+def _run(params, x, lengths, labels, algo, fmt, with_grads, target: FixedTarget | None = None):
     """The three stages over every chunk; returns (loss, grads, logits, overflow events)."""
     fixed = algo == "rhel"
-    hp, head = _hru(params), {"W": jnp.asarray(params["W"]), "c": jnp.asarray(params["c"])}
+    W, c = np.asarray(params["W"], np.float64), np.asarray(params["c"], np.float64)
     labels = np.zeros(len(lengths), np.int64) if labels is None else np.asarray(labels)
-    logits = np.zeros((len(lengths), params["W"].shape[0]))
+    logits = np.zeros((len(lengths), W.shape[0]))
     loss, overflows = 0.0, 0
-    grads = {k: np.zeros_like(params[k]) for k in TRAINED}
+    grads = {k: np.zeros_like(params[k], dtype=np.float64) for k in TRAINED}
+
+    def head(i, ybar):
+        """Stage 2 for sample i; returns e = dL/dybar (adds the loss and head gradients)."""
+        nonlocal loss
+        sample_loss, logits[i], dhead, e = _head(W, c, ybar, labels[i])
+        loss += sample_loss
+        if with_grads:
+            for k in ("W", "c"):
+                grads[k] += dhead[k]
+        return e
+
     if fixed:
         q = hx.quantize_linear_params(params, fmt)
-        acc_a, acc_b = jnp.zeros(q.A.shape, jnp.int64), jnp.zeros(q.B.shape, jnp.int64)
+        target = InProcessTarget(fmt) if target is None else target
+        target.load(q)
+    else:
+        hp = _hru(params)
     for length, idx, w in _chunks(lengths):
         u = x[idx, :length]
         if fixed:
-            uq = hx.quantize_inputs(u, fmt)
-            fwd = _fixed_forward(q, uq, fmt)
-            ybar = jnp.asarray(dequantize(fwd.pos_sum, fmt.state_frac) / length)
-            overflows += int(np.sum(np.asarray(fwd.overflows)[w]))
-        else:
-            y, z, ybar = _float_forward(hp, jnp.asarray(u))
-        (sample_loss, sample_logits), (dhead, e) = _head(head, ybar, jnp.asarray(labels[idx]))
-        logits[idx[w]] = np.asarray(sample_logits)[w]
-        loss += float(np.sum(np.asarray(sample_loss)[w]))
-        if not with_grads:
+            def on_forward(lane, pos_sum, idx=idx, length=length):
+                e = head(idx[lane], dequantize(np.asarray(pos_sum), fmt.state_frac) / length)
+                return np.asarray(hx.quantize_nudge(e / length, fmt)) if with_grads else None
+
+            overflows += target.run(np.asarray(hx.quantize_inputs(u, fmt)), w, on_forward)
             continue
-        for k in ("W", "c"):
-            grads[k] += np.tensordot(w, np.asarray(dhead[k]), axes=1)
-        e = np.asarray(e) * w[:, None]  # zero-weight copies get a zero nudge: exactly zero gradient
-        if fixed:
-            nudge = hx.quantize_nudge(e / length, fmt)
-            acc_a, acc_b, echo_ovf, acc_ovf = _fixed_echo(q, uq, fwd.y, fwd.z, nudge, acc_a, acc_b, fmt)
-            overflows += int(np.sum(np.asarray(echo_ovf)[w])) + int(acc_ovf)
-        else:
+        y, z, ybar = _float_forward(hp, jnp.asarray(u))
+        ybar = np.asarray(ybar)
+        e = np.stack([head(i, ybar[lane]) if w[lane] else np.zeros(ybar.shape[1]) for lane, i in enumerate(idx)])
+        if with_grads:  # zero-weight copies got a zero e: exactly zero gradient
             g = (_bptt_grads(hp, jnp.asarray(u), jnp.asarray(e)) if algo == "bptt"
                  else _rhel_float_grads(hp, jnp.asarray(u), y, z, jnp.asarray(e)))
             for k in ("A", "B"):
                 grads[k] += np.asarray(g[k])
-    if with_grads and fixed:
-        grads.update(hx.gradients(q, acc_a, acc_b, fmt))
+    if fixed:
+        acc_a, acc_b, gradient_events = target.finish()
+        overflows += gradient_events
+        if with_grads:
+            grads.update(hx.gradients(q, acc_a, acc_b, fmt))
     n = len(lengths)
     return loss / n, {k: v / n for k, v in grads.items()}, logits, overflows
 
 
-def batch_gradients(params: dict, x, lengths, labels, algo: str, fmt: FixedFormat = FixedFormat()) -> BatchResult:
+def batch_gradients(params: dict, x, lengths, labels, algo: str, fmt: FixedFormat = FixedFormat(),
+                    target: FixedTarget | None = None) -> BatchResult:
     """Mean loss and gradients of a minibatch (x (S, L_max, N) zero-padded, true ``lengths``) by ``algo``.
 
     Gradients are averaged over the batch: the board sums its accumulators over the whole batch
-    and the host scales once. The head always gets its exact float64 gradient.
+    and the host scales once. The head always gets its exact float64 gradient. ``target``: where
+    ``rhel`` runs the integer HRU (default: in process).
     """
     x, lengths = _check(algo, x, lengths, labels)
-    loss, grads, logits, overflows = _run(params, x, lengths, labels, algo, fmt, with_grads=True)
+    loss, grads, logits, overflows = _run(params, x, lengths, labels, algo, fmt, with_grads=True, target=target)
     correct = int(np.sum(np.argmax(logits, axis=1) == np.asarray(labels)))
     return BatchResult(loss, grads, correct, overflows)
 
 
-def predict(params: dict, x, lengths, algo: str, fmt: FixedFormat = FixedFormat()) -> tuple[np.ndarray, int]:
+def predict(params: dict, x, lengths, algo: str, fmt: FixedFormat = FixedFormat(),
+            target: FixedTarget | None = None) -> tuple[np.ndarray, int]:
     """Logits (S, C) from the forward pass ``algo`` trains with (the integer model for ``rhel``), and overflows."""
     x, lengths = _check(algo, x, lengths)
-    _, _, logits, overflows = _run(params, x, lengths, None, algo, fmt, with_grads=False)
+    _, _, logits, overflows = _run(params, x, lengths, None, algo, fmt, with_grads=False, target=target)
     return logits, overflows

@@ -1,11 +1,23 @@
 """Training the on-board model on a real data set: host-side Adam, checkpoints, summary, plots.
 
-The loop is what the board protocol will do (issue 5): per minibatch, gradients of A and B come
-from the target (today the in-process golden model), the head's from the host; Adam runs on the
-host in float64, the result is projected onto the stable set and the format's range, and the
-fixed-point target quantises it before the next batch. Everything is deterministic on the CPU,
-so a checkpoint (params, Adam moments, the shuffling RNG's state, history) written after every
-epoch lets ``--resume`` continue bit-identically.
+Per minibatch, gradients of A and B come from the target's echoes, the head's from the host;
+Adam runs on the host in float64, the result is projected onto the stable set and the format's
+range, and quantised for the next batch. For ``--algo rhel`` the HRU runs on the target:
+
+- ``golden`` (default), ``socket://127.0.0.1:PORT``, ``serial:///dev/ttyUSB0?baud=3000000``: a
+  board through host.board.Board (:class:`BoardTarget`): the quantised parameters are written
+  once per minibatch; per sample a zero-state forward, the host head, the quantised nudge
+  (dL/dȳ)/L and the echo pair; the board sums the accumulators over the minibatch, which are
+  read once and cleared. ``golden`` is the golden board model in process behind the wire
+  protocol, so it costs the framing, CRCs and retries a real link does.
+- ``inprocess``: golden_model.model.InProcessTarget (hru_fixed, vmapped): the fast reference.
+
+Both run golden_model.model's one driver, so they give bit-identical losses, parameters and
+overflow counts (tests/test_host_training.py). ``--algo bptt`` / ``rhel-float`` train the same
+architecture in float64 on the host (no board). Everything is deterministic, so a checkpoint
+(params, Adam moments, the shuffling RNG's state, history) written after every epoch lets
+``--resume`` continue bit-identically. ``--faults RATE`` (a diagnostic) wraps the link in
+host.transports.FaultyTransport; the client's retries make the run end with the same parameters.
 """
 from __future__ import annotations
 
@@ -18,12 +30,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from golden_model import hru_fixed as hx
 from golden_model import model
 from golden_model.formats import FixedFormat, HRUSize
 from golden_model.fixed import int_range
+from host import plots
 from host.datasets import load_dataset
 
-TARGETS = ("golden",)  # "sim" (the simulated board) arrives with the Board API
+TARGETS = ("golden", "inprocess")  # plus socket:// and serial:// board URLs; "sim" comes with the simulated board
+URL_SCHEMES = ("socket://", "serial://")
 CHECKPOINT = "checkpoint.npz"
 # settings a resumed run must share with the run that wrote the checkpoint
 _RESUME_KEYS = ("dataset", "target", "algo", "batch", "lr", "seed", "oscillators")
@@ -41,6 +56,7 @@ class TrainConfig:
     oscillators: int = model.DEFAULT_OSCILLATORS
     out: str | None = None  # default runs/<dataset>-<algo>-<seed>
     resume: bool = False
+    faults: float = 0.0  # per-byte fault rate on the board link (diagnostic; results must not change)
 
     def out_dir(self) -> str:
         return self.out or os.path.join("runs", f"{self.dataset}-{self.algo}-{self.seed}")
@@ -89,9 +105,103 @@ def load_checkpoint(path: str) -> tuple[dict, dict, np.random.Generator, dict]:
     return params, adam, rng, meta
 
 
+class BoardTarget:
+    """golden_model.model's FixedTarget on a board, through the Board API (one sample at a time).
+
+    ``load`` writes the quantised parameters (and clears accumulators left by anything else);
+    ``run`` per live lane: FORWARD from zero state, the host's head and nudge, ECHO (the board
+    adds onto its accumulators); ``finish`` reads the accumulators once and clears them.
+
+    A board with more oscillators or inputs than the model runs it zero-padded: the extra
+    oscillators get A = B = δ = 0 (they stay exactly 0 and never wrap) and the extra input
+    channels zero inputs (exact zero terms in B·u), so the integers of the model's own
+    oscillators, the accumulators and the overflow counts are those of a board of its size.
+    """
+
+    def __init__(self, board):
+        self.board = board
+        self._dirty = True  # accumulators possibly non-zero (a fresh session: unknown)
+        self._gradient_events = 0
+        self._shape = None
+
+    def load(self, q: hx.LinearParamsInt) -> None:
+        P, N = np.shape(q.B)
+        size = self.board.config.size
+        if size.oscillators < P or size.inputs < N:
+            raise ValueError(f"the board has {size.oscillators} oscillators and {size.inputs} inputs; the model "
+                             f"needs at least {P} and {N} (--oscillators, and the data set's channels)")
+        self._shape, (bp, bn) = (P, N), (size.oscillators, size.inputs)
+        A, B, delta = (np.asarray(a, np.int64) for a in q)
+        self.board.write_params(hx.LinearParamsInt(np.pad(A, (0, bp - P)), np.pad(B, ((0, bp - P), (0, bn - N))),
+                                                   np.pad(delta, (0, bp - P))))
+        if self._dirty:
+            self.board.clear_gradients()
+            self._dirty = False
+        self._gradient_events = 0
+
+    def run(self, uq, live, on_forward) -> int:
+        (P, N), overflows = self._shape, 0
+        pad_p, pad_n = self.board.config.size.oscillators - P, self.board.config.size.inputs - N
+        for lane in np.flatnonzero(live):
+            u = np.pad(np.asarray(uq[lane], np.int64), ((0, 0), (0, pad_n)))
+            fwd = self.board.forward(u)
+            overflows += int(fwd.overflows)
+            nudge = on_forward(lane, fwd.pos_sum[:P])
+            if nudge is not None:
+                result = self.board.echo(u, np.pad(np.asarray(nudge, np.int64), (0, pad_p)))
+                plus, minus, self._gradient_events = (int(v) for v in result)
+                overflows += plus + minus
+                self._dirty = True
+        return overflows
+
+    def finish(self):
+        P, N = self._shape
+        if not self._dirty:
+            return np.zeros(P, np.int64), np.zeros((P, N), np.int64), 0
+        acc_a, acc_b = self.board.read_gradients()
+        self.board.clear_gradients()
+        self._dirty = False
+        events, self._gradient_events = self._gradient_events, 0
+        return acc_a[:P], acc_b[:P, :N], events
+
+
+def is_board_target(target: str) -> bool:
+    return target == "golden" or target.startswith(URL_SCHEMES)
+
+
+def open_board(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int):
+    """The Board for ``cfg.target`` (sized for the model when it is the golden board model)."""
+    from host.board import Board
+    from host.transports import Faults
+
+    kw = {}
+    if cfg.faults:
+        kw = {"faults": Faults(drop=cfg.faults / 3, corrupt=cfg.faults / 3, insert=cfg.faults / 3),
+              "fault_seed": cfg.seed, "retries": 64}
+    if cfg.target == "golden":
+        return Board.open("golden", size=HRUSize(cfg.oscillators, n_inputs, size.max_length), fmt=fmt, **kw)
+    return Board.open(cfg.target, fmt=fmt, **kw)
+
+
+def link_summary(board) -> dict:
+    """Board.link_stats plus the link efficiency (payload bytes / bytes on the wire) and injected faults."""
+    stats = dict(board.link_stats)
+    wire = stats["bytes_sent"] + stats["bytes_received"]
+    stats["efficiency"] = (stats["payload_bytes_sent"] + stats["payload_bytes_received"]) / wire if wire else None
+    injected = getattr(board.client.port, "injected", None)
+    if injected is not None:
+        stats["faults_injected"] = injected
+    return stats
+
+
 def _validate(cfg: TrainConfig) -> None:
-    if cfg.target not in TARGETS:
-        raise ValueError(f"unknown target {cfg.target!r}; available: {', '.join(TARGETS)}")
+    if cfg.target not in TARGETS and not cfg.target.startswith(URL_SCHEMES):
+        raise ValueError(f"unknown target {cfg.target!r}; available: {', '.join(TARGETS)}, "
+                         "socket://HOST:PORT, serial:///dev/DEVICE?baud=RATE")
+    if not 0.0 <= cfg.faults < 0.5:
+        raise ValueError(f"faults must be a per-byte rate in [0, 0.5), got {cfg.faults}")
+    if cfg.faults and not (cfg.algo == "rhel" and is_board_target(cfg.target)):
+        raise ValueError("--faults needs a board link: --algo rhel with a board target")
     if cfg.algo not in model.ALGOS:
         raise ValueError(f"unknown algorithm {cfg.algo!r}; choose one of {', '.join(model.ALGOS)}")
     for name in ("epochs", "batch", "oscillators"):
@@ -101,20 +211,29 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"lr must be positive, got {cfg.lr}")
 
 
-def _accuracy(params, split, algo, fmt) -> tuple[float, int]:
-    logits, overflows = model.predict(params, split.x, split.lengths, algo, fmt)
+def _accuracy(params, split, algo, fmt, target=None) -> tuple[float, int]:
+    logits, overflows = model.predict(params, split.x, split.lengths, algo, fmt, target)
     return float(np.mean(np.argmax(logits, axis=1) == split.labels)), overflows
 
 
 def train(cfg: TrainConfig, fmt: FixedFormat = FixedFormat(), size: HRUSize = HRUSize(),
           progress: bool | None = None) -> dict:
-    """Train (or resume) per ``cfg``; writes OUT/checkpoint.npz each epoch, OUT/summary.json and OUT/curves.png.
+    """Train (or resume) per ``cfg``; writes OUT/checkpoint.npz each epoch, OUT/summary.json,
+    OUT/curves.png and OUT/echo_retrace.png.
 
-    ``progress``: show a tqdm bar (None: only on a terminal). Returns the summary dict.
+    ``progress``: show a tqdm bar (None: only on a terminal). Returns the summary dict; its
+    ``link`` holds this session's Board.link_stats (None when no board is used).
     """
-    from tqdm import tqdm
+    from contextlib import ExitStack
 
     _validate(cfg)
+    with ExitStack() as stack:
+        return _train(cfg, fmt, size, progress, stack)
+
+
+def _train(cfg, fmt, size, progress, stack) -> dict:
+    from tqdm import tqdm
+
     out = cfg.out_dir()
     ckpt = os.path.join(out, CHECKPOINT)
     # normalised inputs are clipped to what the fixed-point input word holds, for every algorithm alike
@@ -136,6 +255,13 @@ def train(cfg: TrainConfig, fmt: FixedFormat = FixedFormat(), size: HRUSize = HR
         adam = {"t": 0, **{s: {k: np.zeros_like(params[k]) for k in model.TRAINED} for s in ("m", "v")}}
         epoch, history = 0, []
     os.makedirs(out, exist_ok=True)
+    board = target = None
+    if cfg.algo == "rhel":
+        if is_board_target(cfg.target):
+            board = stack.enter_context(open_board(cfg, fmt, size, data.n_inputs))
+            target = BoardTarget(board)
+        else:
+            target = model.InProcessTarget(fmt)
 
     train_split, n = data.train, len(data.train)
     n_batches = -(-n // cfg.batch)
@@ -147,7 +273,7 @@ def train(cfg: TrainConfig, fmt: FixedFormat = FixedFormat(), size: HRUSize = HR
             for start in range(0, n, cfg.batch):
                 idx = order[start:start + cfg.batch]
                 r = model.batch_gradients(params, train_split.x[idx], train_split.lengths[idx],
-                                          train_split.labels[idx], cfg.algo, fmt)
+                                          train_split.labels[idx], cfg.algo, fmt, target)
                 params, adam = adam_step(params, r.grads, adam, cfg.lr)
                 params, c = model.project(params, fmt)
                 loss_sum += r.loss * len(idx)
@@ -155,8 +281,8 @@ def train(cfg: TrainConfig, fmt: FixedFormat = FixedFormat(), size: HRUSize = HR
                 clipped += c
                 bar.update()
                 bar.set_postfix(loss=f"{r.loss:.3f}")
-            train_acc, o1 = _accuracy(params, data.train, cfg.algo, fmt)
-            test_acc, o2 = _accuracy(params, data.test, cfg.algo, fmt)
+            train_acc, o1 = _accuracy(params, data.train, cfg.algo, fmt, target)
+            test_acc, o2 = _accuracy(params, data.test, cfg.algo, fmt, target)
             epoch += 1
             history.append({"epoch": epoch, "loss": loss_sum / n, "train_accuracy": train_acc,
                             "test_accuracy": test_acc, "overflow_events": overflows + o1 + o2, "clipped": clipped})
@@ -170,40 +296,25 @@ def train(cfg: TrainConfig, fmt: FixedFormat = FixedFormat(), size: HRUSize = HR
         "overflow_events": sum(h["overflow_events"] for h in history),
         "clipped": sum(h["clipped"] for h in history), "inputs_clipped": data.clipped,
         "settings": settings, "history": history,
+        "link": None if board is None else link_summary(board),
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    plot_history(history, os.path.join(out, "curves.png"), f"{cfg.dataset} · {cfg.algo} · seed {cfg.seed}")
+    title = f"{cfg.dataset} · {cfg.algo} · {cfg.target} · seed {cfg.seed}"
+    plots.plot_history(history, os.path.join(out, "curves.png"), title)
+    sample = train_split.x[0, :train_split.lengths[0]]
+    plots.plot_echo_retrace(hx.quantize_linear_params(params, fmt), hx.quantize_inputs(sample, fmt), fmt,
+                            os.path.join(out, "echo_retrace.png"), f"{cfg.dataset} training sample 0, trained HRU")
     return summary
-
-
-def plot_history(history: list[dict], path: str, title: str) -> None:
-    """Loss and train/test accuracy per epoch, as a PNG (Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [h["loss"] for h in history])
-    ax1.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    for key in ("train_accuracy", "test_accuracy"):
-        ax2.plot(epochs, [h[key] for h in history], label=key.split("_")[0])
-    ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    ax2.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--dataset", default=d.dataset, help=f"aeon classification set (default {d.dataset})")
-    parser.add_argument("--target", default=d.target, choices=TARGETS,
-                        help="where the HRU runs: golden = the in-process bit-exact model (the default until "
-                             "the simulated board, 'sim', is available)")
+    parser.add_argument("--target", default=d.target,
+                        help="where --algo rhel runs the HRU: golden = the golden board model through the Board "
+                             "API (default); socket://HOST:PORT or serial:///dev/DEVICE?baud=RATE = a board; "
+                             "inprocess = the vmapped integer model without a link (the fast reference)")
     parser.add_argument("--algo", default=d.algo, choices=model.ALGOS,
                         help="rhel = fixed-point RHEL on the target; rhel-float = float64 RHEL; "
                              f"bptt = float64 BPTT on the host (default {d.algo})")
@@ -215,6 +326,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"P, the number of oscillators (default {d.oscillators})")
     parser.add_argument("--out", default=None, help="output folder (default runs/<dataset>-<algo>-<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz up to --epochs")
+    parser.add_argument("--faults", type=float, default=d.faults, metavar="RATE",
+                        help="diagnostic: inject byte faults (drop, corrupt, insert; RATE per byte in all, each "
+                             "direction) on the board link; the retries must give the same parameters")
     parser.set_defaults(run=_run_cli)
 
 

@@ -165,7 +165,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
         train(_config(tmp_path, lr=0.5, resume=True))
 
 
-def test_cli_train_writes_summary_and_plot(tmp_path, capsys):
+def test_cli_train_writes_summary_and_plots(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = cli.main(["train", "--dataset", "BasicMotions", "--epochs", "1", "--batch", "16", "--oscillators", "8",
                    "--out", str(out)])
@@ -173,10 +173,13 @@ def test_cli_train_writes_summary_and_plot(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert json.loads(capsys.readouterr().out) == summary
     for key in ("dataset", "target", "algo", "epochs", "train_accuracy", "test_accuracy", "params_sha256",
-                "overflow_events", "history"):
+                "overflow_events", "history", "link"):
         assert key in summary
     assert (summary["target"], summary["algo"], summary["epochs"]) == ("golden", "rhel", 1)
-    assert (out / "curves.png").stat().st_size > 1000
+    link = summary["link"]  # the default target is the golden board model behind the Board API
+    assert link["requests"] > 0 and link["retries"] == 0 and link["bytes_sent"] > link["payload_bytes_sent"] > 0
+    for png in ("curves.png", "echo_retrace.png"):
+        assert (out / png).stat().st_size > 1000
     assert cli.main(["train", "--dataset", "NoSuchSet", "--out", str(tmp_path / "x")]) == 2
     assert "aeon ships these classification sets" in capsys.readouterr().err
 
