@@ -12,8 +12,10 @@ broadcast input sample.
 Each lane has two engines that run concurrently, one item per clock each, never stalling
 (see ``HRULane`` for the pipelines). Time is cut into slots; in slot s
 
-- the MAC engine (R·N cycles) computes b(s) = W(R(B·u_s)) for the NEXT step with one
-  ``coef × input`` multiplier, and in echo mode acc_b += R(d(s−2)·u_{s−2}) with a second one;
+- the MAC engine (R·G cycles, G = N / M groups of M = ``macs`` columns per row) computes
+  b(s) = W(R(B·u_s)) for the NEXT step with M ``coef × input`` multipliers and a registered
+  adder tree (one (row, group) per clock), and in echo mode acc_b += R(d(s−2)·u_{s−2}) with M
+  ``state × input`` ones (B and ACC_B are M banks);
 - the OSC engine (R forward / 2R echo cycles) advances step s − 1: one oscillator update (echo:
   one echo of one oscillator) per clock into a 16-stage feed-forward pipeline: read (2 stages:
   every store's output is registered), ±n, flip, then for each of δ·z, A·yh, δ·f, δ·z the 18×18
@@ -27,17 +29,23 @@ b and d are double-buffered by slot parity, u_s shifts u_next -> u_drive -> u_mi
 A forward pass of L steps takes L + 1 slots, an echo L + 2 (first: b(0) only; last echo slot:
 acc_b of the last step only).
 
-Cycle budget per time step (``cycles_per_step``, ``SlotLengths``) with K lanes, R = P/K rows:
-max(R·N, E·R, 16) cycles, E = 1 forward / 2 echo (echo, N = 1: also ≥ R + 9 for d's hazard).
-That is the ideal of the resources: one B·u MAC per lane and one oscillator (echo) update per
-lane per clock; the 16 is the oscillator pipeline's write-back latency, so II = 1 needs
-E·R ≥ 16 items per lane (or R·N ≥ 16). A command adds its first and last slot and 22 cycles
-of settling (the last writes and overflow counts land before ``done``).
+Cycle budget per time step (``cycles_per_step``, ``SlotLengths``) with K lanes, R = P/K rows,
+M = ``macs`` B·u multipliers per lane, G = N / M: max(R·G, E·R, 16) cycles, E = 1 forward /
+2 echo (the b and d read-after-write hazards never exceed that with G = 1; SlotLengths keeps
+them general). The default M is the largest power of two dividing N — M = N, G = 1 for a
+power-of-two N — so the MAC engine never sets the pace and a step costs the oscillator bound
+max(E·R, 16) (``oscillator_bound``): one oscillator (echo) update per lane per clock, II = 1;
+the 16 is the oscillator pipeline's write-back latency, so II = 1 with no idle issue slots needs
+E·R ≥ 16 items per lane. A command adds its first and last slot and 23 cycles of settling (the
+last writes and overflow counts land before ``done``). M must be a power of two dividing N
+(``check_config``) so that the host index row·N + j of B / ACC_B splits into {bank address,
+bank} by bit slicing; a smaller M trades DSPs for MAC cycles.
 
 Multipliers (all with registered inputs and outputs, split into 18×18 signed partial products
 for ECP5 MULT18X18D; for iCE40 SB_MAC16 the limb would be 16 bits): per lane four
-``coef × state`` (2 DSPs each by default), one ``coef × input`` (B·u, 1), one
-``state × input`` (d·u, 2) and one ``state × state`` (d·S, 4): 15 MULT18X18D per lane.
+``coef × state`` (2 DSPs each by default), M ``coef × input`` (B·u, 1 each), M
+``state × input`` (d·u, 2 each) and one ``state × state`` (d·S, 4): 12 + 3·M MULT18X18D per
+lane (36 with the default N = M = 8).
 
 Host interface
 --------------
@@ -69,7 +77,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib import enum as hdl_enum
 from amaranth.lib.wiring import In, Out
@@ -80,7 +88,7 @@ from hdl.fixed import add_round_shift, partial_products, round_shift, saturating
 from hdl.memories import AccumulatorMemory, MemoryBus, SharedMemory, addr_width
 
 __all__ = ["Op", "Region", "PHASES", "AddressMap", "HRULane", "HRUCore", "SlotLengths", "check_config",
-           "cycles_per_step"]
+           "cycles_per_step", "default_macs", "oscillator_bound"]
 
 PHASES = ("forward", "echo_plus", "echo_minus", "gradient")  # order of golden_model.hru_fixed.PHASES
 
@@ -114,22 +122,34 @@ _REGION_WIDTH = 4
 # Lane pipeline timing (cycles after an item's issue) that the sequencer's static gaps honour.
 # Passes never stall, so these distances are exact; waiting for the input stream only adds slack.
 _YZ_WRITE = 16  # y/z written back; the store's read is transparent, so a read 16 cycles later sees it
-_DIFF_WRITE = 8  # d of the (row, −ε) item written; the next MAC pass reads it one cycle later at best
-_MAC_LATENCY = 5  # issue -> b written (acc_b lands 2 cycles later, see AccumulatorMemory)
+_DIFF_WRITE = 7  # d of the (row, −ε) item written; the next MAC pass reads it one cycle later at best
+_B_READ = 6  # the OSC pipeline presents b's read address this many cycles after issue
+
+
+def _mac_latency(macs: int) -> int:
+    """Issue -> b written: read (2), partial products and their sum (2), one registered adder-tree
+    level per halving of the ``macs`` products, the row's dot-product register (1)."""
+    return 5 + ceil_log2(macs)
+
 # after the last issue of a command every write and overflow count has landed: the position
-# sum's accumulator (3), the lane's and the core's event registers (2) and the counter (1)
-_SETTLE = _YZ_WRITE + 6
+# sum's accumulator (3) and its registered overflow flag (1), the lane's and the core's event
+# registers (2) and the counter (1)
+_SETTLE = _YZ_WRITE + 7
 
 
 @dataclass(frozen=True)
 class SlotLengths:
     """Cycles of one time slot by activity (see HRUCore): the longer engine or the hazard minimum.
 
-    Hazards, with every pass stall-free: the same (row, echo) item is read again by the next
-    OSC pass (y/z written ``_YZ_WRITE`` cycles after issue), and in echo mode the next slot's MAC
-    reads d(row) that the (row, −ε) item wrote (issued 2r + 1 cycles into the slot, d readable
-    ``_DIFF_WRITE + 1`` cycles later; the MAC reads it r·N cycles into the next slot). b needs
-    no margin: it is double-buffered and the oscillator pipeline reads it only at stage 6.
+    The MAC engine issues one (row, group) item per clock, G = N / macs groups of ``macs``
+    columns per row. Hazards, with every pass stall-free: the same (row, echo) item is read
+    again by the next OSC pass (y/z written ``_YZ_WRITE`` cycles after issue); in echo mode the
+    next slot's MAC reads d(row) that the (row, −ε) item wrote (issued 2r + 1 cycles into the
+    slot, d readable ``_DIFF_WRITE + 1`` cycles later; the MAC reads it r·G cycles into the next
+    slot); the next slot's OSC pass reads b(row) (``_B_READ`` cycles after its issue at E·r) that
+    this slot's MAC wrote (``_mac_latency`` after its last group, issued at (r+1)·G − 1). b and d
+    are double-buffered, so only these read-after-write distances matter. With G = 1 neither
+    the d nor the b hazard ever exceeds max(E·R, 16).
     """
 
     mac: int  # MAC engine only (first slot, last echo slot, CLEAR)
@@ -137,16 +157,32 @@ class SlotLengths:
     both: int  # steady state: one time step
 
     @classmethod
-    def of(cls, rows: int, inputs: int, echo: bool) -> "SlotLengths":
-        osc = max(rows * (2 if echo else 1), _YZ_WRITE)
+    def of(cls, rows: int, inputs: int, echo: bool, macs: int = 1) -> "SlotLengths":
+        groups, e = inputs // macs, 2 if echo else 1
+        osc = max(rows * e, _YZ_WRITE)
         if echo:
-            osc = max(osc, max(_DIFF_WRITE + 2 + r * (2 - inputs) for r in range(rows)))
-        return cls(mac=rows * inputs, osc=osc, both=max(rows * inputs, osc))
+            osc = max(osc, max(_DIFF_WRITE + 2 + r * (2 - groups) for r in range(rows)))
+        b_hazard = max((r + 1) * groups - e * r for r in range(rows)) + _mac_latency(macs) - _B_READ
+        mac = max(rows * groups, b_hazard)
+        return cls(mac=mac, osc=osc, both=max(mac, osc))
 
 
-def cycles_per_step(size: HRUSize, lanes: int, echo: bool) -> int:
-    """Clock cycles per time step in steady state (input stream always valid): max(R·N, E·R, hazard)."""
-    return SlotLengths.of(size.oscillators // lanes, size.inputs, echo).both
+def default_macs(inputs: int) -> int:
+    """B·u (and d·u) multipliers per lane by default: the largest power of two dividing N, so a
+    whole row per clock whenever N is a power of two (the MAC engine then never sets the pace)."""
+    return inputs & -inputs
+
+
+def cycles_per_step(size: HRUSize, lanes: int, echo: bool, macs: int | None = None) -> int:
+    """Clock cycles per time step in steady state (input stream always valid): max(R·N/macs, E·R, 16)."""
+    macs = default_macs(size.inputs) if macs is None else macs
+    return SlotLengths.of(size.oscillators // lanes, size.inputs, echo, macs).both
+
+
+def oscillator_bound(size: HRUSize, lanes: int, echo: bool) -> int:
+    """The oscillator pipeline's ideal per step: max(E·R, 16) (one update per lane per clock, but
+    no oscillator's next step before its write-back, ``_YZ_WRITE`` cycles after issue)."""
+    return max((2 if echo else 1) * (size.oscillators // lanes), _YZ_WRITE)
 
 
 @dataclass(frozen=True)
@@ -190,14 +226,22 @@ class AddressMap:
         return (((region << self.lane_width) | lane) << self.index_width) | index
 
 
-def check_config(fmt: FixedFormat, size: HRUSize, lanes: int) -> None:
-    """Clear errors for configurations the core cannot implement."""
+def check_config(fmt: FixedFormat, size: HRUSize, lanes: int, macs: int | None = None) -> None:
+    """Clear errors for configurations the core cannot implement (``macs`` None: the default)."""
     if fmt.drift_rounding != "half_away":
         raise ValueError("the HDL implements only drift_rounding='half_away' (floor breaks reversibility)")
-    if not isinstance(lanes, int) or lanes < 1:
+    if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
         raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
     if size.oscillators % lanes:
         raise ValueError(f"lanes ({lanes}) must divide the number of oscillators ({size.oscillators})")
+    if macs is not None:
+        if not isinstance(macs, int) or isinstance(macs, bool) or macs < 1:
+            raise ValueError(f"macs must be a positive integer, got {macs!r}")
+        if macs & (macs - 1) or size.inputs % macs:
+            raise ValueError(f"macs ({macs}) must be a power of two that divides the number of inputs "
+                             f"({size.inputs}): the host index row·N + column then splits into B / ACC_B "
+                             f"bank and bank address by bit slicing; the largest allowed is "
+                             f"{default_macs(size.inputs)}")
 
 
 class _Pipeline:
@@ -240,11 +284,12 @@ class _Pipeline:
                                for name, p in parts.items()})
 
 
-def _mac_layout(rows: int, inputs: int) -> data.StructLayout:
+def _mac_layout(rows: int, groups: int) -> data.StructLayout:
     return data.StructLayout({
         "valid": 1, "echo": 1,
-        "row": addr_width(rows), "col": addr_width(inputs), "idx": addr_width(rows * inputs),
-        "first": 1, "last": 1,  # first / last column of the row
+        # group g = columns g·macs .. g·macs + macs − 1; idx = row·G + g (the bank address)
+        "row": addr_width(rows), "col": addr_width(groups), "idx": addr_width(rows * groups),
+        "first": 1, "last": 1,  # first / last group of the row
         "drive": 1,  # compute b = W(R(B·u_drive)) for the next step
         "grad": 1,  # acc_b += R(d·u_grad) (the echo step before the previous one)
         "clear": 1,  # write zeros to acc_b (every idx) and acc_a (first column)
@@ -264,16 +309,24 @@ def _osc_layout(rows: int) -> data.StructLayout:
     })
 
 
-_EVENT_WIDTH = 3  # ≤ 7 overflow events per lane, per phase, per cycle
+def _max_events(macs: int) -> int:
+    """Overflow events of one lane, one phase, one cycle: forward b + 5 step wraps + position
+    sum = 7; gradient d, S, acc_a and one acc_b bank per B·u column in flight = 3 + macs."""
+    return max(7, 3 + macs)
 
 
 class HRULane(wiring.Component):
     """R oscillators of the core: their parameter, state and accumulator stores and two datapaths.
 
-    MAC datapath, one (row, column) per clock, b written 5 cycles after issue: read, registered
-    store outputs, registered 18×18 partial products, their sum, then the exact dot product is
-    accumulated in a register and rounded once per row (b = W(R(B·u))). In the same cycles a
-    ``state × input`` product feeds the B gradient accumulator (acc_b += R(d·u)).
+    MAC datapath, one (row, group of ``macs`` columns) per clock, b written ``_mac_latency(macs)``
+    cycles after issue: read, registered store outputs, ``macs`` registered 18×18 partial-product
+    sets and their sums, a registered adder tree over the ``macs`` products (one level per
+    stage), then the exact dot product is accumulated over the row's groups in a register and
+    rounded once per row (b = W(R(B·u))): every sum is exact (widths grow), so the order of the
+    additions cannot change b. B and ACC_B are ``macs`` banks each, bank k holding the columns
+    j ≡ k (mod macs) at address row·G + j // macs; the host index row·N + j is {address, bank}.
+    In the same cycles ``macs`` ``state × input`` products feed the B gradient accumulator banks
+    (acc_b += R(d·u), each product rounded and accumulated on its own as the golden model does).
 
     Oscillator datapath, one item (row, echo) per clock, y/z written 16 cycles after issue (see
     HRUCore for the stages). Every product sits between registers as DSP-sized partial products
@@ -287,34 +340,36 @@ class HRULane(wiring.Component):
     Overflow flags are summed per phase into ``events``, registered (the core adds them up).
     """
 
-    def __init__(self, fmt: FixedFormat, rows: int, inputs: int, data_width: int, index_width: int):
-        self._fmt, self._rows, self._inputs = fmt, rows, inputs
+    def __init__(self, fmt: FixedFormat, rows: int, inputs: int, data_width: int, index_width: int,
+                 macs: int = 1):
+        self._fmt, self._rows, self._inputs, self._macs = fmt, rows, inputs, macs
         u_layout = data.ArrayLayout(signed(fmt.input_width), inputs)
         super().__init__({
-            "mac": In(_mac_layout(rows, inputs)),
+            "mac": In(_mac_layout(rows, inputs // macs)),
             "osc": In(_osc_layout(rows)),
             "u_drive": In(u_layout),
             "u_grad": In(u_layout),
             "nudge_wr": In(data.StructLayout({"en": 1, "row": addr_width(rows), "buffer": 1,
                                               "data": signed(fmt.state_width)})),
-            "events": Out(data.ArrayLayout(unsigned(_EVENT_WIDTH), len(PHASES))),
+            "events": Out(data.ArrayLayout(unsigned(ceil_log2(_max_events(macs) + 1)), len(PHASES))),
             "host": In(MemoryBus(_REGION_WIDTH + index_width, data_width)),
             "host_sel": In(1),
         })
 
     def elaborate(self, platform):
-        fmt, rows, inputs = self._fmt, self._rows, self._inputs
+        fmt, rows, inputs, macs = self._fmt, self._rows, self._inputs, self._macs
+        groups, bank_bits = inputs // macs, ceil_log2(macs)
         ws = fmt.state_width
         m = Module()
 
-        def shared(region, shape, depth):
+        def shared(region, shape, depth, name=None):
             store = SharedMemory(shape, depth)
-            m.submodules[region.name.lower()] = store
+            m.submodules[name or region.name.lower()] = store
             return store
 
-        def accumulator(region, depth, addend):
+        def accumulator(region, depth, addend, name=None):
             store = AccumulatorMemory(fmt.acc_width, depth, Value.cast(addend).shape().width)
-            m.submodules[region.name.lower()] = store
+            m.submodules[name or region.name.lower()] = store
             return store
 
         def double_buffer(name):  # addressed {parity, row}: one pass writes while the other reads
@@ -323,7 +378,8 @@ class HRULane(wiring.Component):
 
         coef = signed(fmt.coef_width)
         row_bits = ceil_log2(rows)  # y/z, nudge, b and d stores are addressed {half, row}
-        a_mem, b_mem = shared(Region.A, coef, rows), shared(Region.B, coef, rows * inputs)
+        a_mem = shared(Region.A, coef, rows)
+        b_banks = [shared(Region.B, coef, rows * groups, name=f"b{k}") for k in range(macs)]
         delta_mem = shared(Region.DELTA, coef, rows)
         nudge_mem = shared(Region.NUDGE, signed(ws), 2 << row_bits)  # {buffer, row}; the host sees buffer 0
         y_mem, z_mem = (shared(r, signed(ws), 2 << row_bits) for r in (Region.Y0, Region.Z0))
@@ -332,35 +388,56 @@ class HRULane(wiring.Component):
 
         # ---- MAC datapath -------------------------------------------------------------------
         mac = self.mac
-        m.d.comb += [b_mem.rd_addr.eq(mac.idx), diff_rd.addr.eq(Cat(mac.row[:row_bits], mac.parity))]
+        ks = range(macs)
+
+        def column(u, k):  # u_j of bank k in the item's group: j = g·macs + k
+            return u[k] if groups == 1 else u[Cat(Const(k, bank_bits), mac.col[:ceil_log2(groups)])]
+
+        m.d.comb += [bank.rd_addr.eq(mac.idx) for bank in b_banks]
+        m.d.comb += diff_rd.addr.eq(Cat(mac.row[:row_bits], mac.parity))
         mp = _Pipeline(m, "mac", valid=mac.valid, echo=mac.echo, row=mac.row, idx=mac.idx, parity=mac.parity,
                        first=mac.first, last=mac.last, drive=mac.drive, grad=mac.grad, clear=mac.clear,
-                       u_drive=self.u_drive[mac.col], u_grad=self.u_grad[mac.col])
+                       **{f"u_drive{k}": column(self.u_drive, k) for k in ks},
+                       **{f"u_grad{k}": column(self.u_grad, k) for k in ks})
         s = mp.advance()
-        s = mp.advance(coef=b_mem.rd_data, d=diff_rd.data)  # every store's output is registered
-        s = mp.multiply(drop=("u_drive", "u_grad", "coef", "d"), drive_prod=(s["coef"], s["u_drive"]),
-                        grad_prod=(s["d"], s["u_grad"]))
-        dot = Signal(signed(Value.cast(s["drive_prod"]).shape().width + ceil_log2(inputs) + 1))
-        with m.If(s["valid"]):
-            m.d.sync += dot.eq(Mux(s["first"], 0, dot) + s["drive_prod"])
-        grad_addend = round_shift(s["grad_prod"], fmt.acc_b_shift)
-        acc_b = accumulator(Region.ACC_B, rows * inputs, grad_addend)
-        m.d.comb += [
-            acc_b.valid.eq(s["valid"] & (s["grad"] | s["clear"])),
-            acc_b.addr.eq(s["idx"]),
-            acc_b.addend.eq(Mux(s["clear"], 0, grad_addend)),
-            acc_b.clear.eq(s["clear"]),
-        ]
+        # every store's output is registered
+        s = mp.advance(d=diff_rd.data, **{f"coef{k}": b_banks[k].rd_data for k in ks})
+        s = mp.multiply(drop=("d", *(f"{f}{k}" for f in ("u_drive", "u_grad", "coef") for k in ks)),
+                        **{f"drive_prod{k}": (s[f"coef{k}"], s[f"u_drive{k}"]) for k in ks},
+                        **{f"grad_prod{k}": (s["d"], s[f"u_grad{k}"]) for k in ks})
+        acc_b_banks = []
+        for k in ks:
+            grad_addend = round_shift(s[f"grad_prod{k}"], fmt.acc_b_shift)
+            acc_b = accumulator(Region.ACC_B, rows * groups, grad_addend, name=f"acc_b{k}")
+            m.d.comb += [
+                acc_b.valid.eq(s["valid"] & (s["grad"] | s["clear"])),
+                acc_b.addr.eq(s["idx"]),
+                acc_b.addend.eq(Mux(s["clear"], 0, grad_addend)),
+                acc_b.clear.eq(s["clear"]),
+            ]
+            acc_b_banks.append(acc_b)
         clear_row = s["valid"] & s["clear"] & s["first"]  # acc_a is cleared one row at a time
         clear_row_addr = s["row"]
-        s = mp.advance(drop=("drive_prod", "grad_prod"))
-        assert len(mp.stages) - 1 == _MAC_LATENCY
+        # the group's products: a registered adder tree, one level per stage (exact: widths grow)
+        terms, spent = [f"drive_prod{k}" for k in ks], [f"grad_prod{k}" for k in ks]
+        while len(terms) > 1:
+            pairs = [terms[i:i + 2] for i in range(0, len(terms), 2)]
+            names = [f"tree{len(terms)}_{i}" for i in range(len(pairs))]
+            s = mp.advance(drop=terms + spent, **{name: sum(s[t] for t in pair) for name, pair in zip(names, pairs)})
+            terms, spent = names, []
+        dot = Signal(signed(Value.cast(s[terms[0]]).shape().width + ceil_log2(groups) + 1))
+        with m.If(s["valid"]):
+            m.d.sync += dot.eq(Mux(s["first"], 0, dot) + s[terms[0]])
+        s = mp.advance(drop=terms + spent)
+        assert len(mp.stages) - 1 == _mac_latency(macs)
         drive, drive_ovf = wrap(round_shift(dot, fmt.coef_b_frac + fmt.input_frac - fmt.state_frac), ws)
         drive_done = s["valid"] & s["drive"] & s["last"]
         m.d.comb += [drive_wr.en.eq(drive_done), drive_wr.data.eq(drive),
                      drive_wr.addr.eq(Cat(s["row"][:row_bits], s["parity"]))]
-        drive_event = drive_done & drive_ovf
-        drive_echo = s["echo"]
+        # b's wrap flag, registered (timing: the rounding carry chain ends here, not in the
+        # event sums; a count lands one cycle later, well within the settling)
+        drive_event, drive_echo = Signal(), Signal()
+        m.d.sync += [drive_event.eq(drive_done & drive_ovf), drive_echo.eq(s["echo"])]
 
         # ---- oscillator datapath: read, flip, then (product, round-add) per sub-step ---------
         osc = self.osc
@@ -387,6 +464,7 @@ class HRULane(wiring.Component):
         yh, ovf = wrap(add_round_shift(s["y"], s["prod"], fmt.delta_frac + 1), ws)  # drift 1
         # b is read late, so the OSC pass may start right after the MAC pass that wrote it
         m.d.comb += drive_rd.addr.eq(Cat(s["row"][:row_bits], s["parity"]))
+        b_read = len(op.stages) - 1
         s = op.advance(drop=("prod", "y"), yh=yh, ev=s["ev"] + ovf)
         tap = len(op.stages) - 1  # yh of this item; yh of the item issued just before is at tap + 1
         s = op.multiply(prod=(s["a"], s["yh"]), carry={"b": drive_rd.data}, then=lambda st: {"minus_b": -st["b"]})
@@ -398,7 +476,7 @@ class HRULane(wiring.Component):
         s = op.multiply(drop=("delta",), prod=(s["delta"], s["z"]))
         y_new, y_ovf = wrap(add_round_shift(s["yh"], s["prod"], fmt.delta_frac + 1), ws)  # drift 2
         s = op.advance(drop=("prod", "yh"), y=y_new, ev=s["ev"] + y_ovf)
-        assert len(op.stages) - 1 == _YZ_WRITE and tap + 1 == _DIFF_WRITE
+        assert len(op.stages) - 1 == _YZ_WRITE and tap == _DIFF_WRITE and b_read == _B_READ
         yz_write = Cat(s["row"][:row_bits], s["slot"])
         m.d.comb += [
             y_mem.wr_en.eq(s["valid"]), y_mem.wr_addr.eq(yz_write), y_mem.wr_data.eq(s["y"]),
@@ -418,9 +496,11 @@ class HRULane(wiring.Component):
         ssum, s_ovf = wrap(plus["yh"] + minus["yh"], ws)
         gp = _Pipeline(m, "grad", valid=minus["valid"] & minus["echo"] & minus["slot"],
                        row=minus["row"], parity=minus["parity"])
+        # d goes to its store straight from the tap (one subtraction; the next MAC pass reads it
+        # a cycle earlier, which keeps d's hazard within max(E·R, 16) when a row takes 1 group)
+        m.d.comb += [diff_wr.en.eq(gp.f["valid"]), diff_wr.data.eq(d),
+                     diff_wr.addr.eq(Cat(gp.f["row"][:row_bits], gp.f["parity"]))]
         g = gp.advance(d=d, ssum=ssum, ev=d_ovf + s_ovf)
-        m.d.comb += [diff_wr.en.eq(g["valid"]), diff_wr.data.eq(g["d"]),
-                     diff_wr.addr.eq(Cat(g["row"][:row_bits], g["parity"]))]
         diff_events = Mux(g["valid"], g["ev"], 0)
         g = gp.multiply(drop=("d", "ssum", "ev"), prod=(g["d"], g["ssum"]))
         a_addend = round_shift(g["prod"], fmt.acc_a_shift)
@@ -438,12 +518,11 @@ class HRULane(wiring.Component):
             fwd.eq(Mux(drive_echo, 0, drive_event) + Mux(osc_echo, 0, step_events) + pos_sum.overflow),
             plus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & ~osc_slot, step_events, 0)),
             minus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & osc_slot, step_events, 0)),
-            grad_ev.eq(diff_events + acc_a.overflow + acc_b.overflow),
+            grad_ev.eq(diff_events + acc_a.overflow + sum(acc_b.overflow for acc_b in acc_b_banks)),
         ]
 
         # ---- host port: {region, index} -----------------------------------------------------
-        stores = {Region.A: a_mem, Region.B: b_mem, Region.DELTA: delta_mem,
-                  Region.POS_SUM: pos_sum, Region.ACC_A: acc_a, Region.ACC_B: acc_b}
+        stores = {Region.A: a_mem, Region.DELTA: delta_mem, Region.POS_SUM: pos_sum, Region.ACC_A: acc_a}
         index_width = len(self.host.addr) - _REGION_WIDTH
         index, region = self.host.addr[:index_width], self.host.addr[index_width:]
         for reg, store in stores.items():
@@ -453,6 +532,17 @@ class HRULane(wiring.Component):
                 store.host.w_en.eq(self.host.w_en & (region == reg)),
                 store.host.w_data.eq(self.host.w_data),
             ]
+        # banked stores: index row·N + j = {row·G + j // macs, j mod macs} (macs a power of two dividing N)
+        banked = {Region.B: b_banks, Region.ACC_B: acc_b_banks}
+        bank = index[:bank_bits]
+        for reg, banks in banked.items():
+            for k, store in enumerate(banks):
+                m.d.comb += [
+                    store.host_sel.eq(self.host_sel),
+                    store.host.addr.eq(index[bank_bits:]),
+                    store.host.w_en.eq(self.host.w_en & (region == reg) & (bank == k)),
+                    store.host.w_data.eq(self.host.w_data),
+                ]
         # stores addressed {half, row}: y/z (slot 0 / 1 = two regions), nudge (buffer 0 only)
         for store, halves in ((y_mem, (Region.Y0, Region.Y1)), (z_mem, (Region.Z0, Region.Z1)),
                               (nudge_mem, (Region.NUDGE,))):
@@ -463,12 +553,18 @@ class HRULane(wiring.Component):
                 store.host.w_data.eq(self.host.w_data),
             ]
             stores.update(dict.fromkeys(halves, store))
-        read_region = Signal.like(region)
-        m.d.sync += read_region.eq(region)
+        read_region, read_bank = Signal.like(region), Signal.like(bank)
+        m.d.sync += [read_region.eq(region), read_bank.eq(bank)]
         with m.Switch(read_region):
             for reg, store in stores.items():
                 with m.Case(reg):
                     m.d.comb += self.host.r_data.eq(store.host.r_data.as_signed())
+            for reg, banks in banked.items():
+                with m.Case(reg):
+                    with m.Switch(read_bank):
+                        for k, store in enumerate(banks):
+                            with m.Case(k):
+                                m.d.comb += self.host.r_data.eq(store.host.r_data.as_signed())
         return m
 
 
@@ -477,15 +573,18 @@ class HRUCore(wiring.Component):
 
     Parameters: ``fmt`` fixes every width and shift, ``size`` the P oscillators, N inputs and the
     longest sequence (the step counter's width), ``lanes`` = K parallel oscillator lanes; K must
-    divide P. Host data width = the widest stored word (acc, state, coef or counter width).
+    divide P. ``macs``: B·u (and d·u) multipliers per lane, a power of two dividing N; default
+    (None) ``default_macs(N)``, the largest such, i.e. N (one row per clock) when N is a power of
+    two. Host data width = the widest stored word (acc, state, coef or counter width).
     """
 
-    def __new__(cls, fmt: FixedFormat, size: HRUSize, lanes: int = 1, **kwargs):
-        check_config(fmt, size, lanes)  # before the object exists: no "unused elaboratable" warning
+    def __new__(cls, fmt: FixedFormat, size: HRUSize, lanes: int = 1, macs: int | None = None, **kwargs):
+        check_config(fmt, size, lanes, macs)  # before the object exists: no "unused elaboratable" warning
         return super().__new__(cls, **kwargs)
 
-    def __init__(self, fmt: FixedFormat, size: HRUSize, lanes: int = 1):
+    def __init__(self, fmt: FixedFormat, size: HRUSize, lanes: int = 1, macs: int | None = None):
         self.fmt, self.size, self.lanes = fmt, size, lanes
+        self.macs = default_macs(size.inputs) if macs is None else macs
         self.address_map = AddressMap(size.oscillators, size.inputs, lanes)
         self.data_width = max(fmt.acc_width, fmt.state_width, fmt.coef_width, fmt.counter_width)
         self.command_layout = data.StructLayout({
@@ -503,7 +602,8 @@ class HRUCore(wiring.Component):
 
     def elaborate(self, platform):
         fmt, amap = self.fmt, self.address_map
-        rows, inputs = amap.rows, self.size.inputs
+        rows, inputs, macs = amap.rows, self.size.inputs, self.macs
+        groups = inputs // macs
         m = Module()
 
         # ---- sequencer state ----------------------------------------------------------------
@@ -514,14 +614,16 @@ class HRUCore(wiring.Component):
         op = Signal(Op)
         length = Signal.like(self.cmd.payload.length)
         beats = Signal.like(length)  # input samples taken
+        # beats != length and vectors != length, kept in registers (timing: off the ready paths)
+        more_beats, more_vectors = Signal(), Signal()
         remaining = Signal(signed(len(length) + 1))  # L − s
         early = Signal(range(3))  # min(s, 2)
         parity = Signal()  # s mod 2
-        lengths = {echo: SlotLengths.of(rows, inputs, echo) for echo in (False, True)}
+        lengths = {echo: SlotLengths.of(rows, inputs, echo, macs) for echo in (False, True)}
         longest = max(max(vars(v).values()) for v in lengths.values())
         t = Signal(range(max(longest, _SETTLE) + 1))  # cycle within the slot; the SETTLE countdown
-        mac_row, mac_col = Signal(addr_width(rows)), Signal(addr_width(inputs))
-        mac_idx = Signal(addr_width(rows * inputs))
+        mac_row, mac_col = Signal(addr_width(rows)), Signal(addr_width(groups))  # col: the group
+        mac_idx = Signal(addr_width(rows * groups))
         osc_row, osc_slot = Signal(addr_width(rows)), Signal()
         u_layout = data.ArrayLayout(signed(fmt.input_width), inputs)
         # u(s) is taken into u_next ahead of time, then shifts u_drive -> u_mid -> u_grad per slot
@@ -556,12 +658,12 @@ class HRUCore(wiring.Component):
                       for k in ("mac", "osc", "both")}
         slot_len = Mux(slot["mac"] & slot["osc"], length_now["both"],
                        Mux(slot["osc"], length_now["osc"], length_now["mac"]))
-        mac_valid = slot["mac"] & (t < rows * inputs)
+        mac_valid = slot["mac"] & (t < rows * groups)
         osc_valid = slot["osc"] & (t < Mux(echo, 2 * rows, rows))
 
         lanes = []
         for k in range(self.lanes):
-            lane = HRULane(fmt, rows, inputs, self.data_width, amap.index_width)
+            lane = HRULane(fmt, rows, inputs, self.data_width, amap.index_width, macs)
             m.submodules[f"lane{k}"] = lane
             lanes.append(lane)
         running = Signal()
@@ -570,7 +672,7 @@ class HRUCore(wiring.Component):
                 lane.u_drive.eq(u_drive), lane.u_grad.eq(u_grad), lane.host_sel.eq(~self.busy),
                 lane.mac.valid.eq(running & mac_valid), lane.mac.echo.eq(echo),
                 lane.mac.row.eq(mac_row), lane.mac.col.eq(mac_col), lane.mac.idx.eq(mac_idx),
-                lane.mac.first.eq(mac_col == 0), lane.mac.last.eq(mac_col == inputs - 1),
+                lane.mac.first.eq(mac_col == 0), lane.mac.last.eq(mac_col == groups - 1),
                 lane.mac.drive.eq(slot["drive"]), lane.mac.grad.eq(slot["grad"]), lane.mac.clear.eq(clear),
                 lane.mac.parity.eq(parity),
                 lane.osc.valid.eq(running & osc_valid), lane.osc.echo.eq(echo),
@@ -584,17 +686,17 @@ class HRUCore(wiring.Component):
         counters = [Signal(unsigned(fmt.counter_width), name=f"ovf_{p}") for p in PHASES]
         clear_counters = Signal(len(PHASES))
         for p, counter in enumerate(counters):
-            events = Signal(range(7 * self.lanes + 1), name=f"events_{PHASES[p]}")  # registered: timing
+            events = Signal(range(_max_events(macs) * self.lanes + 1), name=f"events_{PHASES[p]}")  # registered
             m.d.sync += [events.eq(sum(lane.events[p] for lane in lanes)),
                          counter.eq(Mux(clear_counters[p], 0, saturating_add(counter, events, fmt.counter_width)))]
 
         # ---- input stream: prefetched into u_next whenever it is free ------------------------
-        m.d.comb += self.u.ready.eq(self.busy & ~clear & ~have_u & (beats != length))
+        m.d.comb += self.u.ready.eq(self.busy & ~clear & ~have_u & more_beats)
 
         # ---- nudge stream: written straight into the lanes' nudge stores ----------------------
         nudge_beat, vector_done, advance = Signal(), Signal(), Signal()
         m.d.comb += [
-            self.nudge.ready.eq(self.busy & nudge_stream & (vectors != length) & (lead <= 0)),
+            self.nudge.ready.eq(self.busy & nudge_stream & more_vectors & (lead <= 0)),
             nudge_beat.eq(self.nudge.valid & self.nudge.ready),
             vector_done.eq(nudge_beat & (nudge_row == rows - 1)),
         ]
@@ -604,23 +706,34 @@ class HRUCore(wiring.Component):
         with m.If(nudge_beat):
             m.d.sync += nudge_row.eq(Mux(vector_done, 0, nudge_row + 1))
         with m.If(vector_done):
-            m.d.sync += vectors.eq(vectors + 1)
+            m.d.sync += [vectors.eq(vectors + 1), more_vectors.eq(vectors + 1 != length)]
         m.d.sync += lead.eq(lead + vector_done - advance)
         next_has_nudge = ~nudge_stream | ~slot["drive"] | (lead >= 1)  # slot s+1 runs step s iff s < L
         with m.If(self.u.valid & self.u.ready):
-            m.d.sync += [u_next.eq(self.u.payload), have_u.eq(1), beats.eq(beats + 1)]
+            m.d.sync += [u_next.eq(self.u.payload), have_u.eq(1), beats.eq(beats + 1),
+                         more_beats.eq(beats + 1 != length)]
 
         # ---- engines: issue counters, one item per clock while the slot lasts ----------------
         with m.If(running & mac_valid):
             m.d.sync += [mac_idx.eq(mac_idx + 1), mac_col.eq(mac_col + 1)]
-            with m.If(mac_col == inputs - 1):
+            with m.If(mac_col == groups - 1):
                 m.d.sync += [mac_col.eq(0), mac_row.eq(mac_row + 1)]
         with m.If(running & osc_valid):
             m.d.sync += osc_slot.eq(echo & ~osc_slot)
             with m.If(~echo | osc_slot):
                 m.d.sync += osc_row.eq(osc_row + 1)
 
+        # Whether the slot ends (t >= slot_len − 1) and whether the next one may start (its input
+        # sample, its nudge vector), both registered: computed from the state one cycle old
+        # (timing: the decision fans out to every slot register and the u shift chain). Both are
+        # cleared in the cycle a slot starts, so neither holds a stale decision; a slot of one
+        # cycle then takes two, and otherwise (the input stream ahead) they cost no cycle.
+        starting, ending, may_start = Signal(), Signal(), Signal()
+        m.d.sync += [may_start.eq((~slot["next_drive"] | have_u) & next_has_nudge & ~starting),
+                     ending.eq((t + 2 >= slot_len) & ~starting)]
+
         def start_slot(rem, s_early, takes_u):
+            m.d.comb += starting.eq(1)
             enter_slot(rem, s_early)
             m.d.sync += [u_drive.eq(u_next), u_mid.eq(u_drive), u_grad.eq(u_mid)]
             with m.If(takes_u):
@@ -633,6 +746,7 @@ class HRUCore(wiring.Component):
                 with m.If(self.cmd.valid):
                     cmd = self.cmd.payload
                     m.d.sync += [op.eq(cmd.op), length.eq(cmd.length), beats.eq(0), have_u.eq(0),
+                                 more_beats.eq(cmd.length != 0), more_vectors.eq(cmd.length != 0),
                                  nudge_stream.eq(cmd.nudge_stream & (cmd.op == Op.ECHO)),
                                  vectors.eq(0), nudge_row.eq(0), lead.eq(0)]
                     m.d.comb += clear_counters.eq(Mux(cmd.op == Op.CLEAR, 0b1000,
@@ -650,11 +764,11 @@ class HRUCore(wiring.Component):
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), running.eq(1)]
                 m.d.sync += t.eq(Mux(t == slot_len, t, t + 1))
-                with m.If((t == slot_len - 1) | (t == slot_len)):  # slot_len >= 1
+                with m.If(ending):  # t >= slot_len − 1
                     with m.If(slot["last"]):
                         m.d.sync += t.eq(_SETTLE)
                         m.next = "SETTLE"
-                    with m.Elif((~slot["next_drive"] | have_u) & next_has_nudge):
+                    with m.Elif(may_start):
                         m.d.comb += advance.eq(1)
                         start_slot(remaining - 1, Mux(early == 2, 2, early + 1), slot["next_drive"])
                         m.d.sync += parity.eq(~parity)

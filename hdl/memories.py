@@ -80,8 +80,9 @@ class AccumulatorMemory(wiring.Component):
 
     Latency 3: the row is read in the cycle ``valid`` is high, the read word and the addend are
     registered (a block RAM's output is slow; the wide adder gets a cycle of its own), and the sum
-    is written back in the third cycle, when ``overflow`` reports whether it wrapped
-    (golden_model.fixed.add_wrap, 64 bits included). The read is
+    is written back in the third cycle; ``overflow`` reports whether it wrapped
+    (golden_model.fixed.add_wrap, 64 bits included) one cycle later, registered: the wide
+    adder's carry chain then ends in a register, not in the caller's event counting. The read is
     transparent for the write, so updates of one row must be at least 2 cycles apart (the core's
     updates of a row are a whole time slot apart). Used for the position sum and the A and B
     gradient accumulators.
@@ -111,12 +112,12 @@ class AccumulatorMemory(wiring.Component):
         base = Signal.like(store.rd_data)
         m.d.sync += [valid2.eq(valid), addr2.eq(addr), addend2.eq(addend), base.eq(Mux(clear, 0, store.rd_data))]
         total, overflow = wrap(base + addend2, self._width)
+        m.d.sync += self.overflow.eq(valid2 & overflow)
         m.d.comb += [
             store.host_sel.eq(self.host_sel),
             store.rd_addr.eq(self.addr),
             store.wr_en.eq(valid2),
             store.wr_addr.eq(addr2),
             store.wr_data.eq(total),
-            self.overflow.eq(valid2 & overflow),
         ]
         return m

@@ -7,11 +7,14 @@ inputs) and the golden model's expectations (computed outside the simulator: no 
 Per case: load the stores over the host port, CLEAR, FORWARD u_0..u_{L-1}, read back and compare,
 ECHO u_{L-1}..u_0, read back and compare; every integer with == on the sim.cocotb_lib Scoreboard
 (first mismatch reported as phase, step = L, lane = oscillator index, field). The run directory
-also gets ``hru_core.cycles.json``: per case the cycles from command accepted to ``done``.
+also gets ``hru_core.cycles.json``: per case the cycles from command accepted to ``done``, and
+``hru_core.speed.json``: the clock cycles simulated by this test and its wall time (from reset to
+the last comparison: the build and the simulator's start-up excluded), for the speed benchmark.
 """
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import cocotb
@@ -112,6 +115,7 @@ class CoreHost:
 async def hru_core_cases(dut):
     spec = json.loads(Path(os.environ["HRU_CASES"]).read_text())
     core = HRUCore(FixedFormat(**spec["format"]), HRUSize(*spec["size"]), spec["lanes"])
+    wall, start = time.perf_counter(), get_sim_time("ns")
     await start_clock_and_reset(dut)
     host = CoreHost(dut, core, random.Random(cocotb.RANDOM_SEED), spec["idle_prob"])
     board = Scoreboard("hru_core")
@@ -124,4 +128,8 @@ async def hru_core_cases(dut):
                 dut._log.error("case %d: %s differs", index, phase)
         all_cycles.append(cycles)
     Path("hru_core.cycles.json").write_text(json.dumps(all_cycles))
+    wall = time.perf_counter() - wall
+    cycles = round((get_sim_time("ns") - start) / CLOCK_PERIOD_NS)
+    Path("hru_core.speed.json").write_text(json.dumps({"cycles": cycles, "wall_s": wall,
+                                                       "cycles_per_s": cycles / wall if wall > 0 else None}))
     dut._log.info("scoreboard %s, cycles %s", board.finish(), all_cycles)

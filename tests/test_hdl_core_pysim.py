@@ -7,7 +7,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from golden_model.formats import FixedFormat, HRUSize
-from hdl.hru_core import PHASES, HRUCore, Op, Region, cycles_per_step
+from hdl.hru_core import PHASES, HRUCore, Op, Region, SlotLengths, cycles_per_step, default_macs, oscillator_bound
 from hdl.verilog import golden_expectation, random_case
 
 SMALL = FixedFormat(state_width=16, state_frac=8, input_width=8, input_frac=5, coef_width=10,
@@ -78,14 +78,15 @@ class CoreDriver:
         return cycles
 
 
-def run_core(fmt: FixedFormat, size: HRUSize, lanes: int, case: dict) -> dict:
+def run_core(fmt: FixedFormat, size: HRUSize, lanes: int, case: dict, macs: int | None = None) -> dict:
     """Load the case, run CLEAR, FORWARD, ECHO; read back the fields of hdl.verilog.golden_expectation."""
-    return run_minibatch(fmt, size, lanes, [case])[0]
+    return run_minibatch(fmt, size, lanes, [case], macs)[0]
 
 
-def run_minibatch(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict]) -> list[dict]:
+def run_minibatch(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict],
+                  macs: int | None = None) -> list[dict]:
     """CLEAR once, then per case: load it, FORWARD, read back, ECHO, read back (acc_a/acc_b sum up)."""
-    core = HRUCore(fmt, size, lanes)
+    core = HRUCore(fmt, size, lanes, macs)
     p, n = size.oscillators, size.inputs
     outs = []
 
@@ -125,22 +126,45 @@ def run_minibatch(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict]
     return outs
 
 
-CONFIGS = [  # (format, size, lanes)
-    (SMALL, HRUSize(oscillators=2, inputs=1, max_length=64), 1),
-    (SMALL, HRUSize(oscillators=4, inputs=3, max_length=64), 2),
-    (FixedFormat(), HRUSize(oscillators=3, inputs=2, max_length=64), 3),
-    (SMALL, HRUSize(oscillators=8, inputs=1, max_length=64), 1),  # echo slot set by d's hazard (17)
+CONFIGS = [  # (format, size, lanes, macs: None = the default)
+    (SMALL, HRUSize(oscillators=2, inputs=1, max_length=64), 1, None),
+    (SMALL, HRUSize(oscillators=4, inputs=3, max_length=64), 2, None),  # macs 1: 3 groups per row
+    (FixedFormat(), HRUSize(oscillators=3, inputs=2, max_length=64), 3, None),  # macs 2: one row per clock
+    (SMALL, HRUSize(oscillators=8, inputs=1, max_length=64), 1, None),  # echo: d's hazard = write-back (16)
+    (SMALL, HRUSize(oscillators=4, inputs=4, max_length=64), 1, 2),  # 2 groups per row: tree + row sum
+    (SMALL, HRUSize(oscillators=6, inputs=4, max_length=64), 3, 1),  # one MAC, 4 groups per row
+    (FixedFormat(), HRUSize(oscillators=2, inputs=8, max_length=64), 2, None),  # 8-product tree
+    (SMALL, HRUSize(oscillators=6, inputs=8, max_length=64), 2, 2),  # 4 groups of 2
 ]
 
 
-@pytest.mark.parametrize("fmt,size,lanes", CONFIGS)
-def test_core_matches_golden(fmt, size, lanes):
+@pytest.mark.parametrize("fmt,size,lanes,macs", CONFIGS)
+def test_core_matches_golden(fmt, size, lanes, macs):
     case = random_case(fmt, size, length=12, seed=size.oscillators * 7 + lanes)
-    got, want = run_core(fmt, size, lanes, case), golden_expectation(fmt, case)
+    got, want = run_core(fmt, size, lanes, case, macs), golden_expectation(fmt, case)
     assert got["forward"] == want["forward"]
     assert got["echo"] == want["echo"]
     assert any(want["echo"]["acc_a"]) and any(v for row in want["echo"]["acc_b"] for v in row)
-    assert got["forward_cycles"] <= 13 * cycles_per_step(size, lanes, echo=False) + 20
+    assert got["forward_cycles"] <= 13 * cycles_per_step(size, lanes, echo=False, macs=macs) + 30  # + settling
+
+
+def test_default_core_reaches_the_oscillator_bound():
+    """With the default ``macs`` (N = 8: a whole row of B·u per clock) a step costs the oscillator
+    pipeline's bound max(E·R, 16), not the single-MAC budget R·N; measured on a P16/N8/K1 core."""
+    size = HRUSize(oscillators=16, inputs=8, max_length=64)
+    assert default_macs(8) == 8 and default_macs(12) == 4 and default_macs(3) == 1
+    for lanes, fwd, ech in ((1, 16, 32), (4, 16, 16), (2, 16, 16)):
+        assert cycles_per_step(size, lanes, echo=False) == oscillator_bound(size, lanes, echo=False) == fwd
+        assert cycles_per_step(size, lanes, echo=True) == oscillator_bound(size, lanes, echo=True) == ech
+    assert cycles_per_step(size, 1, echo=False, macs=1) == 128  # the single-MAC budget R·N
+    assert cycles_per_step(size, 1, echo=True, macs=2) == 64
+    length = 5
+    case = random_case(FixedFormat(), size, length=length, seed=77)
+    got, want = run_core(FixedFormat(), size, 1, case), golden_expectation(FixedFormat(), case)
+    assert got["forward"] == want["forward"] and got["echo"] == want["echo"]
+    # a command: L steps, its first slot (b(0): R·G = 16 cycles), settling and the handshake
+    assert got["forward_cycles"] <= (length + 1) * 16 + 30, got["forward_cycles"]
+    assert got["echo_cycles"] <= length * 32 + 2 * 16 + 30, got["echo_cycles"]
 
 
 @pytest.mark.parametrize("lanes", [1, 3])
@@ -222,7 +246,7 @@ def test_zero_nudge_echo_returns_the_initial_state_bit_for_bit():
 
 
 @pytest.mark.parametrize("size", [HRUSize(oscillators=2, inputs=1, max_length=64),  # y/z write-back bound
-                                  HRUSize(oscillators=8, inputs=1, max_length=64)])  # echo: d's hazard bound
+                                  HRUSize(oscillators=8, inputs=1, max_length=64)])  # echo: d's hazard = 16
 def test_slot_minimum_is_tight(size, monkeypatch):
     """The hazard minimum of a slot is necessary, not just sufficient: one cycle less breaks the result."""
     import hdl.hru_core
@@ -232,8 +256,8 @@ def test_slot_minimum_is_tight(size, monkeypatch):
     assert run_core(SMALL, size, 1, case)["echo"] == want["echo"]
     exact = hdl.hru_core.SlotLengths.of
 
-    def one_short(rows, inputs, echo):
-        lengths = exact(rows, inputs, echo)
+    def one_short(rows, inputs, echo, macs=1):
+        lengths = exact(rows, inputs, echo, macs)
         return hdl.hru_core.SlotLengths(mac=lengths.mac, osc=lengths.osc - 1, both=max(lengths.mac, lengths.osc - 1))
 
     monkeypatch.setattr(hdl.hru_core.SlotLengths, "of", one_short)
@@ -247,3 +271,18 @@ def test_core_rejects_bad_configurations():
         HRUCore(SMALL.replace(drift_rounding="floor"), HRUSize(oscillators=2, inputs=2), lanes=1)
     with pytest.raises(ValueError, match="lanes"):
         HRUCore(SMALL, HRUSize(oscillators=2, inputs=2), lanes=0)
+    with pytest.raises(ValueError, match="macs must be a positive integer"):
+        HRUCore(SMALL, HRUSize(oscillators=2, inputs=4), lanes=1, macs=0)
+    with pytest.raises(ValueError, match=r"macs \(3\) must be a power of two that divides .* largest allowed is 2"):
+        HRUCore(SMALL, HRUSize(oscillators=2, inputs=6), lanes=1, macs=3)
+    with pytest.raises(ValueError, match=r"macs \(8\) must be a power of two that divides the number of inputs \(4\)"):
+        HRUCore(SMALL, HRUSize(oscillators=2, inputs=4), lanes=1, macs=8)
+
+
+def test_slot_lengths_follow_the_mac_groups():
+    """R·G MAC cycles; the b hazard (the next slot's OSC reads b) adds to a slot only for tiny R."""
+    assert SlotLengths.of(rows=16, inputs=8, echo=False, macs=8) == SlotLengths(mac=16, osc=16, both=16)
+    assert SlotLengths.of(rows=16, inputs=8, echo=True, macs=8) == SlotLengths(mac=16, osc=32, both=32)
+    assert SlotLengths.of(rows=16, inputs=8, echo=False, macs=1) == SlotLengths(mac=128, osc=16, both=128)
+    assert SlotLengths.of(rows=4, inputs=8, echo=True, macs=4) == SlotLengths(mac=8, osc=16, both=16)
+    assert SlotLengths.of(rows=8, inputs=1, echo=True, macs=1).osc == 16  # d's hazard R + 8 = the write-back bound

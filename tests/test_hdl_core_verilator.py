@@ -10,7 +10,7 @@ import json
 import pytest
 
 from golden_model.formats import FixedFormat, HRUSize
-from hdl.hru_core import cycles_per_step
+from hdl.hru_core import cycles_per_step, oscillator_bound
 from hdl.verilog import golden_expectation, random_case, run_core_case
 from sim.verilator import MISMATCH_SUFFIX, SimulationFailed
 
@@ -75,9 +75,12 @@ def test_corrupted_expectation_fails_and_names_the_field():
 
 
 def test_cycles_per_step_reach_the_resource_bound():
-    """With the input always valid a step costs max(R·N, E·R, 16) cycles; at L = 1,000 a command
-    (first and last slot, settling) stays within 1 % of L times that."""
+    """With the input always valid a step costs max(R·N/macs, E·R, 16) cycles; at L = 1,000 a
+    command (first and last slot, settling) stays within 1 % of L times that. With the default
+    ``macs`` (a row of B·u per clock) that is the oscillator bound max(E·R, 16): II = 1."""
     fmt, size, lanes = CONFIGS["default"]
+    for echo in (False, True):
+        assert cycles_per_step(size, lanes, echo) == oscillator_bound(size, lanes, echo) == 16  # R = 8
     length = 1000
     case = random_case(fmt, size, length, seed=2)
     result = run_core_case(fmt, size, lanes, [case], [golden_expectation(fmt, case)], run_name="cycles",
@@ -86,6 +89,9 @@ def test_cycles_per_step_reach_the_resource_bound():
     for phase, echo in (("forward", False), ("echo", True)):
         ideal = length * cycles_per_step(size, lanes, echo)
         assert ideal <= cycles[phase] <= 1.01 * ideal, (phase, cycles, ideal)
+        assert cycles[phase] <= 1.01 * length * oscillator_bound(size, lanes, echo), (phase, cycles)
+    speed = json.loads((result.test_dir / "hru_core.speed.json").read_text())
+    assert speed["cycles"] >= cycles["forward"] + cycles["echo"] and speed["cycles_per_s"] > 0
 
 
 def test_verilog_cli_writes_the_core(tmp_path, capsys):
