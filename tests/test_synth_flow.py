@@ -117,16 +117,7 @@ def test_tolerance_rules():
                                          tolerances={"utilisation_rel": 0.01, "utilisation_abs": 0})) == 4
 
 
-def _core_available():
-    try:
-        from hdl.hru_core import HRUCore  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _core_available(), reason="hdl.hru_core does not import")
 def test_core_default_config_against_baseline(tmp_path):
     """The HRU core, default format and size, one lane: within its stored baseline (about 60 s)."""
     result = synth.synthesize_core(lanes=1, workdir=tmp_path)
