@@ -1,0 +1,787 @@
+"""The command sequencer: the link's frames in, the HRU core driven, replies out (docs/protocol.md).
+
+It sits between ``firmware.link`` (``header`` / ``payload`` / ``reply`` streams and the link
+counters) and ``hdl.hru_core.HRUCore`` (``cmd``, ``u``, the ``bus`` host port, ``busy``). Its
+behaviour is specified, byte for byte, by the golden board (firmware/board_model.py): the order
+of the checks, the error codes, the STATUS fields, what ABORT does.
+
+Structure: one control FSM (:class:`Sequencer`) plus small datapath helpers, each with one job,
+so the FSM only says *which* field is read or written next, never how bytes become words:
+
+- :class:`FieldAssembler` turns payload bytes into little-endian fields of 1..8 bytes (the
+  FSM names the width of the field it wants; words of the fixed-point format are truncated by
+  the stores, so no sign handling is needed on the way in);
+- :class:`FieldSerializer` turns fields (value, byte count) into reply bytes, and a ``replay``
+  request into the link's single ``replay`` beat;
+- :class:`Divider` gives the number of words / steps in a payload (a payload length divided by
+  a word or step size; the check must be done BEFORE any byte is acted on);
+- :class:`AddressWalker` maps the protocol's word index (oscillator-major, B row-major) to the
+  core's {region, lane, index} address, one step per word, so no division by the lane count is
+  needed anywhere;
+- :class:`NudgeFeeder` buffers one streamed nudge vector and cuts it into the core's K-word beats
+  (echo STREAM mode, see below).
+
+Every check of a request (UNKNOWN_COMMAND, WRONG_STATE, BAD_LENGTH, BAD_ARGUMENT, in that order)
+is made from the header and the request's fixed fields before anything is written or any input
+reaches the core, so an error changes nothing stored; its payload is then drained.
+
+Overflow counters: the core's COUNTERS region is readable only while the core is idle, but
+STATUS must answer during a pass too. The sequencer therefore keeps a copy of the four counters,
+read from the core after every pass, ABORT and CLEAR, and zeroes the running pass's counters at
+its START exactly as the core does; so STATUS reports during a pass what the golden board
+reports (the running phase's counter as 0).
+
+Echo STREAM mode (capability bit 0): ECHO_START's nudge is the first vector of the core's
+``nudge`` stream and each ECHO_DATA step's nudge the next one, through :class:`NudgeFeeder`; the
+last step's nudge is dropped. ABORT feeds zero inputs and zero nudges.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from firmware import protocol
+from firmware.link import FrameByte, FrameHeader, ReplyByte
+from firmware.protocol import (Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState,
+                               Region, Status, word_bytes)
+from hdl.hru_core import HRUCore, Op
+from hdl.memories import MemoryBus
+
+__all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "Sequencer", "core_config"]
+
+FIELD_BITS = 64  # the widest field: an accumulator word of up to 64 bits
+
+
+def core_config(fmt, size, lanes: int, build_hash: bytes) -> CoreConfig:
+    """The :class:`CoreConfig` that IDENTIFY reports for a core (echo STREAM mode included)."""
+    return CoreConfig(size, fmt, lanes, Capability.ECHO_STREAM, bytes(build_hash))
+
+
+class Field(data.Struct):
+    value: unsigned(FIELD_BITS)
+    last: 1  # the request payload's last byte is in this field
+
+
+class ReplyField(data.Struct):
+    value: unsigned(FIELD_BITS)
+    nbytes: unsigned(4)  # 1..8 bytes, little-endian
+    last: 1  # the reply body ends with this field
+    replay: 1  # instead of a field: the link resends its cached reply (value/nbytes ignored)
+
+
+class FieldAssembler(wiring.Component):
+    """Payload bytes -> little-endian fields of ``nbytes`` (1..8) bytes.
+
+    ``nbytes`` is the size of the field that the next byte taken belongs to, so it is the FSM
+    that decides where fields end. Bytes are taken only while ``en`` is high, and while a
+    finished field waits in ``o`` only with ``chain``: then the byte taken in the cycle that
+    field is taken starts the NEXT field, and ``nbytes`` must already give that field's size.
+    A parse state reads one field and moves on, so it leaves ``chain`` low (one idle cycle per
+    field); the input stream of a pass knows its next field and chains, at one byte per clock.
+    Upper bytes of a field narrower than 8 bytes are zero.
+    """
+
+    i: In(stream.Signature(FrameByte))
+    o: Out(stream.Signature(Field))
+    en: In(1)
+    chain: In(1)
+    nbytes: In(unsigned(4))
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = Signal(FIELD_BITS)
+        count = Signal(range(8))
+        byte = self.i.p.data
+        m.d.comb += self.i.ready.eq(self.en & (~self.o.valid | (self.chain & self.o.ready)))
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            new = Signal(FIELD_BITS)
+            with m.Switch(count):
+                for k in range(8):
+                    with m.Case(k):
+                        if k == 0:
+                            m.d.comb += new.eq(byte)
+                        else:
+                            m.d.comb += new.eq(Cat(acc[:8 * k], byte))
+            with m.If(count + 1 >= self.nbytes):
+                m.d.sync += [self.o.valid.eq(1), self.o.p.value.eq(new), self.o.p.last.eq(self.i.p.last),
+                             count.eq(0)]
+            with m.Else():
+                m.d.sync += [acc.eq(new), count.eq(count + 1)]
+        return m
+
+
+class FieldSerializer(wiring.Component):
+    """Reply fields -> reply bytes (little-endian), at one byte per cycle, registered.
+
+    A ``replay`` field becomes the single ``replay`` beat of :class:`firmware.link.ReplyCache`.
+    """
+
+    i: In(stream.Signature(ReplyField))
+    o: Out(stream.Signature(ReplyByte))
+
+    def elaborate(self, platform):
+        m = Module()
+        shift = Signal(FIELD_BITS)
+        left = Signal(range(9))
+        last, replay = Signal(), Signal()
+        m.d.comb += [
+            self.o.valid.eq(left != 0),
+            self.o.p.data.eq(shift[:8]),
+            self.o.p.last.eq(last & (left == 1)),
+            self.o.p.replay.eq(replay),
+            self.i.ready.eq((left == 0) | ((left == 1) & self.o.ready)),
+        ]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [shift.eq(self.i.p.value), left.eq(Mux(self.i.p.replay, 1, self.i.p.nbytes)),
+                         last.eq(self.i.p.last | self.i.p.replay), replay.eq(self.i.p.replay)]
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += [shift.eq(shift >> 8), left.eq(left - 1)]
+        return m
+
+
+class Divider(wiring.Component):
+    """``dividend // divisor`` and ``% divisor`` by restoring division, one quotient bit per cycle.
+
+    Payload lengths are at most 16 bits, so a division takes 16 cycles; ``start`` loads the
+    operands and ``busy`` is high until the results are valid. Used once per request, for the
+    number of words of a WRITE and the number of steps of a DATA chunk.
+    """
+
+    def __init__(self, width: int = 16):
+        self.width = width
+        super().__init__({
+            "start": In(1), "dividend": In(unsigned(width)), "divisor": In(unsigned(width)),
+            "busy": Out(1), "quotient": Out(unsigned(width)), "remainder": Out(unsigned(width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self.width
+        divisor = Signal(w)
+        left = Signal(range(w + 1))
+        trial = Signal(w + 1)
+        m.d.comb += [self.busy.eq(left != 0), trial.eq(Cat(self.quotient[w - 1], self.remainder))]
+        with m.If(self.start):
+            m.d.sync += [self.quotient.eq(self.dividend), self.remainder.eq(0), divisor.eq(self.divisor),
+                         left.eq(w)]
+        with m.Elif(left != 0):
+            m.d.sync += left.eq(left - 1)
+            with m.If(trial >= divisor):
+                m.d.sync += [self.remainder.eq(trial - divisor), self.quotient.eq(Cat(1, self.quotient[:w - 1]))]
+            with m.Else():
+                m.d.sync += [self.remainder.eq(trial), self.quotient.eq(Cat(0, self.quotient[:w - 1]))]
+        return m
+
+
+class AddressWalker(wiring.Component):
+    """The core address of word ``index`` of a region, walked one word at a time.
+
+    Protocol index i of a per-oscillator region is oscillator i; of B / ACC_B it is i·N + j.
+    The core keeps oscillator i in lane i % K at row i // K (hdl.hru_core.AddressMap). Walking
+    (column fastest, then lane, then row) needs only counters, where the direct mapping would
+    need a division by K. ``load`` restarts at index 0 of ``region``; ``step`` moves on by one
+    word (a READ or WRITE starting at ``start`` first steps ``start`` times). COUNTERS are
+    addressed by their index in lane 0.
+    """
+
+    def __init__(self, core: HRUCore):
+        self._amap = amap = core.address_map
+        self._inputs = core.size.inputs
+        super().__init__({
+            "load": In(1), "region": In(unsigned(4)), "step": In(1),
+            "addr": Out(unsigned(amap.addr_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        amap, inputs = self._amap, self._inputs
+        region = Signal(4)
+        matrix, counters = Signal(), Signal()
+        col = Signal(range(max(inputs, 2)))
+        lane = Signal(range(max(amap.lanes, 2)))
+        base = Signal(amap.index_width + 1)  # row · columns
+        index = Signal(amap.index_width)
+        m.d.comb += [
+            index.eq(base + col),
+            self.addr.eq(Cat(index, lane[:amap.lane_width], region)),
+        ]
+        ncols = Mux(matrix, inputs, 1)
+        last_lane = Mux(counters, 0, amap.lanes - 1)
+        with m.If(self.load):
+            m.d.sync += [region.eq(self.region), matrix.eq((self.region == Region.B) | (self.region == Region.ACC_B)),
+                         counters.eq(self.region == Region.COUNTERS), col.eq(0), lane.eq(0), base.eq(0)]
+        with m.Elif(self.step):
+            with m.If(col != ncols - 1):
+                m.d.sync += col.eq(col + 1)
+            with m.Else():
+                m.d.sync += col.eq(0)
+                with m.If(lane != last_lane):
+                    m.d.sync += lane.eq(lane + 1)
+                with m.Else():
+                    m.d.sync += [lane.eq(0), base.eq(base + ncols)]
+        return m
+
+
+class NudgeFeeder(wiring.Component):
+    """Streamed nudge words (oscillator order) -> the core's ``nudge`` beats of K words.
+
+    A FIFO of one whole vector (P words) sits in front of the beat builder. It is needed, not
+    an optimisation: the wire carries each step's nudge AFTER its input (n_{j-1} follows u_j),
+    while the core takes vector k only once it runs step k - 1, i.e. after it has the NEXT
+    step's input. Without room for one vector the request stream would stall on a vector the
+    core cannot take yet, in front of the input the core waits for.
+    """
+
+    def __init__(self, fmt, oscillators: int, lanes: int):
+        self._width, self._depth, self._lanes = fmt.state_width, oscillators, lanes
+        super().__init__({
+            "i": In(stream.Signature(unsigned(fmt.state_width))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(fmt.state_width), lanes))),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.lib.fifo import SyncFIFOBuffered
+
+        m = Module()
+        w, k = self._width, self._lanes
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=w, depth=self._depth)
+        m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid), self.i.ready.eq(fifo.w_rdy)]
+        beat = Signal(w * k)
+        words = Signal(range(k + 1))
+        full = Signal()
+        m.d.comb += [self.o.valid.eq(full), self.o.payload.eq(beat), fifo.r_en.eq(~full)]
+        with m.If(fifo.r_rdy & ~full):  # word 0 of a beat ends at the bottom after K shifts
+            m.d.sync += [beat.eq(Cat(beat[w:], fifo.r_data) if k > 1 else fifo.r_data), words.eq(words + 1)]
+            with m.If(words == k - 1):
+                m.d.sync += [words.eq(0), full.eq(1)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += full.eq(0)
+        return m
+
+
+# reply bodies after [seq][cmd][status]
+_NONE, _IDENTIFY, _STATUS, _READ, _FORWARD, _ECHO = range(6)
+
+
+class Sequencer(wiring.Component):
+    """Executes requests on ``core``; see the module docstring and firmware/board_model.py.
+
+    Ports: ``header``, ``payload`` (from the link's receiver), ``reply`` (to its reply cache),
+    the link counters ``frames_ok``, ``crc_errors``, ``framing_errors``, ``overruns`` (in), and
+    the core side ``core_cmd``, ``core_u``, ``core_nudge``, ``core_bus`` (initiator), ``core_busy``.
+    ``build_hash``: 16 bytes reported by IDENTIFY.
+    """
+
+    def __init__(self, core: HRUCore, build_hash: bytes):
+        self._core = core
+        self.config = core_config(core.fmt, core.size, core.lanes, build_hash)
+        self.messages = Messages(self.config)
+        fmt = core.fmt
+        super().__init__({
+            "header": In(stream.Signature(FrameHeader)),
+            "payload": In(stream.Signature(FrameByte)),
+            "reply": Out(stream.Signature(ReplyByte)),
+            "frames_ok": In(32), "crc_errors": In(32), "framing_errors": In(32), "overruns": In(32),
+            "core_cmd": Out(stream.Signature(core.command_layout)),
+            "core_u": Out(stream.Signature(data.ArrayLayout(signed(fmt.input_width), core.size.inputs))),
+            "core_nudge": Out(stream.Signature(data.ArrayLayout(signed(fmt.state_width), core.lanes))),
+            "core_bus": Out(MemoryBus(core.address_map.addr_width, core.data_width)),
+            "core_busy": In(1),
+        })
+
+    # -- constants of the configuration
+
+    def _region_words(self):
+        """Per region code: (word bits, signed, depth, most words per WRITE, per READ)."""
+        c, msg = self.config, self.messages
+        table = {}
+        for r in Region:
+            f = c.region_field(r)
+            table[int(r)] = (f.width, f.signed, c.region_depth(r),
+                             0 if r in protocol.READ_ONLY_REGIONS else msg.max_words(r, write=True),
+                             msg.max_words(r))
+        return table
+
+    def elaborate(self, platform):
+        m = Module()
+        core, c, msg = self._core, self.config, self.messages
+        fmt, P, N = c.fmt, c.size.oscillators, c.size.inputs
+        regions = self._region_words()
+        wn = word_bytes(fmt.counter_width)
+        wu = word_bytes(fmt.input_width)
+        ws = word_bytes(fmt.state_width)
+        counter_addr = [core.address_map.address(core_region, p) for core_region, p in
+                        ((Region.COUNTERS, p) for p in range(4))]
+
+        m.submodules.asm = asm = FieldAssembler()
+        m.submodules.ser = ser = FieldSerializer()
+        m.submodules.div = div = Divider(16)
+        m.submodules.walker = walker = AddressWalker(core)
+        m.submodules.feeder = feeder = NudgeFeeder(fmt, P, core.lanes)
+        # ECHO_START's nudge in STREAM mode: the core's stream overwrites the NUDGE store during the
+        # pass (it double-buffers the streamed vectors there), and NUDGE must hold it afterwards
+        m.submodules.start_nudge = start_nudge = memory.Memory(shape=fmt.state_width, depth=P, init=[])
+        copy_wr, copy_rd = start_nudge.write_port(), start_nudge.read_port()
+        m.d.comb += [self.core_nudge.valid.eq(feeder.o.valid), self.core_nudge.payload.eq(feeder.o.payload),
+                     feeder.o.ready.eq(self.core_nudge.ready)]
+        wiring.connect(m, wiring.flipped(self.payload), asm.i)
+        wiring.connect(m, ser.o, wiring.flipped(self.reply))
+        bus = self.core_bus
+
+        # ---- registers ---------------------------------------------------------------------
+        seq, cmd = Signal(8), Signal(8)
+        length = Signal(16)  # payload bytes of the request
+        got_last = Signal()  # the request's last payload byte has been taken
+        status = Signal(8)  # of the reply being made
+        body = Signal(range(6))
+        pass_state = Signal(2)  # PassState
+        pass_length = Signal(32)
+        steps_done = Signal(32)
+        command_errors = Signal(32)
+        overflow = [Signal(fmt.counter_width, name=f"overflow_{p}") for p in
+                    ("forward", "echo_plus", "echo_minus", "gradient")]
+        region = Signal(8)
+        start = Signal(16)
+        count = Signal(32)  # words, or steps (ABORT: up to max_length), still to move
+        arg32 = Signal(32)  # a pass length or a DATA offset
+        arg8 = Signal(8)  # FORWARD_START flags, ECHO_START mode
+        identify = msg.pack_identify()
+        index = Signal(range(max(len(identify), N + P, 4) + 1))  # field / word index in a reply part or a step
+        op = Signal(Op)
+        u_shift = Signal(N * fmt.input_width)
+        u_full = Signal()
+        stream_mode = Signal()  # the echo pass in progress has per-step nudges
+        aborting = Signal()  # DATA_STEPS feeds zeros for the rest of the pass (ABORT)
+
+        # ---- per-region constants, selected by ``region`` -----------------------------------
+        r_known, r_bits_bytes, r_depth, r_max_write, r_max_read, r_read_only = (
+            Signal(), Signal(4), Signal(17), Signal(16), Signal(16), Signal())
+        r_value = Signal(FIELD_BITS)  # bus read data, sign-extended from the region's width
+        r_word = Signal(FIELD_BITS)  # r_value, registered
+        read_region = Signal(4)  # the region of the bus read in flight (walker's)
+        with m.Switch(region):
+            for code, (bits, signed_, depth, max_write, max_read) in regions.items():
+                with m.Case(code):
+                    m.d.comb += [r_known.eq(1), r_bits_bytes.eq(word_bytes(bits)), r_depth.eq(depth),
+                                 r_max_write.eq(max_write), r_max_read.eq(max_read),
+                                 r_read_only.eq(max_write == 0)]
+        with m.Switch(read_region):
+            for code, (bits, signed_, *_rest) in regions.items():
+                with m.Case(code):
+                    word = bus.r_data[:bits]
+                    m.d.comb += r_value.eq(word.as_signed() if signed_ else word)
+
+        # ---- reply fields: the header bytes, constant and register fields ---------------------
+        counters_of = [(o, wn) for o in overflow]
+        tables = {
+            _IDENTIFY: [(b, 1) for b in identify],
+            _STATUS: [(self.frames_ok, 4), (self.crc_errors, 4), (self.framing_errors, 4), (self.overruns, 4),
+                      (command_errors, 4), (pass_state, 1), (Mux(pass_state == PassState.IDLE, 0, pass_length), 4),
+                      (Mux(pass_state == PassState.IDLE, 0, steps_done), 4), *counters_of],
+            _FORWARD: [counters_of[0]],
+            _ECHO: counters_of[1:],
+        }
+        assert msg.status_reply.size() == sum(n for _, n in tables[_STATUS])
+        t_value, t_nbytes, t_end = Signal(FIELD_BITS), Signal(4), Signal()  # t_end: the table's last field
+        with m.Switch(body):
+            for kind, fields in tables.items():
+                with m.Case(kind):
+                    with m.Switch(index):
+                        for k, (value, nbytes) in enumerate(fields):
+                            with m.Case(k):
+                                m.d.comb += [t_value.eq(value), t_nbytes.eq(nbytes), t_end.eq(k == len(fields) - 1)]
+
+        # ---- the walker and the bus ---------------------------------------------------------
+        m.d.comb += [bus.addr.eq(walker.addr), walker.region.eq(region)]
+        m.d.sync += read_region.eq(walker.addr >> (core.address_map.addr_width - 4))
+        with m.If(asm.o.valid & asm.o.ready & asm.o.p.last):
+            m.d.sync += got_last.eq(1)
+        field = asm.o.p.value
+
+        # ---- core command and input --------------------------------------------------------
+        m.d.comb += [self.core_cmd.p.op.eq(op), self.core_cmd.p.length.eq(pass_length),
+                     self.core_cmd.p.nudge_stream.eq(stream_mode), self.core_u.p.eq(u_shift),
+                     self.core_u.valid.eq(u_full), copy_rd.addr.eq(index)]
+        with m.If(self.core_u.valid & self.core_u.ready):
+            m.d.sync += u_full.eq(0)
+
+        def error(code):
+            m.d.sync += [status.eq(code), body.eq(_NONE), command_errors.eq(command_errors + 1)]
+            m.next = "DRAIN"
+
+        def reply(kind=_NONE):
+            m.d.sync += [status.eq(Status.OK), body.eq(kind), index.eq(0)]
+            m.next = "DRAIN"
+
+        def read_field(nbytes):
+            """Take the next payload field of ``nbytes`` bytes; yields inside m.If(field taken)."""
+            m.d.comb += [asm.en.eq(1), asm.nbytes.eq(nbytes), asm.o.ready.eq(1)]
+            return m.If(asm.o.valid)
+
+        def start_division(dividend, divisor):
+            m.d.comb += [div.start.eq(1), div.dividend.eq(dividend), div.divisor.eq(divisor)]
+
+        data_layout = {Command.FORWARD_DATA: msg.forward_data, Command.ECHO_DATA: msg.echo_data(EchoMode.CONSTANT),
+                       EchoMode.STREAM: msg.echo_data(EchoMode.STREAM)}
+        assert msg.forward_data.step_bytes == N * wu and msg.echo_data(EchoMode.STREAM).step_bytes == N * wu + P * ws
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                m.d.comb += self.header.ready.eq(1)
+                with m.If(self.header.valid):
+                    h = self.header.p
+                    m.d.sync += [seq.eq(h.seq), cmd.eq(h.cmd), length.eq(h.length),
+                                 got_last.eq(0), index.eq(0), body.eq(_NONE), aborting.eq(0)]
+                    with m.If(h.status != Status.OK):  # a link error: answered, not counted here
+                        m.d.sync += [status.eq(h.status), body.eq(_NONE)]
+                        m.next = "HEAD"
+                    with m.Elif(h.repeat):
+                        m.next = "REPLAY"
+                    with m.Else():
+                        m.next = "DECODE"
+
+            with m.State("REPLAY"):  # a host retry: take its payload, resend the cached reply
+                with m.If(got_last | (length == 0)):
+                    m.d.comb += [ser.i.valid.eq(1), ser.i.p.replay.eq(1)]
+                    with m.If(ser.i.ready):
+                        m.next = "IDLE"
+                with m.Else():
+                    read_field(1)
+
+            with m.State("DECODE"):
+                allowed_in_pass = Signal()
+                m.d.comb += allowed_in_pass.eq(
+                    (cmd == Command.IDENTIFY) | (cmd == Command.STATUS) | (cmd == Command.ABORT) |
+                    ((cmd == Command.FORWARD_DATA) & (pass_state == PassState.FORWARD)) |
+                    ((cmd == Command.ECHO_DATA) & (pass_state == PassState.ECHO)))
+                is_data = (cmd == Command.FORWARD_DATA) | (cmd == Command.ECHO_DATA)
+                known = Cat(*(cmd == code for code in Command)).any()
+                with m.If(~known):
+                    error(Status.UNKNOWN_COMMAND)
+                with m.Elif(Mux(pass_state == PassState.IDLE, is_data, ~allowed_in_pass)):
+                    error(Status.WRONG_STATE)
+                with m.Else():
+                    with m.Switch(cmd):
+                        with m.Case(Command.IDENTIFY, Command.STATUS, Command.ABORT, Command.CLEAR_GRADIENTS):
+                            with m.If(length != 0):
+                                error(Status.BAD_LENGTH)
+                            with m.Elif(cmd == Command.IDENTIFY):
+                                reply(_IDENTIFY)
+                            with m.Elif(cmd == Command.STATUS):
+                                reply(_STATUS)
+                            with m.Elif(cmd == Command.CLEAR_GRADIENTS):
+                                m.d.sync += op.eq(Op.CLEAR)
+                                m.next = "CORE_CMD"
+                            with m.Elif(pass_state == PassState.IDLE):  # ABORT with nothing to abort
+                                reply()
+                            with m.Else():  # zeros (inputs and nudges) for the remaining steps
+                                m.d.sync += [count.eq(pass_length - steps_done), steps_done.eq(pass_length),
+                                             aborting.eq(1), index.eq(0)]
+                                m.next = "DATA_STEPS"
+                        with m.Case(Command.READ):
+                            with m.If(length != msg.read_request.size()):
+                                error(Status.BAD_LENGTH)
+                            with m.Else():
+                                m.next = "READ_REGION"
+                        with m.Case(Command.WRITE):
+                            with m.If(length == 0):
+                                error(Status.BAD_LENGTH)
+                            with m.Else():
+                                m.next = "WRITE_REGION"
+                        with m.Case(Command.FORWARD_START):
+                            with m.If(length != msg.forward_start.size()):
+                                error(Status.BAD_LENGTH)
+                            with m.Else():
+                                m.next = "START_LENGTH"
+                        with m.Case(Command.ECHO_START):
+                            with m.If(length != msg.echo_start.size()):
+                                error(Status.BAD_LENGTH)
+                            with m.Else():
+                                m.next = "START_LENGTH"
+                        with m.Case(Command.FORWARD_DATA, Command.ECHO_DATA):
+                            fixed = data_layout[Command.FORWARD_DATA].fixed_bytes
+                            assert {layout.fixed_bytes for layout in data_layout.values()} == {fixed}
+                            step_bytes = Mux(stream_mode & (cmd == Command.ECHO_DATA),
+                                             data_layout[EchoMode.STREAM].step_bytes,
+                                             data_layout[Command.FORWARD_DATA].step_bytes)
+                            with m.If(length < fixed + step_bytes):
+                                error(Status.BAD_LENGTH)
+                            with m.Else():
+                                start_division(length - fixed, step_bytes)
+                                m.next = "DATA_LENGTH"
+
+            # ---- READ region:u8 start:u16 count:u16 --------------------------------------
+            with m.State("READ_REGION"):
+                with read_field(1):
+                    m.d.sync += region.eq(field)
+                    m.next = "READ_START"
+            with m.State("READ_START"):
+                with read_field(2):
+                    m.d.sync += start.eq(field)
+                    m.next = "READ_COUNT"
+            with m.State("READ_COUNT"):
+                with read_field(2):
+                    m.d.sync += count.eq(field)
+                    m.next = "READ_CHECK"
+            with m.State("READ_CHECK"):
+                with m.If(~r_known | (count == 0) | (start + count > r_depth) | (count > r_max_read)):
+                    error(Status.BAD_ARGUMENT)
+                with m.Else():
+                    m.d.comb += walker.load.eq(1)
+                    m.d.sync += [body.eq(_READ), status.eq(Status.OK)]
+                    m.next = "SEEK"
+
+            # ---- WRITE region:u8 start:u16 k×value ----------------------------------------
+            with m.State("WRITE_REGION"):
+                with read_field(1):
+                    m.d.sync += region.eq(field)
+                    m.next = "WRITE_LENGTH"
+            with m.State("WRITE_LENGTH"):
+                with m.If(~r_known):
+                    error(Status.BAD_ARGUMENT)
+                with m.Elif(length < 3 + r_bits_bytes):
+                    error(Status.BAD_LENGTH)
+                with m.Else():
+                    start_division(length - 3, r_bits_bytes)
+                    m.next = "WRITE_DIVIDE"
+            with m.State("WRITE_DIVIDE"):
+                with m.If(~div.busy):
+                    with m.If(div.remainder != 0):
+                        error(Status.BAD_LENGTH)
+                    with m.Else():
+                        m.d.sync += count.eq(div.quotient)
+                        m.next = "WRITE_START"
+            with m.State("WRITE_START"):
+                with read_field(2):
+                    m.d.sync += start.eq(field)
+                    m.next = "WRITE_CHECK"
+            with m.State("WRITE_CHECK"):
+                with m.If(r_read_only | (start + count > r_depth) | (count > r_max_write)):
+                    error(Status.BAD_ARGUMENT)
+                with m.Else():
+                    m.d.comb += walker.load.eq(1)
+                    m.d.sync += body.eq(_NONE)
+                    m.next = "SEEK"
+
+            with m.State("SEEK"):  # step the walker to word ``start``
+                with m.If(start != 0):
+                    m.d.comb += walker.step.eq(1)
+                    m.d.sync += start.eq(start - 1)
+                with m.Elif(body == _READ):
+                    m.next = "HEAD"
+                with m.Else():
+                    m.next = "WRITE_WORDS"
+            with m.State("WRITE_WORDS"):
+                with read_field(r_bits_bytes):
+                    m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(field), walker.step.eq(1)]
+                    m.d.sync += count.eq(count - 1)
+                    with m.If(count == 1):
+                        reply()
+
+            # ---- FORWARD_START length:u32 flags:u8 / ECHO_START length:u32 mode:u8 nudge×P -----
+            with m.State("START_LENGTH"):
+                with read_field(4):
+                    m.d.sync += arg32.eq(field)
+                    m.next = "START_FLAGS"
+            with m.State("START_FLAGS"):
+                with read_field(1):
+                    m.d.sync += arg8.eq(field)
+                    m.next = "START_CHECK"
+            with m.State("START_CHECK"):
+                bad_length = (arg32 == 0) | (arg32 > c.size.max_length)
+                with m.If(cmd == Command.FORWARD_START):
+                    reserved = ~sum(int(f) for f in ForwardFlags) & 0xFF
+                    with m.If(bad_length | ((arg8 & reserved) != 0)):
+                        error(Status.BAD_ARGUMENT)
+                    with m.Else():
+                        m.d.sync += [op.eq(Op.FORWARD), pass_length.eq(arg32), count.eq(P), region.eq(Region.Y0),
+                                     stream_mode.eq(0)]
+                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.Y0)]
+                        with m.If(arg8 & ForwardFlags.ZERO_STATE):
+                            m.next = "ZERO_STATE"
+                        with m.Else():
+                            m.next = "CORE_CMD"
+                with m.Else():
+                    with m.If(bad_length | (arg8 > max(EchoMode))):
+                        error(Status.BAD_ARGUMENT)
+                    with m.Else():
+                        m.d.sync += [op.eq(Op.ECHO), pass_length.eq(arg32), count.eq(P), region.eq(Region.NUDGE),
+                                     stream_mode.eq(arg8 == EchoMode.STREAM)]
+                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE)]
+                        m.next = "NUDGE_WORDS"
+            with m.State("ZERO_STATE"):  # Y0 then Z0 := 0
+                m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(0), walker.step.eq(1)]
+                m.d.sync += count.eq(count - 1)
+                with m.If(count == 1):
+                    with m.If(region == Region.Y0):
+                        m.d.sync += [count.eq(P), region.eq(Region.Z0)]
+                        m.d.comb += [walker.step.eq(0), walker.load.eq(1), walker.region.eq(Region.Z0)]
+                    with m.Else():
+                        m.next = "CORE_CMD"
+            with m.State("NUDGE_WORDS"):  # to NUDGE; in STREAM mode also the first streamed vector
+                with m.If(~stream_mode | feeder.i.ready):
+                    with read_field(ws):
+                        m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(field), walker.step.eq(1),
+                                     copy_wr.en.eq(1), copy_wr.addr.eq(P - count), copy_wr.data.eq(field),
+                                     feeder.i.valid.eq(stream_mode), feeder.i.payload.eq(field)]
+                        m.d.sync += count.eq(count - 1)
+                        with m.If(count == 1):
+                            m.next = "CORE_CMD"
+
+            with m.State("CORE_CMD"):
+                m.d.comb += self.core_cmd.valid.eq(1)
+                with m.If(self.core_cmd.ready):
+                    with m.If(op == Op.CLEAR):
+                        m.next = "CORE_WAIT"
+                    with m.Elif(op == Op.FORWARD):
+                        m.d.sync += [pass_state.eq(PassState.FORWARD), steps_done.eq(0), overflow[0].eq(0)]
+                        reply()
+                    with m.Else():
+                        m.d.sync += [pass_state.eq(PassState.ECHO), steps_done.eq(0),
+                                     overflow[1].eq(0), overflow[2].eq(0)]
+                        reply()
+
+            # ---- FORWARD_DATA / ECHO_DATA offset:u32 k×[u×N] ------------------------------
+            with m.State("DATA_LENGTH"):
+                with m.If(~div.busy):
+                    with m.If(div.remainder != 0):
+                        error(Status.BAD_LENGTH)
+                    with m.Else():
+                        m.d.sync += count.eq(div.quotient)
+                        m.next = "DATA_OFFSET"
+            with m.State("DATA_OFFSET"):
+                with read_field(4):
+                    m.d.sync += arg32.eq(field)
+                    m.next = "DATA_CHECK"
+            with m.State("DATA_CHECK"):
+                with m.If((arg32 != steps_done) | (steps_done + count > pass_length)):
+                    error(Status.BAD_ARGUMENT)
+                with m.Else():
+                    m.d.sync += [steps_done.eq(steps_done + count), index.eq(0)]
+                    m.next = "DATA_STEPS"
+            with m.State("DATA_STEPS"):
+                # a step is N input words (one u beat), in STREAM echoes then P nudge words (to the
+                # feeder; the pass's last step's nudge is dropped: the core takes L vectors, the
+                # first of which came with ECHO_START). ABORT feeds zeros instead of payload words.
+                is_u = index < N
+                last_word = Mux(stream_mode & (pass_state == PassState.ECHO), N + P - 1, N - 1)
+                last_step = (count == 1) & (steps_done == pass_length)
+                next_is_u = (index == last_word) | (index < N - 1)  # the word after this one
+                with m.If(Mux(is_u, ~u_full, last_step | feeder.i.ready)):
+                    # chained: while word ``index`` is taken, the next byte starts word index + 1
+                    m.d.comb += [asm.en.eq(~aborting), asm.chain.eq(1), asm.o.ready.eq(~aborting),
+                                 asm.nbytes.eq(Mux(asm.o.valid, Mux(next_is_u, wu, ws), Mux(is_u, wu, ws)))]
+                    with m.If(aborting | asm.o.valid):
+                        word = Mux(aborting, 0, field)
+                        with m.If(is_u):
+                            m.d.sync += u_shift.eq(Cat(u_shift[fmt.input_width:], word[:fmt.input_width]))
+                            with m.If(index == N - 1):
+                                m.d.sync += u_full.eq(1)
+                        with m.Else():
+                            m.d.comb += [feeder.i.valid.eq(~last_step), feeder.i.payload.eq(word)]
+                        m.d.sync += index.eq(index + 1)
+                        with m.If(index == last_word):
+                            m.d.sync += [index.eq(0), count.eq(count - 1)]
+                            with m.If(count == 1):
+                                m.next = "DATA_FLUSH"
+            with m.State("DATA_FLUSH"):  # the chunk's last input reaches the core: reply
+                with m.If(~u_full):
+                    with m.If(steps_done == pass_length):
+                        m.d.sync += body.eq(Mux(aborting, _NONE, Mux(pass_state == PassState.FORWARD, _FORWARD, _ECHO)))
+                        m.next = "CORE_WAIT"
+                    with m.Else():
+                        reply()
+
+            # ---- the end of a pass or CLEAR: wait for the core, copy its counters ---------
+            with m.State("CORE_WAIT"):
+                with m.If(~self.core_busy):
+                    m.d.sync += [index.eq(0), pass_state.eq(PassState.IDLE), stream_mode.eq(0), count.eq(P)]
+                    with m.If(stream_mode):
+                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE)]
+                        m.next = "RESTORE_READ"
+                    with m.Else():
+                        m.next = "COUNTERS"
+            with m.State("RESTORE_READ"):  # NUDGE := ECHO_START's nudge again (copy_rd.addr = index)
+                m.next = "RESTORE_WRITE"
+            with m.State("RESTORE_WRITE"):
+                m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(copy_rd.data.as_signed()), walker.step.eq(1)]
+                m.d.sync += [index.eq(index + 1), count.eq(count - 1)]
+                with m.If(count == 1):
+                    m.d.sync += index.eq(0)
+                    m.next = "COUNTERS"
+                with m.Else():
+                    m.next = "RESTORE_READ"
+            with m.State("COUNTERS"):  # 4 reads, r_data one cycle after addr
+                with m.Switch(index):
+                    for k, address in enumerate(counter_addr):
+                        with m.Case(k):
+                            m.d.comb += bus.addr.eq(address)
+                for k in range(4):
+                    with m.If(index == k + 1):
+                        m.d.sync += overflow[k].eq(bus.r_data[:fmt.counter_width])
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == 4):
+                    m.d.sync += [status.eq(Status.OK), index.eq(0), region.eq(Region.POS_SUM), start.eq(0),
+                                 count.eq(P)]
+                    m.d.comb += [walker.load.eq(1), walker.region.eq(Region.POS_SUM)]
+                    m.next = "HEAD"
+
+            # ---- drain what is left of the payload, then reply ---------------------------
+            with m.State("DRAIN"):
+                with m.If(got_last | (length == 0)):
+                    m.d.sync += index.eq(0)
+                    m.next = "HEAD"
+                with m.Else():
+                    read_field(1)
+
+            # ---- the reply: [seq][cmd][status], then the body ----------------------------
+            with m.State("HEAD"):
+                head_value = Signal(8)
+                with m.Switch(index):
+                    with m.Case(0):
+                        m.d.comb += head_value.eq(seq)
+                    with m.Case(1):
+                        m.d.comb += head_value.eq(cmd)
+                    with m.Default():
+                        m.d.comb += head_value.eq(status)
+                m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(head_value), ser.i.p.nbytes.eq(1),
+                             ser.i.p.last.eq((index == 2) & (body == _NONE))]
+                with m.If(ser.i.ready):
+                    m.d.sync += index.eq(index + 1)
+                    with m.If(index == 2):
+                        m.d.sync += index.eq(0)
+                        with m.If(body == _NONE):
+                            m.next = "IDLE"
+                        with m.Elif(body == _READ):
+                            m.next = "BUS_ISSUE"
+                        with m.Else():
+                            m.next = "TABLE"
+            with m.State("TABLE"):
+                is_last = t_end & (body != _FORWARD)
+                m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(t_value), ser.i.p.nbytes.eq(t_nbytes),
+                             ser.i.p.last.eq(is_last)]
+                with m.If(ser.i.ready):
+                    m.d.sync += index.eq(index + 1)
+                    with m.If(t_end):
+                        with m.If(body == _FORWARD):
+                            m.next = "BUS_ISSUE"
+                        with m.Else():
+                            m.next = "IDLE"
+            with m.State("BUS_ISSUE"):  # the walker's address is on the bus: data next cycle
+                m.next = "BUS_LATCH"
+            with m.State("BUS_LATCH"):  # a register after the core's read mux: it is the critical path
+                m.d.sync += r_word.eq(r_value)
+                m.next = "BUS_WORD"
+            with m.State("BUS_WORD"):
+                m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(r_word), ser.i.p.nbytes.eq(r_bits_bytes),
+                             ser.i.p.last.eq(count == 1)]
+                with m.If(ser.i.ready):
+                    m.d.comb += walker.step.eq(1)
+                    m.d.sync += count.eq(count - 1)
+                    with m.If(count == 1):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "BUS_ISSUE"
+        return m

