@@ -1,25 +1,22 @@
-"""Verilog generation of the HRU core and the two core-level commands of the ``echoboard`` CLI.
+"""Verilog generation of the HRU core, and the core-level verification run behind the CLI.
 
-``echoboard verilog`` writes the core as Verilog (Amaranth's bundled Yosys, pinned through
+``core_verilog`` writes the core as Verilog (Amaranth's bundled Yosys, pinned through
 ``AMARANTH_USE_YOSYS=builtin`` so the text does not depend on a Yosys found on PATH).
 
-``echoboard verify --level core`` runs one random case through the Verilated core
-(tests/cocotb_hru_core.py under sim.verilator) and the golden model and prints the scoreboard.
-It needs the golden integer model and the simulation layer, which sit beside and above hdl in
-the dependency order, so they are imported only inside that command (and the case helpers).
+``verify_core`` runs one random case through the Verilated core (tests/cocotb_hru_core.py under
+sim.verilator) and the golden model. It needs the golden integer model and the simulation layer,
+which sit beside and above hdl in the dependency order, so they are imported only inside the
+functions that use them.
 
 The case helpers (``random_case``, ``golden_expectation``) are shared by the command and the
 tests, so every level checks the same fields the same way.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import functools
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +24,7 @@ import numpy as np
 from golden_model.formats import FixedFormat, HRUSize
 from hdl.hru_core import HRUCore, check_config
 
-__all__ = ["core_verilog", "random_case", "golden_expectation", "run_core_case",
-           "add_verilog_arguments", "add_verify_arguments"]
+__all__ = ["core_verilog", "random_case", "golden_expectation", "run_core_case", "verify_core"]
 
 TOPLEVEL = "hru_core"
 REPO = Path(__file__).resolve().parent.parent
@@ -136,95 +132,25 @@ def run_core_case(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict]
                           extra_env={"HRU_CASES": str(case_file)})
 
 
-# ---------------------------------------------------------------- CLI
+# ---------------------------------------------------------------- one verification run
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def verify_core(fmt: FixedFormat, size: HRUSize, lanes: int, *, length: int, seed: int,
+                per_step_nudge: bool = False) -> tuple[bool, dict]:
+    """One random case through the Verilated core and the golden model: (passed, report).
 
-
-def _size_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--oscillators", "-P", type=_positive_int, default=HRUSize.oscillators, help="P")
-    parser.add_argument("--inputs", "-N", type=_positive_int, default=HRUSize.inputs, help="N")
-    parser.add_argument("--lanes", "-K", type=_positive_int, default=4, help="K parallel lanes (must divide P)")
-    parser.add_argument("--max-length", type=_positive_int, default=HRUSize.max_length,
-                        help="longest sequence the core accepts (sizes the step counter)")
-    parser.add_argument("--hru", choices=("linear", "nonlinear"), default="linear")
-
-
-def _config(args) -> tuple[FixedFormat, HRUSize, int]:
-    if args.hru != "linear":
-        raise ValueError("the nonlinear HRU core is not implemented yet (only --hru linear)")
-    return FixedFormat(), HRUSize(args.oscillators, args.inputs, args.max_length), args.lanes
-
-
-def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
-    _size_arguments(parser)
-    parser.add_argument("-o", "--output", type=Path, default=Path("core.v"), help="Verilog file to write")
-    parser.set_defaults(run=_run_verilog)
-
-
-def _run_verilog(args) -> int:
-    fmt, size, lanes = _config(args)
-    text = core_verilog(fmt, size, lanes)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"wrote {args.output} (module {TOPLEVEL}: P={size.oscillators}, N={size.inputs}, K={lanes})",
-          file=sys.stderr)
-    return 0
-
-
-def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    _size_arguments(parser)
-    parser.add_argument("--level", choices=("core",), default="core", help="what to simulate (core: the HRU core)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--length", "-L", type=_positive_int, default=256)
-    parser.add_argument("--nudge", choices=("constant", "per-step"), default="constant",
-                        help="constant nudge vector (NUDGE store) or one per step through the nudge stream")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    parser.set_defaults(run=_run_verify)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Send file descriptor 1 (this process and its children) to stderr for a while."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _run_verify(args) -> int:
-    fmt, size, lanes = _config(args)
+    The report has the fields of ``echoboard verify``: level, steps, compared, mismatches,
+    first_mismatch, cycles (and error when the simulation itself failed).
+    """
     check_config(fmt, size, lanes)  # argument errors before the (slow) build
-    case = random_case(fmt, size, args.length, args.seed, per_step_nudge=args.nudge == "per-step")
-    with _stdout_to_stderr():  # the Verilator build and cocotb log; stdout carries only the result
-        result = run_core_case(fmt, size, lanes, [case], [golden_expectation(fmt, case)], idle_prob=0.0,
-                               run_name=f"verify-s{args.seed}-l{args.length}", seed=args.seed, check=False)
+    case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge)
+    result = run_core_case(fmt, size, lanes, [case], [golden_expectation(fmt, case)], idle_prob=0.0,
+                           run_name=f"verify-s{seed}-l{length}", seed=seed, check=False)
     board = result.scoreboards.get(TOPLEVEL, {})
     cycles_file = result.test_dir / f"{TOPLEVEL}.cycles.json"
-    cycles = json.loads(cycles_file.read_text())[0] if cycles_file.is_file() else None
-    report = {"level": args.level, "steps": args.length, "compared": board.get("compared", 0),
+    report = {"level": "core", "steps": length, "compared": board.get("compared", 0),
               "mismatches": board.get("mismatches"), "first_mismatch": board.get("first_mismatch"),
-              "cycles": cycles}
-    ok = result.passed and board.get("mismatches") == 0
-    if not ok and report["mismatches"] is None:
+              "cycles": json.loads(cycles_file.read_text())[0] if cycles_file.is_file() else None}
+    passed = result.passed and board.get("mismatches") == 0
+    if not passed and report["mismatches"] is None:
         report["error"] = result.describe()
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"{'PASS' if ok else 'FAIL'}: {report['compared']} integers compared, {report['mismatches']} mismatches, "
-              f"first {report['first_mismatch']}; cycles {cycles}")
-        if "error" in report:
-            print(report["error"], file=sys.stderr)
-    return 0 if ok else 1
+    return passed, report

@@ -43,9 +43,11 @@ class Board:
     exception propagates, so the board is IDLE again.
     """
 
-    def __init__(self, client: Client, config: CoreConfig, *, seconds_per_step: float = SECONDS_PER_STEP):
+    def __init__(self, client: Client, config: CoreConfig, *, seconds_per_step: float = SECONDS_PER_STEP,
+                 process=None):
         self.client, self.config, self.messages = client, config, Messages(config)
         self.seconds_per_step = seconds_per_step
+        self._process = process  # the simulated board this Board started, stopped on close
 
     @classmethod
     def open(cls, url: str = "golden", *, size: HRUSize | None = None, fmt: FixedFormat | None = None,
@@ -56,15 +58,22 @@ class Board:
 
         - ``"golden"``: the golden board model in process, built from ``size`` (default
           HRUSize(16, 8)), ``fmt`` (default FixedFormat()) and ``capabilities``.
+        - ``"sim"``: the simulated board (the Verilated board image, built and cached for ``size``
+          and ``fmt``), started now and stopped when the Board closes.
         - ``"socket://127.0.0.1:PORT"``: a board serving its byte stream on TCP (the simulated board).
         - ``"serial:///dev/ttyUSB0?baud=3000000"``: a board on a serial port.
 
         For a board that reports its own configuration, ``size``/``fmt`` when given must match it.
         ``faults`` injects byte faults in both directions (host.transports.FaultyTransport).
         """
-        if url == "sim":
-            raise ValueError("the simulated board image is not available yet (the board image issue); "
-                             "use 'golden', or start a simulated board yourself and open its socket:// URL")
+        process = None
+        if url == "sim":  # build (cached) and start the Verilated board image of this size; stop it on close
+            from sim.board_image import ImageConfig, simulated_board_executable
+            from sim.board_sim import SimulatedBoard
+
+            config = ImageConfig(size or HRUSize(16, 8), fmt or FixedFormat())
+            process = SimulatedBoard(simulated_board_executable(config)).start()
+            url = process.url
         if url.startswith("loop://"):
             raise ValueError("loop:// echoes the host's own bytes back: it is for host.client.Client tests only")
         if url == "golden":
@@ -83,8 +92,10 @@ class Board:
                     raise ValueError(f"the board at {url} reports {name} {got}, not the requested {wanted}")
         except BaseException:
             client.close()
+            if process is not None:
+                process.stop()
             raise
-        return cls(client, config, seconds_per_step=seconds_per_step)
+        return cls(client, config, seconds_per_step=seconds_per_step, process=process)
 
     def __enter__(self) -> "Board":
         return self
@@ -94,6 +105,8 @@ class Board:
 
     def close(self) -> None:
         self.client.close()
+        if self._process is not None:
+            self._process.stop()
 
     @property
     def link_stats(self) -> dict:

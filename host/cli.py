@@ -7,7 +7,9 @@ as one clear line (no traceback) with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -70,6 +72,114 @@ def run_sweep(args) -> int:
     return 0
 
 
+def add_core_size_arguments(parser: argparse.ArgumentParser, default_lanes: int = 4) -> None:
+    from golden_model.formats import HRUSize
+
+    parser.add_argument("--oscillators", "-P", type=positive_int, default=HRUSize.oscillators, help="P")
+    parser.add_argument("--inputs", "-N", type=positive_int, default=HRUSize.inputs, help="N")
+    parser.add_argument("--lanes", "-K", type=positive_int, default=default_lanes, help="K parallel lanes (must divide P)")
+    parser.add_argument("--max-length", type=positive_int, default=HRUSize.max_length,
+                        help="longest sequence the core accepts (sizes the step counter)")
+    parser.add_argument("--hru", choices=("linear", "nonlinear"), default="linear")
+
+
+def core_config(args):
+    """(FixedFormat, HRUSize, lanes) from add_core_size_arguments' options."""
+    from golden_model.formats import FixedFormat, HRUSize
+
+    if args.hru != "linear":
+        raise ValueError("the nonlinear HRU core is not implemented yet (only --hru linear)")
+    return FixedFormat(), HRUSize(args.oscillators, args.inputs, args.max_length), args.lanes
+
+
+def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
+    add_core_size_arguments(parser)
+    parser.add_argument("-o", "--output", type=Path, default=Path("core.v"), help="Verilog file to write")
+    parser.set_defaults(run=run_verilog)
+
+
+def run_verilog(args) -> int:
+    from hdl.hru_core import check_config
+    from hdl.verilog import TOPLEVEL, core_verilog
+
+    fmt, size, lanes = core_config(args)
+    check_config(fmt, size, lanes)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(core_verilog(fmt, size, lanes))
+    print(f"wrote {args.output} (module {TOPLEVEL}: P={size.oscillators}, N={size.inputs}, K={lanes})",
+          file=sys.stderr)
+    return 0
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    add_core_size_arguments(parser)
+    parser.add_argument("--level", choices=("core", "board"), default="core",
+                        help="core: the Verilated HRU core; board: the whole board image through the wire protocol")
+    parser.add_argument("--target", choices=("sim",), default="sim", help="board level: the simulated board")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--length", "-L", type=positive_int, default=256)
+    parser.add_argument("--nudge", choices=("constant", "per-step"), default="constant",
+                        help="constant nudge vector (NUDGE store) or one per step through the nudge stream")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.set_defaults(run=run_verify)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 (this process and its children) to stderr: stdout carries only the result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_verify(args) -> int:
+    fmt, size, lanes = core_config(args)
+    per_step = args.nudge == "per-step"
+    with stdout_to_stderr():  # the Verilator build and the cocotb log
+        if args.level == "core":
+            from hdl.verilog import verify_core
+
+            passed, report = verify_core(fmt, size, lanes, length=args.length, seed=args.seed, per_step_nudge=per_step)
+        else:
+            from sim.board_image import ImageConfig, verify_board
+
+            size.check_length(args.length)
+            result = verify_board(ImageConfig(size, fmt, lanes), seed=args.seed, length=args.length,
+                                  per_step_nudge=per_step)
+            report = {k: result[k] for k in ("level", "steps", "compared", "mismatches", "first_mismatch", "cycles")}
+            passed = report["mismatches"] == 0
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{'PASS' if passed else 'FAIL'}: {report['compared']} integers compared, {report['mismatches']} "
+              f"mismatches, first {report['first_mismatch']}; cycles {report['cycles']}")
+        if "error" in report:
+            print(report["error"], file=sys.stderr)
+    return 0 if passed else 1
+
+
+def add_sim_board_arguments(parser: argparse.ArgumentParser) -> None:
+    add_core_size_arguments(parser, default_lanes=1)
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.set_defaults(run=run_sim_board)
+
+
+def run_sim_board(args) -> int:
+    from sim import board_sim
+    from sim.board_image import ImageConfig, simulated_board_executable
+
+    fmt, size, lanes = core_config(args)
+    config = ImageConfig(size, fmt, lanes)
+    print(f"building the simulated board ({config.name}) ...", file=sys.stderr, flush=True)
+    return board_sim.serve_forever(simulated_board_executable(config, quiet=False), args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from host import train
 
@@ -81,10 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep-formats", help="fixed-point format sweep (state bits x coefficient bits x ε x loss scale)"))
     train.add_train_arguments(sub.add_parser(
         "train", help="train the on-board model (HRU -> mean pool -> linear head) on a real data set"))
-    from hdl import verilog
-    verilog.add_verilog_arguments(sub.add_parser("verilog", help="write the HRU core as Verilog"))
-    verilog.add_verify_arguments(sub.add_parser(
+    from firmware import boards
+
+    add_verilog_arguments(sub.add_parser("verilog", help="write the HRU core as Verilog"))
+    add_verify_arguments(sub.add_parser(
         "verify", help="one random case through the Verilated core and the golden model"))
+    add_sim_board_arguments(sub.add_parser(
+        "sim-board", help="serve the simulated board (Verilated board image) on a loopback TCP port"))
+    boards.add_build_arguments(sub.add_parser(
+        "build", help="bitstream, utilisation and Fmax for a board (ulx3s-85f, icebreaker)"))
     return parser
 
 

@@ -37,7 +37,7 @@ from golden_model.fixed import int_range
 from host import plots
 from host.datasets import load_dataset
 
-TARGETS = ("golden", "inprocess")  # plus socket:// and serial:// board URLs; "sim" comes with the simulated board
+TARGETS = ("golden", "sim", "inprocess")  # plus socket:// and serial:// board URLs
 URL_SCHEMES = ("socket://", "serial://")
 CHECKPOINT = "checkpoint.npz"
 # settings a resumed run must share with the run that wrote the checkpoint
@@ -166,7 +166,7 @@ class BoardTarget:
 
 
 def is_board_target(target: str) -> bool:
-    return target == "golden" or target.startswith(URL_SCHEMES)
+    return target in ("golden", "sim") or target.startswith(URL_SCHEMES)
 
 
 def open_board(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int):
@@ -178,8 +178,8 @@ def open_board(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int)
     if cfg.faults:
         kw = {"faults": Faults(drop=cfg.faults / 3, corrupt=cfg.faults / 3, insert=cfg.faults / 3),
               "fault_seed": cfg.seed, "retries": 64}
-    if cfg.target == "golden":
-        return Board.open("golden", size=HRUSize(cfg.oscillators, n_inputs, size.max_length), fmt=fmt, **kw)
+    if cfg.target in ("golden", "sim"):  # a board sized for the model
+        return Board.open(cfg.target, size=HRUSize(cfg.oscillators, n_inputs, size.max_length), fmt=fmt, **kw)
     return Board.open(cfg.target, fmt=fmt, **kw)
 
 
@@ -314,6 +314,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=d.target,
                         help="where --algo rhel runs the HRU: golden = the golden board model through the Board "
                              "API (default); socket://HOST:PORT or serial:///dev/DEVICE?baud=RATE = a board; "
+                             "sim = the simulated board (Verilated board image, built and cached for the model size); "
                              "inprocess = the vmapped integer model without a link (the fast reference)")
     parser.add_argument("--algo", default=d.algo, choices=model.ALGOS,
                         help="rhel = fixed-point RHEL on the target; rhel-float = float64 RHEL; "

@@ -179,3 +179,13 @@ def test_the_echo_retraces_the_forward_trajectory(vowels, tmp_path):
     assert np.array_equal(forward[-1], hx.forward(q, uq, zero, zero, FMT).y)
     assert plots.plot_echo_retrace(q, uq, FMT, str(tmp_path / "echo.png"), "test") == 0
     assert (tmp_path / "echo.png").stat().st_size > 1000
+
+
+def test_simulated_board_trains_bit_identically_to_the_golden_board(vowels, reference):
+    """Issue 5's acceptance: a few training steps on the Verilated board image (Board.open("sim"))
+    give the golden model's losses, overflow counts and parameters bit for bit."""
+    with Board.open("sim", size=HRUSize(P, vowels[3]), fmt=FMT, timeout=5.0) as board:
+        got = few_steps(vowels, BoardTarget(board))
+        stats = board.link_stats
+    assert_same_run(reference, got)
+    assert stats["payload_bytes_sent"] > 0
