@@ -1,13 +1,11 @@
 """host/: the Board API over the golden model and over TCP, the client's retries, fault injection, validation."""
-import socket
-import threading
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import serial
 
 from firmware import protocol as p
+from golden_board_tcp import golden_on_tcp
 from firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
 from golden_model import hru_fixed as hx
 from golden_model.formats import FixedFormat, HRUSize
@@ -95,27 +93,6 @@ def test_an_interrupted_pass_is_aborted(monkeypatch):
 
 
 # ---------------------------------------------------------------- over TCP, like the simulated board
-
-
-@contextmanager
-def golden_on_tcp(config: p.CoreConfig):
-    """A GoldenBoard serving its byte stream on a loopback TCP port, as the simulated board does."""
-    board = GoldenBoard(config)
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve():
-        connection, _ = server.accept()
-        with connection:
-            while data := connection.recv(4096):
-                connection.sendall(board.receive(data))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"socket://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        server.close()
-        thread.join(timeout=5)
 
 
 def test_a_board_on_a_socket_gives_the_same_integers_as_golden():
@@ -223,8 +200,8 @@ def test_client_ignores_stale_replies_and_board_errors_are_not_retried():
 
 
 def test_open_refuses_what_it_cannot_serve():
-    with pytest.raises(ValueError, match="simulated board image is not available yet"):
-        Board.open("sim")
+    with pytest.raises(ValueError, match="frame"):  # an image frames cannot drive: refused before any build
+        Board.open("sim", size=HRUSize(300, 8))
     with pytest.raises(ValueError, match="loop://"):
         Board.open("loop://")
     with pytest.raises(ValueError, match="serial:///dev/"):

@@ -6,14 +6,12 @@ simulated board will be, a link that drops and corrupts bytes) gives the in-proc
 integers, losses and parameters bit for bit, including the overflow counts when accumulators wrap.
 """
 import json
-import socket
-import threading
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
-from firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
+from golden_board_tcp import golden_on_tcp
+from firmware.board_model import MODEL_BUILD_HASH
 from firmware.protocol import Capability, CoreConfig
 from golden_model import hru_fixed as hx
 from golden_model import model
@@ -66,26 +64,6 @@ def assert_same_run(a, b):
 
 def golden(n_inputs, fmt=FMT, **kw):
     return Board.open("golden", size=HRUSize(P, n_inputs), fmt=fmt, **kw)
-
-
-@contextmanager
-def golden_on_tcp(config: CoreConfig):
-    """The golden board model serving its byte stream on a loopback TCP port (as the simulated board will)."""
-    board, server = GoldenBoard(config), socket.create_server(("127.0.0.1", 0))
-
-    def serve():
-        connection, _ = server.accept()
-        with connection:
-            while data := connection.recv(65536):
-                connection.sendall(board.receive(data))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"socket://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        server.close()
-        thread.join(timeout=5)
 
 
 def test_board_path_equals_the_in_process_path(vowels, reference):
