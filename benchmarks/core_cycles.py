@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import save_result
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "core_cycles.json"
 DEFAULT_CONFIGS = ((16, 8, 1), (16, 8, 4), (64, 8, 4))
@@ -136,9 +138,7 @@ def main(argv=None) -> dict:
                            "processor": platform.processor()},
               "results": results}
     print(format_table(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    save_result(args.out, report)
     return report
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 import golden_model  # noqa: F401  (enables x64 before jax is used)
+from benchmarks import save_result
 import jax
 import jax.numpy as jnp
 
@@ -549,9 +550,7 @@ def main(argv=None) -> dict | None:
                  min_time=args.min_time, max_repeats=max(args.max_repeats, args.repeats),
                  memory_repeats=args.memory_repeats)
     print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    save_result(args.out, result)
     return result
 
 

@@ -25,7 +25,6 @@ Run: ``python -m benchmarks.sim_board_speed`` (~10 s after the first build);
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -36,6 +35,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from benchmarks import save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sim_board_speed.json"
@@ -168,9 +169,7 @@ def main(argv=None) -> dict:
     }
     result["goal_met"] = all(r["cycles_per_s"] >= GOAL_CYCLES_PER_S for r in result["streaming"])
     print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_result(args.out, result)
     return result
 
 
