@@ -423,6 +423,15 @@ class Sequencer(wiring.Component):
         def start_division(dividend, divisor):
             m.d.comb += [div.start.eq(1), div.dividend.eq(dividend), div.divisor.eq(divisor)]
 
+        def count_from_division(next_state):
+            """Once the divider is done: a remainder means a partial word or step (BAD_LENGTH)."""
+            with m.If(~div.busy):
+                with m.If(div.remainder != 0):
+                    error(Status.BAD_LENGTH)
+                with m.Else():
+                    m.d.sync += count.eq(div.quotient)
+                    m.next = next_state
+
         data_layout = {Command.FORWARD_DATA: msg.forward_data, Command.ECHO_DATA: msg.echo_data(EchoMode.CONSTANT),
                        EchoMode.STREAM: msg.echo_data(EchoMode.STREAM)}
         assert msg.forward_data.step_bytes == N * wu and msg.echo_data(EchoMode.STREAM).step_bytes == N * wu + P * ws
@@ -547,12 +556,7 @@ class Sequencer(wiring.Component):
                     start_division(length - 3, r_bits_bytes)
                     m.next = "WRITE_DIVIDE"
             with m.State("WRITE_DIVIDE"):
-                with m.If(~div.busy):
-                    with m.If(div.remainder != 0):
-                        error(Status.BAD_LENGTH)
-                    with m.Else():
-                        m.d.sync += count.eq(div.quotient)
-                        m.next = "WRITE_START"
+                count_from_division("WRITE_START")
             with m.State("WRITE_START"):
                 with read_field(2):
                     m.d.sync += start.eq(field)
@@ -645,12 +649,7 @@ class Sequencer(wiring.Component):
 
             # ---- FORWARD_DATA / ECHO_DATA offset:u32 k×[u×N] ------------------------------
             with m.State("DATA_LENGTH"):
-                with m.If(~div.busy):
-                    with m.If(div.remainder != 0):
-                        error(Status.BAD_LENGTH)
-                    with m.Else():
-                        m.d.sync += count.eq(div.quotient)
-                        m.next = "DATA_OFFSET"
+                count_from_division("DATA_OFFSET")
             with m.State("DATA_OFFSET"):
                 with read_field(4):
                     m.d.sync += arg32.eq(field)
