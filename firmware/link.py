@@ -92,7 +92,16 @@ def _check_divisor(divisor: int) -> None:
         raise ValueError(f"divisor must be an integer >= {MIN_DIVISOR}, got {divisor!r}")
 
 
-class UARTRx(wiring.Component):
+class _BitTimed(wiring.Component):
+    """A component timed in UART bits: ``divisor`` clocks per bit, checked once here."""
+
+    def __init__(self, divisor: int):
+        _check_divisor(divisor)
+        self.divisor = divisor
+        super().__init__()
+
+
+class UARTRx(_BitTimed):
     """8N1 receiver: ``divisor`` clocks per bit, sampled in the middle of each bit.
 
     ``rx`` is the raw pin (double-flopped here). A byte whose stop bit is low (a framing error
@@ -106,10 +115,6 @@ class UARTRx(wiring.Component):
     o: Out(_byte_stream())
     overrun: Out(1)
 
-    def __init__(self, divisor: int):
-        _check_divisor(divisor)
-        self.divisor = divisor
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
@@ -155,16 +160,12 @@ class UARTRx(wiring.Component):
         return m
 
 
-class UARTTx(wiring.Component):
+class UARTTx(_BitTimed):
     """8N1 transmitter: takes a byte when idle, shifts out start, 8 data bits (LSB first), stop."""
 
     i: In(_byte_stream())
     tx: Out(1, init=1)
 
-    def __init__(self, divisor: int):
-        _check_divisor(divisor)
-        self.divisor = divisor
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
@@ -541,7 +542,7 @@ class ReplyCache(wiring.Component):
         return m
 
 
-class Link(wiring.Component):
+class Link(_BitTimed):
     """The whole link between the UART pins and the command decoder / sequencer.
 
     ``rx``/``tx``: the UART pins (idle high). ``header``/``payload``: received frames, see
@@ -568,9 +569,7 @@ class Link(wiring.Component):
     overruns: Out(32)
 
     def __init__(self, divisor: int = baud_divisor()):
-        _check_divisor(divisor)
-        self.divisor = divisor
-        super().__init__()
+        super().__init__(divisor)
 
     def elaborate(self, platform):
         m = Module()

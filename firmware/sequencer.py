@@ -411,6 +411,13 @@ class Sequencer(wiring.Component):
             m.d.sync += [status.eq(code), body.eq(_NONE), command_errors.eq(command_errors + 1)]
             m.next = "DRAIN"
 
+        def proceed_if(length_ok, next_state):
+            """Go on to ``next_state`` when the payload length fits the command, else BAD_LENGTH."""
+            with m.If(length_ok):
+                m.next = next_state
+            with m.Else():
+                error(Status.BAD_LENGTH)
+
         def reply(kind=_NONE):
             m.d.sync += [status.eq(Status.OK), body.eq(kind), index.eq(0)]
             m.next = "DRAIN"
@@ -419,6 +426,13 @@ class Sequencer(wiring.Component):
             """Take the next payload field of ``nbytes`` bytes; yields inside m.If(field taken)."""
             m.d.comb += [asm.en.eq(1), asm.nbytes.eq(nbytes), asm.o.ready.eq(1)]
             return m.If(asm.o.valid)
+
+        def field_state(name, nbytes, register, next_state):
+            """A state that only stores the next ``nbytes``-byte field in ``register``, then moves on."""
+            with m.State(name):
+                with read_field(nbytes):
+                    m.d.sync += register.eq(field)
+                    m.next = next_state
 
         def start_division(dividend, divisor):
             m.d.comb += [div.start.eq(1), div.dividend.eq(dividend), div.divisor.eq(divisor)]
@@ -490,25 +504,13 @@ class Sequencer(wiring.Component):
                                              aborting.eq(1), index.eq(0)]
                                 m.next = "DATA_STEPS"
                         with m.Case(Command.READ):
-                            with m.If(length != msg.read_request.size()):
-                                error(Status.BAD_LENGTH)
-                            with m.Else():
-                                m.next = "READ_REGION"
+                            proceed_if(length == msg.read_request.size(), "READ_REGION")
                         with m.Case(Command.WRITE):
-                            with m.If(length == 0):
-                                error(Status.BAD_LENGTH)
-                            with m.Else():
-                                m.next = "WRITE_REGION"
+                            proceed_if(length != 0, "WRITE_REGION")
                         with m.Case(Command.FORWARD_START):
-                            with m.If(length != msg.forward_start.size()):
-                                error(Status.BAD_LENGTH)
-                            with m.Else():
-                                m.next = "START_LENGTH"
+                            proceed_if(length == msg.forward_start.size(), "START_LENGTH")
                         with m.Case(Command.ECHO_START):
-                            with m.If(length != msg.echo_start.size()):
-                                error(Status.BAD_LENGTH)
-                            with m.Else():
-                                m.next = "START_LENGTH"
+                            proceed_if(length == msg.echo_start.size(), "START_LENGTH")
                         with m.Case(Command.FORWARD_DATA, Command.ECHO_DATA):
                             fixed = data_layout[Command.FORWARD_DATA].fixed_bytes
                             assert {layout.fixed_bytes for layout in data_layout.values()} == {fixed}
@@ -522,18 +524,9 @@ class Sequencer(wiring.Component):
                                 m.next = "DATA_LENGTH"
 
             # ---- READ region:u8 start:u16 count:u16 --------------------------------------
-            with m.State("READ_REGION"):
-                with read_field(1):
-                    m.d.sync += region.eq(field)
-                    m.next = "READ_START"
-            with m.State("READ_START"):
-                with read_field(2):
-                    m.d.sync += start.eq(field)
-                    m.next = "READ_COUNT"
-            with m.State("READ_COUNT"):
-                with read_field(2):
-                    m.d.sync += count.eq(field)
-                    m.next = "READ_CHECK"
+            field_state("READ_REGION", 1, region, "READ_START")
+            field_state("READ_START", 2, start, "READ_COUNT")
+            field_state("READ_COUNT", 2, count, "READ_CHECK")
             with m.State("READ_CHECK"):
                 with m.If(~r_known | (count == 0) | (start + count > r_depth) | (count > r_max_read)):
                     error(Status.BAD_ARGUMENT)
@@ -543,10 +536,7 @@ class Sequencer(wiring.Component):
                     m.next = "SEEK"
 
             # ---- WRITE region:u8 start:u16 k×value ----------------------------------------
-            with m.State("WRITE_REGION"):
-                with read_field(1):
-                    m.d.sync += region.eq(field)
-                    m.next = "WRITE_LENGTH"
+            field_state("WRITE_REGION", 1, region, "WRITE_LENGTH")
             with m.State("WRITE_LENGTH"):
                 with m.If(~r_known):
                     error(Status.BAD_ARGUMENT)
@@ -557,10 +547,7 @@ class Sequencer(wiring.Component):
                     m.next = "WRITE_DIVIDE"
             with m.State("WRITE_DIVIDE"):
                 count_from_division("WRITE_START")
-            with m.State("WRITE_START"):
-                with read_field(2):
-                    m.d.sync += start.eq(field)
-                    m.next = "WRITE_CHECK"
+            field_state("WRITE_START", 2, start, "WRITE_CHECK")
             with m.State("WRITE_CHECK"):
                 with m.If(r_read_only | (start + count > r_depth) | (count > r_max_write)):
                     error(Status.BAD_ARGUMENT)
@@ -585,14 +572,8 @@ class Sequencer(wiring.Component):
                         reply()
 
             # ---- FORWARD_START length:u32 flags:u8 / ECHO_START length:u32 mode:u8 nudge×P -----
-            with m.State("START_LENGTH"):
-                with read_field(4):
-                    m.d.sync += arg32.eq(field)
-                    m.next = "START_FLAGS"
-            with m.State("START_FLAGS"):
-                with read_field(1):
-                    m.d.sync += arg8.eq(field)
-                    m.next = "START_CHECK"
+            field_state("START_LENGTH", 4, arg32, "START_FLAGS")
+            field_state("START_FLAGS", 1, arg8, "START_CHECK")
             with m.State("START_CHECK"):
                 bad_length = (arg32 == 0) | (arg32 > c.size.max_length)
                 with m.If(cmd == Command.FORWARD_START):
@@ -650,10 +631,7 @@ class Sequencer(wiring.Component):
             # ---- FORWARD_DATA / ECHO_DATA offset:u32 k×[u×N] ------------------------------
             with m.State("DATA_LENGTH"):
                 count_from_division("DATA_OFFSET")
-            with m.State("DATA_OFFSET"):
-                with read_field(4):
-                    m.d.sync += arg32.eq(field)
-                    m.next = "DATA_CHECK"
+            field_state("DATA_OFFSET", 4, arg32, "DATA_CHECK")
             with m.State("DATA_CHECK"):
                 with m.If((arg32 != steps_done) | (steps_done + count > pass_length)):
                     error(Status.BAD_ARGUMENT)
