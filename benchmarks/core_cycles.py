@@ -1,19 +1,21 @@
 """Cycles per time step of the Verilated HRU core vs its ideal, and the cocotb regression's speed.
 
-For each configuration (P oscillators, N inputs, K lanes; the golden model's default format and
-the core's default ``macs``) one random case of L steps (default 2000) runs through the
-Verilated core (hdl.verilog.run_core_case: load, CLEAR, FORWARD, ECHO, read back, compare with
-the golden model, input stream always valid) and reports per phase:
+For each HRU kind (linear: FixedFormat(), nonlinear: NonlinearFormat(), the golden model's
+defaults) and configuration (P oscillators, N inputs, K lanes; the core's default ``macs``) one
+random case of L steps (default 2000) runs through the Verilated core (hdl.verilog.run_core_case:
+load, CLEAR, FORWARD, ECHO, read back, compare with the golden model, input stream always valid)
+and reports per phase:
 
 - ``measured``: cycles from the command's acceptance to ``done`` divided by L (a command also
   pays its first / last slot and ~23 cycles of settling, spread over the L steps);
-- ``oscillator_ideal``: max(E·R, 16) — one oscillator update (echo: one echo of one
+- ``oscillator_ideal``: max(E·R, W) — one oscillator update (echo: one echo of one
   oscillator) per lane per clock, R = P / K, E = 1 forward / 2 echo, and no step of an
-  oscillator before its previous one is written back (the 16-stage pipeline); ``E·R`` alone
-  is listed too;
-- ``resource_bound``: hdl.hru_core.cycles_per_step, max(R·N/macs, E·R, 16) for the built core
-  (equal to the oscillator ideal with the default ``macs``), and ``single_mac_budget``, the same
-  with one B·u multiplier per lane (the core before ``macs``, for comparison);
+  oscillator before its previous one is written back (the W-stage pipeline: 16 linear, 24
+  nonlinear); ``E·R`` alone is listed too;
+- ``resource_bound``: hdl.hru_core.cycles_per_step, max(R·N/macs, E·R, W) for the built core
+  (nonlinear echo: also R + 16, Δt's read-back hazard; equal to the oscillator ideal with the
+  default ``macs`` otherwise), and ``single_mac_budget``, the same with one B·u multiplier per
+  lane (the core before ``macs``, for comparison);
 - ``ratio``: measured / oscillator ideal (goal of issue 3: within 1.10 at L >= 1000).
 
 Simulation speed: the clock cycles the cocotb test simulated (loading, reads and both commands)
@@ -21,7 +23,8 @@ per second of its wall time, measured inside the test (tests/cocotb_hru_core.py 
 ``hru_core.speed.json``), so the Verilator build and the simulator's start-up are excluded; the
 build time is reported separately (0 when the build was cached).
 
-Run: ``python -m benchmarks.core_cycles [--configs 16x8x1,16x8x4,64x8x4] [--lengths 2000]``.
+Run: ``python -m benchmarks.core_cycles [--configs 16x8x1,16x8x4,64x8x4] [--lengths 2000]
+[--hrus linear,nonlinear]``.
 Unknown arguments (from benchmarks.run_all) are ignored. Writes benchmarks/results/core_cycles.json.
 """
 from __future__ import annotations
@@ -39,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "core_cycles.json"
 DEFAULT_CONFIGS = ((16, 8, 1), (16, 8, 4), (64, 8, 4))
 DEFAULT_LENGTH = 2000
+HRUS = ("linear", "nonlinear")
 GOAL_RATIO = 1.10
 
 
@@ -65,13 +69,23 @@ def _lengths(text: str) -> list[int]:
     return values
 
 
-def measure(p: int, n: int, k: int, length: int, seed: int = 0) -> dict:
-    """One Verilated run of a P/N/K core on a random case of ``length`` steps: cycles and speed."""
+def _hrus(text: str) -> list[str]:
+    values = [v for v in text.split(",") if v]
+    if not values or set(values) - set(HRUS):
+        raise argparse.ArgumentTypeError(f"expected comma-separated HRU kinds of {', '.join(HRUS)}, got {text!r}")
+    return values
+
+
+def measure(p: int, n: int, k: int, length: int, seed: int = 0, hru: str = "linear") -> dict:
+    """One Verilated run of a P/N/K core of the ``hru`` kind on a random case of ``length`` steps:
+    cycles and speed."""
     from golden_model.formats import FixedFormat, HRUSize
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
     from hdl.hru_core import cycles_per_step, default_macs, oscillator_bound
     from hdl.verilog import TOPLEVEL, golden_expectation, random_case, run_core_case
 
-    fmt, size = FixedFormat(), HRUSize(p, n, max(length, HRUSize.max_length))
+    fmt = NonlinearFormat() if hru == "nonlinear" else FixedFormat()
+    size = HRUSize(p, n, max(length, HRUSize.max_length))
     case = random_case(fmt, size, length, seed)
     want = golden_expectation(fmt, case)
     t0 = time.perf_counter()
@@ -81,23 +95,23 @@ def measure(p: int, n: int, k: int, length: int, seed: int = 0) -> dict:
     board = result.scoreboards.get(TOPLEVEL, {})
     cycles_file, speed_file = (result.test_dir / f"{TOPLEVEL}.{name}.json" for name in ("cycles", "speed"))
     if not (result.passed and board.get("mismatches") == 0 and cycles_file.is_file() and speed_file.is_file()):
-        raise RuntimeError(f"P{p}/N{n}/K{k}, L={length}: the core run failed\n{result.describe()}")
+        raise RuntimeError(f"{hru} P{p}/N{n}/K{k}, L={length}: the core run failed\n{result.describe()}")
     cycles = json.loads(cycles_file.read_text())[0]
     speed = json.loads(speed_file.read_text())
     rows = p // k
     phases = {}
     for phase, echo in (("forward", False), ("echo", True)):
-        ideal = oscillator_bound(size, k, echo)
+        ideal = oscillator_bound(size, k, echo, hru)
         measured = cycles[phase] / length
         phases[phase] = {
             "cycles": cycles[phase], "measured_per_step": measured,
             "oscillator_ideal_per_step": ideal, "e_times_r": (2 if echo else 1) * rows,
-            "resource_bound_per_step": cycles_per_step(size, k, echo),
-            "single_mac_budget_per_step": cycles_per_step(size, k, echo, macs=1),
+            "resource_bound_per_step": cycles_per_step(size, k, echo, hru=hru),
+            "single_mac_budget_per_step": cycles_per_step(size, k, echo, macs=1, hru=hru),
             "ratio": measured / ideal, "within_goal": measured / ideal <= GOAL_RATIO,
         }
     return {
-        "oscillators": p, "inputs": n, "lanes": k, "macs": default_macs(n), "rows": rows, "length": length,
+        "hru": hru, "oscillators": p, "inputs": n, "lanes": k, "macs": default_macs(n), "rows": rows, "length": length,
         "seed": seed, "compared": board["compared"], "mismatches": board["mismatches"], "phases": phases,
         "sim": {"cycles": speed["cycles"], "wall_s": speed["wall_s"], "cycles_per_s": speed["cycles_per_s"],
                 "build_and_setup_s": max(0.0, total_s - speed["wall_s"])},
@@ -105,20 +119,21 @@ def measure(p: int, n: int, k: int, length: int, seed: int = 0) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    head = (f"{'config':<14}{'phase':<9}{'L':>6}{'cycles':>10}{'meas/step':>11}{'ideal':>7}{'E*R':>5}"
+    head = (f"{'config':<24}{'phase':<9}{'L':>6}{'cycles':>10}{'meas/step':>11}{'ideal':>7}{'E*R':>5}"
             f"{'bound':>7}{'1-MAC':>7}{'ratio':>7}{'sim cyc/s':>11}{'build s':>9}")
     lines = [head, "-" * len(head)]
     for r in results:
-        name = f"P{r['oscillators']}/N{r['inputs']}/K{r['lanes']}"
+        name = f"{r['hru']} P{r['oscillators']}/N{r['inputs']}/K{r['lanes']}"
         for phase, v in r["phases"].items():
-            lines.append(f"{name:<14}{phase:<9}{r['length']:>6}{v['cycles']:>10}{v['measured_per_step']:>11.2f}"
+            lines.append(f"{name:<24}{phase:<9}{r['length']:>6}{v['cycles']:>10}{v['measured_per_step']:>11.2f}"
                          f"{v['oscillator_ideal_per_step']:>7}{v['e_times_r']:>5}{v['resource_bound_per_step']:>7}"
                          f"{v['single_mac_budget_per_step']:>7}{v['ratio']:>7.3f}"
                          f"{r['sim']['cycles_per_s']:>11.0f}{r['sim']['build_and_setup_s']:>9.1f}")
             name = ""
-    lines.append("ideal = max(E·R, 16) (oscillator pipeline), bound = max(R·N/macs, E·R, 16) of the built core "
-                 "(default macs), 1-MAC = the same with one B·u multiplier per lane; sim cyc/s = cocotb "
-                 "regression cycles per wall second, build excluded")
+    lines.append("ideal = max(E·R, W) (oscillator pipeline, W = 16 linear / 24 nonlinear), bound = "
+                 "max(R·N/macs, E·R, W; nonlinear echo R + 16) of the built core (default macs), 1-MAC = the "
+                 "same with one B·u multiplier per lane; sim cyc/s = cocotb regression cycles per wall second, "
+                 "build excluded")
     return "\n".join(lines)
 
 
@@ -127,13 +142,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--configs", type=_configs, default=list(DEFAULT_CONFIGS),
                     help="comma-separated PxNxK (default 16x8x1,16x8x4,64x8x4)")
     ap.add_argument("--lengths", type=_lengths, default=[DEFAULT_LENGTH], help="comma-separated L (default 2000)")
+    ap.add_argument("--hrus", type=_hrus, default=list(HRUS), help="comma-separated HRU kinds (default both)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args, unknown = ap.parse_known_args(argv)
     if unknown:
         print(f"core_cycles: ignoring arguments {unknown}", file=sys.stderr)
-    results = [measure(p, n, k, length, args.seed) for p, n, k in args.configs for length in args.lengths]
-    report = {"benchmark": "core_cycles", "goal_ratio": GOAL_RATIO, "format": "golden_model FixedFormat() default",
+    results = [measure(p, n, k, length, args.seed, hru) for p, n, k in args.configs for hru in args.hrus
+               for length in args.lengths]
+    report = {"benchmark": "core_cycles", "goal_ratio": GOAL_RATIO,
+              "format": "golden_model defaults: FixedFormat() linear, NonlinearFormat() nonlinear",
               "platform": {"python": platform.python_version(), "machine": platform.machine(),
                            "processor": platform.processor()},
               "results": results}

