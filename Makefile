@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-## The main job: train the on-board model on real data (defaults: BasicMotions, golden target).
+## The main job: train the on-board model on real data (defaults: BasicMotions on the simulated board,
+## whose Verilated image is built on first use).
 train: venv
 	$(RUN) -m host.cli train $(ARGS)
 

@@ -4,12 +4,13 @@ Per minibatch, gradients of A and B come from the target's echoes, the head's fr
 Adam runs on the host in float64, the result is projected onto the stable set and the format's
 range, and quantised for the next batch. For ``--algo rhel`` the HRU runs on the target:
 
-- ``golden`` (default), ``socket://127.0.0.1:PORT``, ``serial:///dev/ttyUSB0?baud=3000000``: a
-  board through host.board.Board (:class:`BoardTarget`): the quantised parameters are written
+- ``sim`` (default), ``golden``, ``socket://127.0.0.1:PORT``, ``serial:///dev/ttyUSB0?baud=3000000``:
+  a board through host.board.Board (:class:`BoardTarget`): the quantised parameters are written
   once per minibatch; per sample a zero-state forward, the host head, the quantised nudge
   (dL/dȳ)/L and the echo pair; the board sums the accumulators over the minibatch, which are
-  read once and cleared. ``golden`` is the golden board model in process behind the wire
-  protocol, so it costs the framing, CRCs and retries a real link does.
+  read once and cleared. ``sim`` is the simulated board (the Verilated board image, built on
+  first use for the model's size); ``golden`` is the golden board model in process behind the
+  wire protocol, so it costs the framing, CRCs and retries a real link does.
 - ``inprocess``: golden_model.model.InProcessTarget (hru_fixed, vmapped): the fast reference.
 
 Both run golden_model.model's one driver, so they give bit-identical losses, parameters and
@@ -18,6 +19,9 @@ architecture in float64 on the host (no board). Everything is deterministic, so 
 (params, Adam moments, the shuffling RNG's state, history) written after every epoch lets
 ``--resume`` continue bit-identically. ``--faults RATE`` (a diagnostic) wraps the link in
 host.transports.FaultyTransport; the client's retries make the run end with the same parameters.
+
+The input features (host.datasets.FEATURES, default ``energy``: each channel and its square)
+are part of the architecture: every algorithm and target trains on the same inputs.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,19 +41,20 @@ from golden_model import model
 from golden_model.formats import FixedFormat, HRUSize
 from golden_model.fixed import int_range
 from host import plots
-from host.datasets import load_dataset
+from host.datasets import FEATURES, load_dataset
 
-TARGETS = ("golden", "sim", "inprocess")  # plus socket:// and serial:// board URLs
+TARGETS = ("sim", "golden", "inprocess")  # plus socket:// and serial:// board URLs
 URL_SCHEMES = ("socket://", "serial://")
 CHECKPOINT = "checkpoint.npz"
 # settings a resumed run must share with the run that wrote the checkpoint
-_RESUME_KEYS = ("dataset", "target", "algo", "batch", "lr", "seed", "oscillators")
+_RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", "oscillators")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str = "BasicMotions"
-    target: str = "golden"
+    features: str = "energy"
+    target: str = "sim"
     algo: str = "rhel"
     epochs: int = 60
     batch: int = 8
@@ -179,8 +186,23 @@ def open_board(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int)
         kw = {"faults": Faults(drop=cfg.faults / 3, corrupt=cfg.faults / 3, insert=cfg.faults / 3),
               "fault_seed": cfg.seed, "retries": 64}
     if cfg.target in ("golden", "sim"):  # a board sized for the model
-        return Board.open(cfg.target, size=HRUSize(cfg.oscillators, n_inputs, size.max_length), fmt=fmt, **kw)
+        model_size = HRUSize(cfg.oscillators, n_inputs, size.max_length)
+        if cfg.target == "sim":
+            build_simulated_board(model_size, fmt)
+        return Board.open(cfg.target, size=model_size, fmt=fmt, **kw)
     return Board.open(cfg.target, fmt=fmt, **kw)
+
+
+def build_simulated_board(size: HRUSize, fmt: FixedFormat) -> None:
+    """Build (or find in the cache) the simulated board of ``size`` before Board.open("sim") starts it,
+    saying so: the first run of a model size spends about a minute in Amaranth and Verilator, silently otherwise."""
+    from sim.board_image import DEFAULT_BUILD_ROOT, ImageConfig, simulated_board_executable
+
+    print(f"simulated board (P = {size.oscillators}, N = {size.inputs}): building the Verilated board image "
+          f"unless {DEFAULT_BUILD_ROOT}/ has it (a first build takes about a minute) ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    exe = simulated_board_executable(ImageConfig(size, fmt))
+    print(f"simulated board ready in {time.monotonic() - t0:.0f} s: {exe}", file=sys.stderr, flush=True)
 
 
 def link_summary(board) -> dict:
@@ -195,6 +217,8 @@ def link_summary(board) -> dict:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    if cfg.features not in FEATURES:
+        raise ValueError(f"unknown input features {cfg.features!r}; choose one of {', '.join(FEATURES)}")
     if cfg.target not in TARGETS and not cfg.target.startswith(URL_SCHEMES):
         raise ValueError(f"unknown target {cfg.target!r}; available: {', '.join(TARGETS)}, "
                          "socket://HOST:PORT, serial:///dev/DEVICE?baud=RATE")
@@ -231,61 +255,90 @@ def train(cfg: TrainConfig, fmt: FixedFormat = FixedFormat(), size: HRUSize = HR
         return _train(cfg, fmt, size, progress, stack)
 
 
+def load_training_data(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize):
+    """cfg's data set with its features; normalised inputs clipped to what the fixed-point input word
+    holds, for every algorithm alike."""
+    clip = int_range(fmt.input_width)[1] / 2.0 ** fmt.input_frac
+    return load_dataset(cfg.dataset, max_length=size.max_length, clip=clip, features=cfg.features)
+
+
+def initial_state(cfg: TrainConfig, data, fmt: FixedFormat) -> tuple[dict, dict, np.random.Generator]:
+    """(params, Adam state, the shuffling RNG) of a new run: the seed draws the init, then the batches."""
+    rng = np.random.default_rng(cfg.seed)
+    params, _ = model.project(model.init_params(rng, data.n_inputs, data.n_classes, cfg.oscillators), fmt)
+    adam = {"t": 0, **{s: {k: np.zeros_like(params[k]) for k in model.TRAINED} for s in ("m", "v")}}
+    return params, adam, rng
+
+
+def open_target(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int, stack):
+    """(board or None, the FixedTarget for ``--algo rhel`` or None); a board is closed with ``stack``."""
+    if cfg.algo != "rhel":
+        return None, None
+    if not is_board_target(cfg.target):
+        return None, model.InProcessTarget(fmt)
+    board = stack.enter_context(open_board(cfg, fmt, size, n_inputs))
+    return board, BoardTarget(board)
+
+
+def train_epoch(params: dict, adam: dict, rng: np.random.Generator, split, cfg: TrainConfig, fmt: FixedFormat,
+                target, on_batch=lambda loss: None) -> tuple[dict, dict, dict]:
+    """One pass over ``split`` in an order drawn from ``rng``: Adam, projection, quantisation per minibatch.
+
+    Returns (params, adam, totals: summed ``loss`` over samples, ``overflow_events``, ``clipped``).
+    """
+    totals = {"loss": 0.0, "overflow_events": 0, "clipped": 0}
+    order = rng.permutation(len(split))
+    for start in range(0, len(split), cfg.batch):
+        idx = order[start:start + cfg.batch]
+        r = model.batch_gradients(params, split.x[idx], split.lengths[idx], split.labels[idx], cfg.algo, fmt, target)
+        params, adam = adam_step(params, r.grads, adam, cfg.lr)
+        params, clipped = model.project(params, fmt)
+        totals["loss"] += r.loss * len(idx)
+        totals["overflow_events"] += r.overflow_events
+        totals["clipped"] += clipped
+        on_batch(r.loss)
+    return params, adam, totals
+
+
 def _train(cfg, fmt, size, progress, stack) -> dict:
     from tqdm import tqdm
 
     out = cfg.out_dir()
     ckpt = os.path.join(out, CHECKPOINT)
-    # normalised inputs are clipped to what the fixed-point input word holds, for every algorithm alike
-    data = load_dataset(cfg.dataset, max_length=size.max_length, clip=int_range(fmt.input_width)[1] / 2.0 ** fmt.input_frac)
+    data = load_training_data(cfg, fmt, size)
     settings = {k: getattr(cfg, k) for k in _RESUME_KEYS}
     if cfg.resume:
         if not os.path.isfile(ckpt):
             raise ValueError(f"--resume: no checkpoint at {ckpt}")
         params, adam, rng, meta = load_checkpoint(ckpt)
-        changed = {k: (meta["settings"][k], v) for k, v in settings.items() if meta["settings"][k] != v}
+        changed = {k: (meta["settings"].get(k), v) for k, v in settings.items() if meta["settings"].get(k) != v}
         if changed:
             raise ValueError(f"--resume with different settings than the checkpoint (was, now): {changed}")
         epoch, history = meta["epoch"], meta["history"]
     else:
         if os.path.exists(ckpt):
             raise ValueError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-        rng = np.random.default_rng(cfg.seed)
-        params, _ = model.project(model.init_params(rng, data.n_inputs, data.n_classes, cfg.oscillators), fmt)
-        adam = {"t": 0, **{s: {k: np.zeros_like(params[k]) for k in model.TRAINED} for s in ("m", "v")}}
+        params, adam, rng = initial_state(cfg, data, fmt)
         epoch, history = 0, []
     os.makedirs(out, exist_ok=True)
-    board = target = None
-    if cfg.algo == "rhel":
-        if is_board_target(cfg.target):
-            board = stack.enter_context(open_board(cfg, fmt, size, data.n_inputs))
-            target = BoardTarget(board)
-        else:
-            target = model.InProcessTarget(fmt)
+    board, target = open_target(cfg, fmt, size, data.n_inputs, stack)
 
     train_split, n = data.train, len(data.train)
     n_batches = -(-n // cfg.batch)
     with tqdm(total=cfg.epochs * n_batches, initial=epoch * n_batches, disable=None if progress is None else not progress,
               desc=f"{cfg.dataset} {cfg.algo}", unit="batch") as bar:
+        def on_batch(loss):
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}")
+
         while epoch < cfg.epochs:
-            order = rng.permutation(n)
-            loss_sum, overflows, clipped = 0.0, 0, 0
-            for start in range(0, n, cfg.batch):
-                idx = order[start:start + cfg.batch]
-                r = model.batch_gradients(params, train_split.x[idx], train_split.lengths[idx],
-                                          train_split.labels[idx], cfg.algo, fmt, target)
-                params, adam = adam_step(params, r.grads, adam, cfg.lr)
-                params, c = model.project(params, fmt)
-                loss_sum += r.loss * len(idx)
-                overflows += r.overflow_events
-                clipped += c
-                bar.update()
-                bar.set_postfix(loss=f"{r.loss:.3f}")
+            params, adam, totals = train_epoch(params, adam, rng, train_split, cfg, fmt, target, on_batch)
             train_acc, o1 = _accuracy(params, data.train, cfg.algo, fmt, target)
             test_acc, o2 = _accuracy(params, data.test, cfg.algo, fmt, target)
             epoch += 1
-            history.append({"epoch": epoch, "loss": loss_sum / n, "train_accuracy": train_acc,
-                            "test_accuracy": test_acc, "overflow_events": overflows + o1 + o2, "clipped": clipped})
+            history.append({"epoch": epoch, "loss": totals["loss"] / n, "train_accuracy": train_acc,
+                            "test_accuracy": test_acc, "overflow_events": totals["overflow_events"] + o1 + o2,
+                            "clipped": totals["clipped"]})
             save_checkpoint(ckpt, params, adam, rng, {"settings": settings, "epoch": epoch, "history": history})
 
     last = history[-1]
@@ -311,11 +364,15 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--dataset", default=d.dataset, help=f"aeon classification set (default {d.dataset})")
+    parser.add_argument("--features", default=d.features, choices=FEATURES,
+                        help="input features, for every algorithm alike: raw = the normalised channels; energy = "
+                             f"each channel and its square (2N inputs) (default {d.features})")
     parser.add_argument("--target", default=d.target,
-                        help="where --algo rhel runs the HRU: golden = the golden board model through the Board "
-                             "API (default); socket://HOST:PORT or serial:///dev/DEVICE?baud=RATE = a board; "
-                             "sim = the simulated board (Verilated board image, built and cached for the model size); "
-                             "inprocess = the vmapped integer model without a link (the fast reference)")
+                        help="where --algo rhel runs the HRU: sim = the simulated board (the Verilated board "
+                             "image, built on first use of a model size and cached) (default); golden = the golden "
+                             "board model through the Board API; socket://HOST:PORT or "
+                             "serial:///dev/DEVICE?baud=RATE = a board; inprocess = the vmapped integer model "
+                             "without a link (the fast reference)")
     parser.add_argument("--algo", default=d.algo, choices=model.ALGOS,
                         help="rhel = fixed-point RHEL on the target; rhel-float = float64 RHEL; "
                              f"bptt = float64 BPTT on the host (default {d.algo})")

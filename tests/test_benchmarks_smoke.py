@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from benchmarks import gradient_cost, run_all
+from benchmarks import core_cycles, gradient_cost, run_all
 
 
 def test_gradient_cost_tiny_timing_and_agreement(tmp_path):
@@ -39,3 +39,30 @@ def test_gradient_cost_memory_child_and_run_all(tmp_path, capsys):
     if m64["peak_reset_before_run"]:  # Linux: the peak RSS of the run itself
         assert m64["run_transient_bytes"] >= 0
     assert "gradient_cost done" in capsys.readouterr().out
+
+
+def test_board_training_on_every_target_is_bit_identical(tmp_path, capsys):
+    out = tmp_path / "bt.json"
+    assert run_all.main(["--only", "board_training", "--samples", "8", "--epochs", "1", "--warmup", "0",
+                         "--oscillators", "8", "--out", str(out)]) == 0  # P = 8, N = 12: the image tests build
+    saved = json.loads(out.read_text())
+    assert saved["bit_identical"] and set(saved["targets"]) == {"sim", "golden", "inprocess"}
+    for name, r in saved["targets"].items():
+        assert r["samples"] == 8 and r["samples_per_s"] > 0
+        assert (r["link"] is None) == (name == "inprocess")
+    for name in ("sim", "golden"):
+        link = saved["targets"][name]["link"]
+        assert link["retries"] == 0 and 0.5 < link["efficiency"] < 1 and link["payload_bytes_per_s"] > 0
+    assert "bit-identical parameters on every target: True" in capsys.readouterr().out
+
+
+def test_core_cycles_linear_and_nonlinear_rows(tmp_path):
+    out = tmp_path / "cc.json"
+    core_cycles.main(["--configs", "4x2x2", "--lengths", "8", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert [r["hru"] for r in results] == ["linear", "nonlinear"]
+    for r, write_back in zip(results, (16, 24)):  # R = 2: the pipeline's write-back is the ideal
+        assert r["mismatches"] == 0 and r["compared"] > 0
+        for v in r["phases"].values():
+            assert v["oscillator_ideal_per_step"] == v["resource_bound_per_step"] == write_back
+            assert v["cycles"] >= 8 * write_back

@@ -76,3 +76,34 @@ def test_numeric_class_names_sort_numerically_and_clipping_is_counted(monkeypatc
     assert d.train.labels.tolist() == [2, 1, 0] and d.test.labels.tolist() == [1]
     assert d.clipped >= 1 and np.abs(d.train.x).max() == 2.0
     assert d.train.lengths.tolist() == [3, 5, 4] and d.test.x.shape == (1, 6, 2)
+
+
+def test_energy_features_are_the_raw_channels_and_their_normalised_squares():
+    raw, d = load_dataset("BasicMotions"), load_dataset("BasicMotions", features="energy")
+    assert d.features == "energy" and d.n_inputs == 12 and d.test.x.shape == (40, 100, 12)
+    for split, raw_split in ((d.train, raw.train), (d.test, raw.test)):
+        assert np.array_equal(split.x[:, :, :6], raw_split.x)
+        assert np.array_equal(split.lengths, raw_split.lengths) and np.array_equal(split.labels, raw_split.labels)
+    # the squares are normalised with the training split's statistics, also on the test split
+    steps = d.train.x.reshape(-1, 12)
+    np.testing.assert_allclose(steps.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(steps.std(axis=0), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(d.test.x[3, :, 6:], (raw.test.x[3] ** 2 - d.mean[6:]) / d.std[6:], rtol=1e-12)
+    assert abs(d.test.x.reshape(-1, 12)[:, 6:].mean(axis=0)).max() > 1e-3
+    np.testing.assert_allclose(d.mean[:6], raw.mean, rtol=1e-12)
+
+
+def test_energy_features_keep_padding_zero_and_statistics_over_true_steps():
+    d = load_dataset("JapaneseVowels", features="energy")
+    assert d.n_inputs == 24
+    for split in (d.train, d.test):
+        for x, n in zip(split.x, split.lengths):
+            assert np.all(x[n:] == 0.0) and np.any(x[n - 1, 12:] != 0.0)
+    true_steps = np.concatenate([x[:n] for x, n in zip(d.train.x, d.train.lengths)])
+    np.testing.assert_allclose(true_steps.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(true_steps.std(axis=0), 1.0, rtol=1e-12)
+
+
+def test_unknown_features_are_an_error():
+    with pytest.raises(ValueError, match="unknown input features 'cubes'; choose one of raw, energy"):
+        load_dataset("BasicMotions", features="cubes")

@@ -5,6 +5,7 @@ protocol (the golden board model in process, the same model served on a TCP port
 simulated board will be, a link that drops and corrupts bytes) gives the in-process target's
 integers, losses and parameters bit for bit, including the overflow counts when accumulators wrap.
 """
+import dataclasses
 import json
 
 import numpy as np
@@ -144,6 +145,30 @@ def test_cli_train_with_faults_ends_as_the_clean_run(tmp_path, capsys):
     assert "unknown target 'tcp://1.2.3.4'" in capsys.readouterr().err
     assert cli.main(args + ["--out", str(tmp_path / "x"), "--algo", "bptt", "--faults", "0.01"]) == 2
     assert "--faults needs a board link" in capsys.readouterr().err
+
+
+def test_cli_train_defaults_to_the_simulated_board(tmp_path, capsys):
+    """`echoboard train` on its defaults trains on the simulated board (built for the model's size,
+    saying so) with energy features, bit-identically to the in-process reference."""
+    small = ["--epochs", "1", "--batch", "20", "--oscillators", str(P)]
+    assert cli.main(["train", *small, "--out", str(tmp_path / "sim")]) == 0
+    err = capsys.readouterr().err
+    assert f"simulated board (P = {P}, N = 12): building" in err and "simulated board ready" in err
+    sim = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    assert (sim["dataset"], sim["target"], sim["settings"]["features"]) == ("BasicMotions", "sim", "energy")
+    inprocess = train(TrainConfig(epochs=1, batch=20, oscillators=P, target="inprocess", out=str(tmp_path / "ref")),
+                      progress=False)
+    assert sim["params_sha256"] == inprocess["params_sha256"] and sim["history"] == inprocess["history"]
+    assert sim["link"]["retries"] == 0 and sim["link"]["payload_bytes_sent"] > 0
+
+
+def test_resume_refuses_other_features(tmp_path):
+    cfg = _config(tmp_path, target="inprocess", features="raw")
+    assert train(cfg, progress=False)["settings"]["features"] == "raw"
+    with pytest.raises(ValueError, match=r"different settings.*'features': \('raw', 'energy'\)"):
+        train(dataclasses.replace(cfg, features="energy", epochs=2, resume=True), progress=False)
+    with pytest.raises(ValueError, match="unknown input features 'squares'"):
+        train(dataclasses.replace(cfg, features="squares"), progress=False)
 
 
 def test_the_echo_retraces_the_forward_trajectory(vowels, tmp_path):
