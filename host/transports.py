@@ -14,15 +14,17 @@ interchangeable and the client cannot tell them apart:
 from __future__ import annotations
 
 import random
+import socket
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import serial
+from serial.urlhandler import protocol_socket
 
 from firmware.board_model import GoldenBoard
 
-__all__ = ["Transport", "DEFAULT_BAUD", "open_serial", "GoldenTransport", "Faults", "FaultyTransport"]
+__all__ = ["Transport", "DEFAULT_BAUD", "open_serial", "SocketPort", "GoldenTransport", "Faults", "FaultyTransport"]
 
 #: The boards' UART rate (firmware.link.DEFAULT_BAUD; repeated so the host need not import Amaranth).
 DEFAULT_BAUD = 3_000_000
@@ -64,7 +66,30 @@ def open_serial(url: str, *, timeout: float = 1.0, baudrate: int = DEFAULT_BAUD)
         if "baud" in query:
             baudrate = int(query["baud"][-1])
         url = device
+    if parts.scheme == "socket":
+        port = SocketPort(None, baudrate=baudrate, timeout=timeout)
+        port.port = url
+        port.open()
+        return port
     return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout)
+
+
+class SocketPort(protocol_socket.Serial):
+    """pyserial's ``socket://`` port with an ``in_waiting`` that counts the bytes waiting.
+
+    pyserial's says 0 or 1 (a select), so the client's ``read(in_waiting)`` took a reply one
+    byte per call: on the simulated board most of the host's time went into select calls. A
+    non-blocking peek tells how many bytes the socket holds without taking them.
+    """
+
+    @property
+    def in_waiting(self) -> int:
+        if not self.is_open:
+            raise serial.PortNotOpenError()
+        try:
+            return len(self._socket.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return 0
 
 
 class GoldenTransport:

@@ -238,3 +238,23 @@ def test_bad_arguments_get_clear_errors_before_anything_is_sent(small_board, cal
     with pytest.raises(ValueError, match=message):
         call(small_board, u)
     assert small_board.link_stats["frames_sent"] == sent
+
+
+def test_a_socket_port_counts_every_waiting_byte():
+    """pyserial's socket:// says at most 1 byte waits; ours counts them, so a reply is one read."""
+    import socket
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = open_serial(f"socket://127.0.0.1:{server.getsockname()[1]}", timeout=1.0)
+        peer, _ = server.accept()
+        with peer:
+            assert port.in_waiting == 0
+            peer.sendall(bytes(range(200)))
+            deadline = time.monotonic() + 5
+            while port.in_waiting < 200 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert port.in_waiting == 200
+            assert port.read(port.in_waiting) == bytes(range(200))
+            assert port.in_waiting == 0
+        port.close()
