@@ -12,9 +12,10 @@
   own UART, e.g. ``firmware.link.Link``) or *byte streams* (``In(stream.Signature(8))`` /
   ``Out(stream.Signature(8))``, then :class:`BoardTop` puts a UART between them and the pins,
   made by ``serial_factory(divisor)``, by default ``firmware.link.UARTRx`` / ``UARTTx``).
-  The image runs in the ``sync`` domain at ``clock_hz``: the board oscillator by default (ULX3S
-  25 MHz, iCEBreaker 12 MHz), or on ECP5 any frequency the EHXPLLL makes exactly from it
-  (``build_board(..., clock_hz=50_000_000)``; 25 MHz cannot become 48 MHz exactly, 45/50/60/75 can).
+  The image runs in the ``sync`` domain at ``clock_hz``: by default the board's clock
+  (``BoardSpec.clock_hz``: ULX3S 45 MHz from its 25 MHz oscillator through the PLL, iCEBreaker its
+  12 MHz oscillator), or on ECP5 any frequency the EHXPLLL makes exactly from the oscillator
+  (25 MHz cannot become 48 MHz exactly, 45/50/60/75 can).
 - :class:`BoardTop` requests ``platform.request("uart", 0)`` and wires it to the image.
 - Utilisation: ``lut`` = logic cells as nextpnr counts them (ECP5 ``TRELLIS_COMB``, iCE40
   ``ICESTORM_LC``), ``ff`` = flip-flops (ECP5 ``TRELLIS_FF``; iCE40: the yosys ``SB_DFF*`` cells,
@@ -26,7 +27,14 @@
 - The YoWASP tool variables (``YOSYS``, ``NEXTPNR_ECP5``, ``ECPPACK``, ``NEXTPNR_ICE40``,
   ``ICEPACK``, and ``OPENFPGALOADER=true`` that ULX3S insists on even without programming) are
   set only in the environment of the build script, never in ``os.environ``.
-- Same inputs, same bitstream: the tools run with a fixed seed and no timestamps get in.
+- Same inputs, same bitstream: the tools run with a fixed seed, no timestamps get in, and the
+  netlist carries no source locations (``emit_src=False``: no checkout path or line number can
+  change a bitstream; ``netlist_sha256`` in the result is the hash of that netlist, ``top.il``).
+- Where the time goes (real ULX3S image, ~10k LUTs, 36 DSPs): yosys ~35 s, placement ~110 s,
+  routing (router1, nextpnr's default) minutes, most of it resolving congestion around the DSPs.
+  router2 routed one placement in 175 s instead of 860 s but diverged on another (overuse still
+  rising after 40 iterations), so the default router1 stays: slower, but it converges.
+- The full result dict is also written to ``build_dir/<name>.result.json``.
 
 Baselines of the real image live in ``firmware/baselines/<board>-<config>.json`` and are
 checked with ``hdl.synth.check_against_baseline`` (same tolerance rules as the core's).
@@ -53,7 +61,7 @@ from amaranth.lib.cdc import ResetSynchronizer
 from hdl.synth import (DEFAULT_TIMEOUT_S, BaselineMismatch, ToolError, check_against_baseline,
                        parse_nextpnr_log, parse_nextpnr_report, run_tool, tool_path, tool_versions)
 
-__all__ = ["BOARDS", "BoardSpec", "BoardTop", "BoardImageUnavailable", "ToolError", "build_board",
+__all__ = ["BOARDS", "BoardSpec", "BoardTop", "BoardImageUnavailable", "DesignDoesNotFit", "ToolError", "build_board",
            "firmware_image_factory", "ecp5_pll_params", "baseline_name", "BASELINE_DIR", "add_build_arguments", "run_build"]
 
 BASELINE_DIR = Path(__file__).resolve().parent / "baselines"
@@ -62,6 +70,10 @@ DEFAULT_BAUD = 3_000_000
 
 class BoardImageUnavailable(RuntimeError):
     """The real board image (``firmware.top``) cannot be imported or lacks ``make_image``."""
+
+
+class DesignDoesNotFit(ToolError):
+    """nextpnr ran out of cells of some type; the message lists each over-used resource."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class BoardSpec:
     bitstream: str  # product name: "{name}.bit" / "{name}.bin"
     summary: tuple  # (lut, ff, dsp, bram) nextpnr resource names; None: from yosys
     build_kwargs: tuple = ()  # extra platform.build(**kwargs) as (key, value) pairs
+    clock_hz: int | None = None  # the image's default clock; None: the board oscillator
 
     def platform(self):
         import importlib
@@ -81,8 +94,11 @@ class BoardSpec:
 
 
 BOARDS = {
+    # 3 Mbaud needs a clock that is a multiple of 3 MHz: the 25 MHz oscillator is 4 % off and the
+    # PLL cannot make 48 MHz; 45 MHz (divisor 15) is exact, and the image's Fmax (~75 MHz) leaves
+    # 40 % margin. A faster clock buys nothing: the UART, not the core, bounds a training step.
     "ulx3s-85f": BoardSpec("ulx3s-85f", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5", "top.bit",
-                           ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD")),
+                           ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"), clock_hz=45_000_000),
     # UP5K: without -dsp, yosys puts every multiplier into LUTs
     "icebreaker": BoardSpec("icebreaker", "amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "top.bin",
                             ("ICESTORM_LC", None, "ICESTORM_DSP", "ICESTORM_RAM"), (("synth_opts", "-dsp"),)),
@@ -254,8 +270,8 @@ def build_board(board: str, top_factory, build_dir, *, clock_hz: int | None = No
                 serial_factory=None, name: str = "top", seed: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S, **build_kwargs) -> dict:
     """Build the bitstream of ``top_factory(clock_hz)`` wrapped in :class:`BoardTop` for ``board``.
 
-    ``clock_hz``: the image's clock; None = the board oscillator (ULX3S 25 MHz, iCEBreaker 12 MHz),
-    anything else goes through a PLL (ECP5 only, see :class:`BoardTop`).
+    ``clock_hz``: the image's clock; None = the board's default (``BoardSpec.clock_hz``, else the
+    oscillator); anything but the oscillator goes through a PLL (ECP5 only, see :class:`BoardTop`).
 
     ``build_kwargs`` go to ``platform.build`` (amaranth's template overrides, e.g. ``synth_opts``);
     they replace the board's defaults (iCEBreaker: ``synth_opts="-dsp"``). Raises
@@ -267,7 +283,7 @@ def build_board(board: str, top_factory, build_dir, *, clock_hz: int | None = No
     spec = BOARDS[board]
     platform = spec.platform()
     oscillator_hz = int(platform.default_clk_frequency)
-    clock_hz = int(clock_hz or oscillator_hz)
+    clock_hz = int(clock_hz or spec.clock_hz or oscillator_hz)
     top = BoardTop(top_factory(clock_hz), clock_hz=clock_hz, baud=baud, serial_factory=serial_factory)
     build_dir = Path(build_dir)
     bitstream = build_dir / spec.bitstream.replace("top", name, 1)
@@ -280,9 +296,15 @@ def build_board(board: str, top_factory, build_dir, *, clock_hz: int | None = No
     after_synth = kwargs.pop("script_after_synth", "")
     kwargs["script_after_synth"] = f"{after_synth}\ntee -q -o {name}.stat.json stat -json".strip()
     start = time.monotonic()
-    plan = platform.build(top, name=name, build_dir=str(build_dir), do_build=False, **kwargs)
+    plan = platform.build(top, name=name, build_dir=str(build_dir), do_build=False, emit_src=False, **kwargs)
     root = Path(plan.extract(str(build_dir)))
-    run_tool(["sh", f"{plan.script}.sh"], root, root / "build.log", timeout_s, env=_tool_env(spec.family))
+    try:
+        run_tool(["sh", f"{plan.script}.sh"], root, root / "build.log", timeout_s, env=_tool_env(spec.family))
+    except ToolError as exc:
+        overused = _overused_resources(build_dir / f"{name}.tim")
+        if overused:
+            raise DesignDoesNotFit(f"the design does not fit the {platform.device}: {overused}") from exc
+        raise
     runtime = time.monotonic() - start
 
     report_path = build_dir / f"{name}.report.json"
@@ -296,10 +318,11 @@ def build_board(board: str, top_factory, build_dir, *, clock_hz: int | None = No
     if ff is None:
         ff = _ff_from_yosys(build_dir / f"{name}.stat.json")
     clocks = parsed["clocks"]
-    return {
+    result = {
         "board": board,
         "bitstream": str(bitstream.resolve()),
         "sha256": hashlib.sha256(bitstream.read_bytes()).hexdigest(),
+        "netlist_sha256": hashlib.sha256((build_dir / f"{name}.il").read_bytes()).hexdigest(),
         "clock_mhz": clock_hz / 1e6,
         "fmax_mhz": parsed["fmax_mhz"],
         "timing_met": bool(clocks) and all(c["fmax_mhz"] >= c["constraint_mhz"] for c in clocks.values()),
@@ -312,12 +335,26 @@ def build_board(board: str, top_factory, build_dir, *, clock_hz: int | None = No
         "tools": tool_versions("yosys", f"nextpnr-{spec.family}"),
         "runtime_s": round(runtime, 1),
     }
+    (build_dir / f"{name}.result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _overused_resources(nextpnr_log: Path) -> str:
+    """"ICESTORM_LC 8820/5280, ICESTORM_DSP 9/8" from the utilisation table of a nextpnr log, or ""."""
+    try:
+        text = nextpnr_log.read_text()
+    except FileNotFoundError:
+        return ""
+    rows = re.findall(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", text)
+    return ", ".join(f"{cell} {used}/{available}" for cell, used, available in rows if int(used) > int(available))
 
 
 def baseline_name(board: str, oscillators=None, inputs=None, lanes=None) -> str:
-    """``<board>-default`` or ``<board>-p16-n8-k1`` (only the given parts)."""
-    parts = [f"{c}{v}" for c, v in (("p", oscillators), ("n", inputs), ("k", lanes)) if v is not None]
-    return "-".join([board, *(parts or ["default"])])
+    """``<board>-p16-n8-k1``; None: the image's default (``firmware.top.DEFAULT_SIZE``, one lane)."""
+    from firmware.top import DEFAULT_SIZE
+
+    oscillators, inputs = oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs
+    return f"{board}-p{oscillators}-n{inputs}-k{lanes or 1}"
 
 
 # ---- echoboard build ------------------------------------------------------------------------
@@ -330,7 +367,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", type=int, default=None, help="number of input channels N (image default)")
     parser.add_argument("--lanes", type=int, default=None, help="parallel oscillator lanes K (image default)")
     parser.add_argument("--clock-mhz", type=float, default=None,
-                        help="system clock; default: the board oscillator (other values: ECP5 PLL)")
+                        help="system clock; default: ULX3S 45 (PLL), iCEBreaker 12 (oscillator)")
     parser.add_argument("--build-dir", type=Path, default=None, help="default: build/<board>")
     parser.add_argument("--check-baseline", action="store_true",
                         help="compare with firmware/baselines/<board>-<config>.json (exit 1 outside the tolerances)")
@@ -343,15 +380,20 @@ _ISSUE_KEYS = ("board", "bitstream", "sha256", "clock_mhz", "fmax_mhz", "timing_
 
 
 def run_build(args, top_factory=None) -> int:
-    """``echoboard build``; ``top_factory`` replaces the real image (tests). Exit status: 0 built and timing met (and within the baseline if checked), 1 timing missed or
-    baseline mismatch, 2 the board image is not available."""
+    """``echoboard build``; ``top_factory`` replaces the real image (tests). Exit status: 0 built and
+    timing met (and within the baseline if checked), 1 timing missed or baseline mismatch, 2 the
+    board image is not available or does not fit the device."""
     try:
         factory = top_factory or firmware_image_factory(args.oscillators, args.inputs, args.lanes)
     except BoardImageUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     clock_hz = round(args.clock_mhz * 1e6) if args.clock_mhz else None
-    result = build_board(args.board, factory, args.build_dir or Path("build") / args.board, clock_hz=clock_hz)
+    try:
+        result = build_board(args.board, factory, args.build_dir or Path("build") / args.board, clock_hz=clock_hz)
+    except DesignDoesNotFit as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     status = 0 if result["timing_met"] else 1
     name = baseline_name(args.board, args.oscillators, args.inputs, args.lanes)
     if args.write_baseline:
