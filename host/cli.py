@@ -193,21 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="echoboard", description="RHEL-trained Hamiltonian recurrent units on FPGAs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_check_gradients_arguments(sub.add_parser(
-        "check-gradients", help="RHEL (float and fixed point) against float64 BPTT, per parameter"))
-    add_sweep_arguments(sub.add_parser(
-        "sweep-formats", help="fixed-point format sweep (state bits x coefficient bits x ε x loss scale)"))
-    train.add_train_arguments(sub.add_parser(
-        "train", help="train the on-board model (HRU -> mean pool -> linear head) on a real data set"))
     from firmware import boards
 
-    add_verilog_arguments(sub.add_parser("verilog", help="write the HRU core as Verilog"))
-    add_verify_arguments(sub.add_parser(
-        "verify", help="one random case through the Verilated core and the golden model"))
-    add_sim_board_arguments(sub.add_parser(
-        "sim-board", help="serve the simulated board (Verilated board image) on a loopback TCP port"))
-    boards.add_build_arguments(sub.add_parser(
-        "build", help="bitstream, utilisation and Fmax for a board (ulx3s-85f, icebreaker)"))
+    subcommands = [
+        ("check-gradients", add_check_gradients_arguments, "RHEL (float and fixed point) against float64 BPTT, per parameter"),
+        ("sweep-formats", add_sweep_arguments, "fixed-point format sweep (state bits x coefficient bits x ε x loss scale)"),
+        ("train", train.add_train_arguments, "train the on-board model (HRU -> mean pool -> linear head) on a real data set"),
+        ("verilog", add_verilog_arguments, "write the HRU core as Verilog"),
+        ("verify", add_verify_arguments, "one random case through the Verilated core and the golden model"),
+        ("sim-board", add_sim_board_arguments, "serve the simulated board (Verilated board image) on a loopback TCP port"),
+        ("build", boards.add_build_arguments, "bitstream, utilisation and Fmax for a board (ulx3s-85f, icebreaker)"),
+    ]
+    for name, add_arguments, help_text in subcommands:
+        add_arguments(sub.add_parser(name, help=help_text))
     return parser
 
 
