@@ -392,6 +392,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_cli(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    summary = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
-    print(json.dumps(summary, indent=1))
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    summary = train(cfg)
+    # the per-epoch history stays in summary.json: the terminal gets the result
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+    print(f"summary.json (with the per-epoch history), curves.png, echo_retrace.png and the checkpoint are in "
+          f"{cfg.out_dir()}", file=sys.stderr)
     return 0
