@@ -28,11 +28,11 @@ from pathlib import Path
 from benchmarks import save_result
 from golden_model.formats import FixedFormat, HRUSize
 from host.datasets import Dataset, Split
-from host.train import TrainConfig, initial_state, load_training_data, open_target, params_sha256, train_epoch
+from host.train import (TARGETS, TrainConfig, initial_state, load_training_data, open_target, params_sha256,
+                        train_epoch)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "board_training.json"
-TARGETS = ("sim", "golden", "inprocess")
 
 
 def _link(before: dict, after: dict, seconds: float) -> dict:

@@ -217,8 +217,6 @@ def link_summary(board) -> dict:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    if cfg.features not in FEATURES:
-        raise ValueError(f"unknown input features {cfg.features!r}; choose one of {', '.join(FEATURES)}")
     if cfg.target not in TARGETS and not cfg.target.startswith(URL_SCHEMES):
         raise ValueError(f"unknown target {cfg.target!r}; available: {', '.join(TARGETS)}, "
                          "socket://HOST:PORT, serial:///dev/DEVICE?baud=RATE")
