@@ -86,6 +86,7 @@ class BoardSpec:
     summary: tuple  # (lut, ff, dsp, bram) nextpnr resource names; None: from yosys
     build_kwargs: tuple = ()  # extra platform.build(**kwargs) as (key, value) pairs
     clock_hz: int | None = None  # the image's default clock; None: the board oscillator
+    core: str = "pipelined"  # the HRU core of the real image (firmware.top.CORES)
 
     def platform(self):
         import importlib
@@ -99,9 +100,12 @@ BOARDS = {
     # 40 % margin. A faster clock buys nothing: the UART, not the core, bounds a training step.
     "ulx3s-85f": BoardSpec("ulx3s-85f", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5", "top.bit",
                            ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"), clock_hz=45_000_000),
-    # UP5K: without -dsp, yosys puts every multiplier into LUTs
+    # UP5K (5,280 cells, 8 DSPs): the pipelined core needs 13,000+ cells even at P4/N2, so the
+    # iCEBreaker holds the serial core (one 16×16 multiplier); without -dsp, yosys would put
+    # that multiplier into LUTs. 12 MHz / 4 = 3 Mbaud exactly.
     "icebreaker": BoardSpec("icebreaker", "amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "top.bin",
-                            ("ICESTORM_LC", None, "ICESTORM_DSP", "ICESTORM_RAM"), (("synth_opts", "-dsp"),)),
+                            ("ICESTORM_LC", None, "ICESTORM_DSP", "ICESTORM_RAM"), (("synth_opts", "-dsp"),),
+                            core="serial"),
 }
 
 
@@ -233,9 +237,10 @@ def ecp5_pll_params(input_hz: int, output_hz: int) -> dict:
     return params
 
 
-def firmware_image_factory(oscillators: int | None = None, inputs: int | None = None, lanes: int | None = None):
+def firmware_image_factory(oscillators: int | None = None, inputs: int | None = None, lanes: int | None = None,
+                           core: str = "pipelined"):
     """``top_factory`` for the real board image: ``firmware.top.make_image(clock_hz=..., oscillators=...,
-    inputs=..., lanes=...)`` (None: the image's default). BoardImageUnavailable until it exists."""
+    inputs=..., lanes=..., core=...)`` (None: the image's default). BoardImageUnavailable until it exists."""
     try:
         from firmware import top
     except ImportError as exc:
@@ -247,7 +252,7 @@ def firmware_image_factory(oscillators: int | None = None, inputs: int | None = 
         raise BoardImageUnavailable("the board image is not available yet: firmware.top has no "
                                     "make_image(clock_hz=..., oscillators=..., inputs=..., lanes=...)")
     config = {k: v for k, v in (("oscillators", oscillators), ("inputs", inputs), ("lanes", lanes)) if v is not None}
-    return lambda clock_hz: make_image(clock_hz=clock_hz, **config)
+    return lambda clock_hz: make_image(clock_hz=clock_hz, core=core, **config)
 
 
 def _tool_env(family: str) -> dict:
@@ -384,7 +389,8 @@ def run_build(args, top_factory=None) -> int:
     timing met (and within the baseline if checked), 1 timing missed or baseline mismatch, 2 the
     board image is not available or does not fit the device."""
     try:
-        factory = top_factory or firmware_image_factory(args.oscillators, args.inputs, args.lanes)
+        factory = top_factory or firmware_image_factory(args.oscillators, args.inputs, args.lanes,
+                                                        BOARDS[args.board].core)
     except BoardImageUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ from firmware import link
 from firmware.protocol import BUILD_HASH_BYTES, CoreConfig
 from firmware.sequencer import Sequencer, core_config
 from golden_model.formats import FixedFormat, HRUSize
-from hdl.hru_core import HRUCore
+from hdl.cores import CORES, make_core
 
 __all__ = ["BoardImage", "make_image", "design_hash", "image_config", "DEFAULT_SIZE", "SIM_TOP"]
 
@@ -52,15 +52,19 @@ class BoardImage(wiring.Component):
 
     ``build_hash``: 16 bytes for IDENTIFY; None = :func:`design_hash` of this configuration.
     ``baud``: the UART rate of the pins variant (``firmware.link.baud_divisor`` checks it).
+    ``core``: a key of :data:`hdl.cores.CORES` (the pipelined core, or the serial one for iCE40).
     """
 
     def __init__(self, fmt: FixedFormat | None = None, size: HRUSize | None = None, lanes: int = 1,
-                 clock_hz: int | None = None, build_hash: bytes | None = None, *, baud: int = link.DEFAULT_BAUD):
-        self.fmt, self.size, self.lanes = fmt or FixedFormat(), size or DEFAULT_SIZE, lanes
+                 clock_hz: int | None = None, build_hash: bytes | None = None, *, baud: int = link.DEFAULT_BAUD,
+                 core: str = "pipelined"):
+        if core not in CORES:
+            raise ValueError(f"unknown core {core!r}; known cores: {', '.join(CORES)}")
+        self.fmt, self.size, self.lanes, self.core = fmt or FixedFormat(), size or DEFAULT_SIZE, lanes, core
         self.clock_hz = clock_hz
         self.divisor = None if clock_hz is None else link.baud_divisor(clock_hz, baud)
         if build_hash is None:
-            build_hash = design_hash(self.fmt, self.size, lanes)
+            build_hash = design_hash(self.fmt, self.size, lanes, core)
         if len(build_hash) != BUILD_HASH_BYTES:
             raise ValueError(f"build_hash must be {BUILD_HASH_BYTES} bytes, got {len(build_hash)}")
         self.build_hash = bytes(build_hash)
@@ -80,7 +84,8 @@ class BoardImage(wiring.Component):
         if self.divisor is not None:  # the pins: UART shifters around the byte-stream image
             m.submodules.uart_rx = uart_rx = link.UARTRx(self.divisor)
             m.submodules.uart_tx = uart_tx = link.UARTTx(self.divisor)
-            m.submodules.image = image = BoardImage(self.fmt, self.size, self.lanes, build_hash=self.build_hash)
+            m.submodules.image = image = BoardImage(self.fmt, self.size, self.lanes, build_hash=self.build_hash,
+                                                    core=self.core)
             m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
             wiring.connect(m, uart_rx.o, image.rx)
             wiring.connect(m, image.tx, uart_tx.i)
@@ -91,7 +96,7 @@ class BoardImage(wiring.Component):
         m.submodules.cache = cache = link.ReplyCache()
         m.submodules.crc_app = crc_app = link.CRCAppender()
         m.submodules.cobs_enc = cobs_enc = link.COBSEncoder()
-        m.submodules.core = core = HRUCore(self.fmt, self.size, self.lanes)
+        m.submodules.core = core = make_core(self.core, self.fmt, self.size, self.lanes)
         m.submodules.sequencer = seq = Sequencer(core, self.build_hash)
 
         wiring.connect(m, wiring.flipped(self.rx), cobs_dec.i)
@@ -127,17 +132,17 @@ def image_config(fmt: FixedFormat, size: HRUSize, lanes: int, build_hash: bytes)
 
 
 @functools.lru_cache(maxsize=None)
-def design_hash(fmt: FixedFormat, size: HRUSize, lanes: int) -> bytes:
+def design_hash(fmt: FixedFormat, size: HRUSize, lanes: int, core: str = "pipelined") -> bytes:
     """First 16 bytes of the SHA-256 of the byte-stream image's RTLIL, built with a zero hash."""
     from amaranth.back import rtlil
 
-    image = BoardImage(fmt, size, lanes, build_hash=bytes(BUILD_HASH_BYTES))
+    image = BoardImage(fmt, size, lanes, build_hash=bytes(BUILD_HASH_BYTES), core=core)
     text = rtlil.convert(image, name=SIM_TOP, emit_src=False)
     return hashlib.sha256(text.encode()).digest()[:BUILD_HASH_BYTES]
 
 
 def make_image(clock_hz: int, oscillators: int | None = None, inputs: int | None = None, lanes: int | None = None,
-               *, fmt: FixedFormat | None = None, baud: int = link.DEFAULT_BAUD) -> BoardImage:
-    """The image for ``firmware.boards`` (UART pins at ``baud``, clock ``clock_hz``)."""
+               *, fmt: FixedFormat | None = None, baud: int = link.DEFAULT_BAUD, core: str = "pipelined") -> BoardImage:
+    """The image for ``firmware.boards`` (UART pins at ``baud``, clock ``clock_hz``, ``core`` of hdl.cores.CORES)."""
     size = HRUSize(oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs, DEFAULT_SIZE.max_length)
-    return BoardImage(fmt or FixedFormat(), size, lanes or 1, clock_hz=clock_hz, baud=baud)
+    return BoardImage(fmt or FixedFormat(), size, lanes or 1, clock_hz=clock_hz, baud=baud, core=core)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from golden_model.formats import FixedFormat, HRUSize
-from hdl.hru_core import HRUCore, base_format, check_config, hru_kind
+from hdl.cores import check_core, make_core
+from hdl.hru_core import base_format, hru_kind
 
 __all__ = ["core_verilog", "format_to_json", "format_from_json", "random_case", "golden_expectation",
            "run_core_case", "verify_core"]
@@ -37,12 +38,12 @@ TESTBENCH = REPO / "tests" / "cocotb_hru_core.py"
 BUILD_ROOT = REPO / "build" / "hru_core"
 
 
-def core_verilog(fmt, size: HRUSize, lanes: int, name: str = TOPLEVEL) -> str:
-    """The Verilog text of ``HRUCore(fmt, size, lanes)`` as module ``name``."""
+def core_verilog(fmt, size: HRUSize, lanes: int, name: str = TOPLEVEL, core: str = "pipelined") -> str:
+    """The Verilog text of the ``core`` (hdl.cores.CORES) for ``fmt, size, lanes`` as module ``name``."""
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
     from amaranth.back import verilog
 
-    return verilog.convert(HRUCore(fmt, size, lanes), name=name, emit_src=False)
+    return verilog.convert(make_core(core, fmt, size, lanes), name=name, emit_src=False)
 
 
 def format_to_json(fmt) -> dict:
@@ -148,32 +149,32 @@ def golden_expectation(fmt, case: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _verilog_file(fmt, size: HRUSize, lanes: int) -> tuple[str, Path]:
+def _verilog_file(fmt, size: HRUSize, lanes: int, core: str) -> tuple[str, Path]:
     """(configuration name, Verilog path) of a core, converted once per process."""
     from sim.verilator import amaranth_to_verilog
 
     fmt_key = hashlib.sha256(json.dumps(format_to_json(fmt), sort_keys=True).encode()).hexdigest()[:8]
-    prefix = "" if hru_kind(fmt) == "linear" else "nl-"
+    prefix = ("" if hru_kind(fmt) == "linear" else "nl-") + ("" if core == "pipelined" else f"{core}-")
     config = f"{prefix}p{size.oscillators}-n{size.inputs}-k{lanes}-m{size.max_length}-{fmt_key}"
-    return config, amaranth_to_verilog(HRUCore(fmt, size, lanes), TOPLEVEL, BUILD_ROOT / f"{config}.v")
+    return config, amaranth_to_verilog(make_core(core, fmt, size, lanes), TOPLEVEL, BUILD_ROOT / f"{config}.v")
 
 
 def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: list[dict], *,
                   run_name: str, idle_prob: float = 0.2, seed: int | None = None, waves: bool = False,
-                  check: bool = True, timeout_s: float = 600):
-    """Verilate the core (cached per configuration) and run ``cases`` against ``expected``.
+                  check: bool = True, timeout_s: float = 600, core: str = "pipelined"):
+    """Verilate the ``core`` (cached per configuration) and run ``cases`` against ``expected``.
 
     Returns sim.verilator's ``SimResult``; its ``scoreboards["hru_core"]`` holds the summary and
     ``test_dir / "hru_core.cycles.json"`` the cycles of every command.
     """
     from sim.verilator import build_and_test
 
-    config, verilog_path = _verilog_file(fmt, size, lanes)
+    config, verilog_path = _verilog_file(fmt, size, lanes, core)
     case_file = BUILD_ROOT / "cases" / f"{config}-{run_name}.json"
     case_file.parent.mkdir(parents=True, exist_ok=True)
     case_file.write_text(json.dumps({"format": format_to_json(fmt),
                                      "size": [size.oscillators, size.inputs, size.max_length],
-                                     "lanes": lanes, "idle_prob": idle_prob, "cases": cases, "expected": expected}))
+                                     "lanes": lanes, "core": core, "idle_prob": idle_prob, "cases": cases, "expected": expected}))
     return build_and_test(verilog_path, TOPLEVEL, TESTBENCH, BUILD_ROOT, run_name=f"{config}-{run_name}",
                           seed=seed, waves=waves, check=check, timeout_s=timeout_s,
                           extra_env={"HRU_CASES": str(case_file)})
@@ -182,16 +183,16 @@ def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: l
 # ---------------------------------------------------------------- one verification run
 
 def verify_core(fmt, size: HRUSize, lanes: int, *, length: int, seed: int,
-                per_step_nudge: bool = False) -> tuple[bool, dict]:
+                per_step_nudge: bool = False, core: str = "pipelined") -> tuple[bool, dict]:
     """One random case through the Verilated core and the golden model: (passed, report).
 
     The report has the fields of ``echoboard verify``: level, steps, compared, mismatches,
     first_mismatch, cycles (and error when the simulation itself failed).
     """
-    check_config(fmt, size, lanes)  # argument errors before the (slow) build
+    check_core(core, fmt, size, lanes)  # argument errors before the (slow) build
     case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge)
     result = run_core_case(fmt, size, lanes, [case], [golden_expectation(fmt, case)], idle_prob=0.0,
-                           run_name=f"verify-s{seed}-l{length}", seed=seed, check=False)
+                           run_name=f"verify-s{seed}-l{length}", seed=seed, check=False, core=core)
     board = result.scoreboards.get(TOPLEVEL, {})
     cycles_file = result.test_dir / f"{TOPLEVEL}.cycles.json"
     report = {"level": "core", "steps": length, "compared": board.get("compared", 0),

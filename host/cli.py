@@ -81,6 +81,9 @@ def add_core_size_arguments(parser: argparse.ArgumentParser, default_lanes: int 
     parser.add_argument("--max-length", type=positive_int, default=HRUSize.max_length,
                         help="longest sequence the core accepts (sizes the step counter)")
     parser.add_argument("--hru", choices=("linear", "nonlinear"), default="linear")
+    parser.add_argument("--core", choices=("pipelined", "serial"), default="pipelined",
+                        help="pipelined (ECP5: one oscillator update per clock per lane) or serial "
+                             "(iCE40: one 16x16 multiplier, linear HRU, --lanes 1)")
 
 
 def core_config(args, nonlinear_ok: bool = False):
@@ -107,15 +110,15 @@ def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_verilog(args) -> int:
-    from hdl.hru_core import check_config
+    from hdl.cores import check_core
     from hdl.verilog import TOPLEVEL, core_verilog
 
     fmt, size, lanes = core_config(args, nonlinear_ok=True)
-    check_config(fmt, size, lanes)
+    check_core(args.core, fmt, size, lanes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(core_verilog(fmt, size, lanes))
-    print(f"wrote {args.output} (module {TOPLEVEL}: {args.hru} HRU, P={size.oscillators}, N={size.inputs}, "
-          f"K={lanes})", file=sys.stderr)
+    args.output.write_text(core_verilog(fmt, size, lanes, core=args.core))
+    print(f"wrote {args.output} (module {TOPLEVEL}: {args.core} core, {args.hru} HRU, P={size.oscillators}, "
+          f"N={size.inputs}, K={lanes})", file=sys.stderr)
     return 0
 
 
@@ -153,12 +156,13 @@ def run_verify(args) -> int:
         if args.level == "core":
             from hdl.verilog import verify_core
 
-            passed, report = verify_core(fmt, size, lanes, length=args.length, seed=args.seed, per_step_nudge=per_step)
+            passed, report = verify_core(fmt, size, lanes, length=args.length, seed=args.seed, per_step_nudge=per_step,
+                                         core=args.core)
         else:
             from sim.board_image import ImageConfig, verify_board
 
             size.check_length(args.length)
-            result = verify_board(ImageConfig(size, fmt, lanes), seed=args.seed, length=args.length,
+            result = verify_board(ImageConfig(size, fmt, lanes, args.core), seed=args.seed, length=args.length,
                                   per_step_nudge=per_step)
             report = {k: result[k] for k in ("level", "steps", "compared", "mismatches", "first_mismatch", "cycles")}
             passed = report["mismatches"] == 0

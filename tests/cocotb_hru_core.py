@@ -22,6 +22,7 @@ import cocotb
 from cocotb.simtime import get_sim_time
 
 from golden_model.formats import HRUSize
+from hdl.cores import make_core
 from hdl.hru_core import PHASES, HRUCore, Op, Region
 from hdl.verilog import format_from_json
 from sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, start_clock_and_reset
@@ -126,7 +127,7 @@ class CoreHost:
 @cocotb.test()
 async def hru_core_cases(dut):
     spec = json.loads(Path(os.environ["HRU_CASES"]).read_text())
-    core = HRUCore(format_from_json(spec["format"]), HRUSize(*spec["size"]), spec["lanes"])
+    core = make_core(spec["core"], format_from_json(spec["format"]), HRUSize(*spec["size"]), spec["lanes"])
     wall, start = time.perf_counter(), get_sim_time("ns")
     await start_clock_and_reset(dut)
     host = CoreHost(dut, core, random.Random(cocotb.RANDOM_SEED), spec["idle_prob"])

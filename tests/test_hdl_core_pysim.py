@@ -90,18 +90,19 @@ class CoreDriver:
         return cycles
 
 
-def run_core(fmt, size: HRUSize, lanes: int, case: dict, macs: int | None = None) -> dict:
+def run_core(fmt, size: HRUSize, lanes: int, case: dict, macs: int | None = None, core=None) -> dict:
     """Load the case, run CLEAR, FORWARD, ECHO; read back the fields of hdl.verilog.golden_expectation."""
-    return run_minibatch(fmt, size, lanes, [case], macs)[0]
+    return run_minibatch(fmt, size, lanes, [case], macs, core)[0]
 
 
 def run_minibatch(fmt, size: HRUSize, lanes: int, cases: list[dict],
-                  macs: int | None = None) -> list[dict]:
+                  macs: int | None = None, core=None) -> list[dict]:
     """CLEAR once, then per case: load it, FORWARD, read back, ECHO, read back (the accumulators sum up).
 
     ``fmt`` a FixedFormat (linear core) or a NonlinearFormat (nonlinear core): the stores written
-    and read are the core's ``parameter_regions`` and ``accumulator_regions``."""
-    core = HRUCore(fmt, size, lanes, macs)
+    and read are the core's ``parameter_regions`` and ``accumulator_regions``. ``core``: a core
+    to drive instead of ``HRUCore(fmt, size, lanes, macs)`` (hdl.hru_serial's has the same ports)."""
+    core = core or HRUCore(fmt, size, lanes, macs)
     p = size.oscillators
     outs = []
 
@@ -238,11 +239,12 @@ def test_core_counts_forced_overflows_and_saturates():
     check_forced_overflows_saturate(SMALL.replace(counter_width=5), seed=3)
 
 
-def check_forced_overflows_saturate(fmt, seed: int):
-    """A wild case (most operations wrap) on a core whose counters saturate at 31 (counter_width 5)."""
+def check_forced_overflows_saturate(fmt, seed: int, core=None):
+    """A wild case (most operations wrap) on a core whose counters saturate at 31 (counter_width 5);
+    ``core``: a P4/N2 core to use instead of the pipelined one with two lanes."""
     size = HRUSize(oscillators=4, inputs=2, max_length=64)
     case = random_case(fmt, size, length=6, seed=seed, wild=True)
-    got, want = run_core(fmt, size, 2, case), golden_expectation(fmt, case)
+    got, want = run_core(fmt, size, 2, case, core=core), golden_expectation(fmt, case)
     counts = [want["forward"]["overflows"]["forward"], *want["echo"]["overflows"].values()]
     assert min(counts) > 0 and 31 in counts
     assert got["forward"] == want["forward"]

@@ -1,0 +1,25 @@
+"""The HRU cores a design can hold: same ports, commands, address map and golden contract.
+
+``pipelined`` (hdl.hru_core.HRUCore): one oscillator update per clock per lane, 36 wide
+multipliers at P16/N8/K1 — the ECP5 image. ``serial`` (hdl.hru_serial.SerialHRUCore): one 16×16
+multiplier walking the integer model's operations — the iCE40UP5K image (linear HRU, one lane).
+"""
+from hdl.hru_core import HRUCore, check_config
+from hdl.hru_serial import SerialHRUCore, check_serial_config
+
+__all__ = ["CORES", "check_core", "make_core"]
+
+CORES = {"pipelined": HRUCore, "serial": SerialHRUCore}
+_CHECKS = {"pipelined": check_config, "serial": check_serial_config}
+
+
+def check_core(kind: str, fmt, size, lanes: int = 1) -> None:
+    """Clear errors for an unknown core or a configuration it cannot implement (builds nothing)."""
+    if kind not in CORES:
+        raise ValueError(f"unknown core {kind!r}; known cores: {', '.join(CORES)}")
+    _CHECKS[kind](fmt, size, lanes)
+
+
+def make_core(kind: str, fmt, size, lanes: int = 1):
+    check_core(kind, fmt, size, lanes)
+    return CORES[kind](fmt, size, lanes)

@@ -1,0 +1,106 @@
+"""The serial HRU core (hdl.hru_serial, the iCEBreaker's) against golden_model.hru_fixed, with ==.
+
+Amaranth's simulator for small cases (the driver is test_hdl_core_pysim's, the same as the
+pipelined core's), cocotb + Verilator for long and wide ones, and the whole serial board image
+through the wire protocol on the simulated board.
+"""
+import pytest
+from test_hdl_core_pysim import SMALL, check_forced_overflows_saturate, run_core, run_minibatch
+
+from golden_model.formats import FixedFormat, HRUSize
+from golden_model.hru_fixed_nonlinear import NonlinearFormat
+from hdl.cores import check_core
+from hdl.hru_serial import SerialHRUCore, cycles_per_step, limbs
+from hdl.verilog import golden_expectation, random_case, run_core_case
+
+CONFIGS = [
+    (SMALL, HRUSize(oscillators=2, inputs=1, max_length=64)),  # one limb per state operand
+    (SMALL, HRUSize(oscillators=4, inputs=3, max_length=64)),
+    (FixedFormat(), HRUSize(oscillators=3, inputs=2, max_length=64)),  # 3 state limbs, 2 coefficient limbs
+    (FixedFormat(), HRUSize(oscillators=2, inputs=8, max_length=64)),
+]
+
+
+@pytest.mark.parametrize("fmt,size", CONFIGS)
+def test_serial_core_matches_golden(fmt, size):
+    length = 6
+    case = random_case(fmt, size, length=length, seed=size.oscillators * 5 + size.inputs)
+    got, want = run_core(fmt, size, 1, case, core=SerialHRUCore(fmt, size)), golden_expectation(fmt, case)
+    assert got["forward"] == want["forward"]
+    assert got["echo"] == want["echo"]
+    assert any(want["echo"]["acc_a"]) and any(v for row in want["echo"]["acc_b"] for v in row)
+    # the cycle model is exact: L steps and the command's handshake cycle
+    assert got["forward_cycles"] == length * cycles_per_step(fmt, size, echo=False) + 1
+    assert got["echo_cycles"] == length * cycles_per_step(fmt, size, echo=True) + 1
+
+
+def test_serial_echo_with_per_step_nudge_stream():
+    size = HRUSize(oscillators=3, inputs=2, max_length=64)
+    case = random_case(SMALL, size, length=7, seed=5, per_step_nudge=True)
+    got, want = run_core(SMALL, size, 1, case, core=SerialHRUCore(SMALL, size)), golden_expectation(SMALL, case)
+    assert got["forward"] == want["forward"] and got["echo"] == want["echo"]
+    constant = golden_expectation(SMALL, {**case, "nudge": case["nudge"][-1]})
+    assert want["echo"]["acc_a"] != constant["echo"]["acc_a"]  # the per-step nudges mattered
+
+
+def test_serial_accumulators_sum_over_a_minibatch_until_clear():
+    size = HRUSize(oscillators=2, inputs=2, max_length=64)
+    first = random_case(SMALL, size, length=5, seed=31)
+    second = {**random_case(SMALL, size, length=4, seed=32), **{k: first[k] for k in ("A", "B", "delta")}}
+    got = run_minibatch(SMALL, size, 1, [first, second], core=SerialHRUCore(SMALL, size))
+    want = [golden_expectation(SMALL, case) for case in (first, second)]
+    half = 1 << (SMALL.acc_width - 1)
+    wrapped = lambda v: ((v + half) % (2 * half)) - half  # noqa: E731
+    assert got[0]["echo"] == want[0]["echo"]
+    assert got[1]["echo"]["acc_a"] == [wrapped(a + b) for a, b in zip(want[0]["echo"]["acc_a"], want[1]["echo"]["acc_a"])]
+    assert got[1]["echo"]["acc_b"] == [[wrapped(a + b) for a, b in zip(r0, r1)]
+                                       for r0, r1 in zip(want[0]["echo"]["acc_b"], want[1]["echo"]["acc_b"])]
+
+
+def test_serial_core_counts_forced_overflows_and_saturates():
+    fmt = SMALL.replace(counter_width=5)
+    check_forced_overflows_saturate(fmt, seed=4, core=SerialHRUCore(fmt, HRUSize(4, 2, 64)))
+
+
+def test_serial_zero_nudge_echo_returns_the_initial_state_bit_for_bit():
+    size = HRUSize(oscillators=2, inputs=2, max_length=64)
+    case = random_case(FixedFormat(), size, length=12, seed=11, zero_nudge=True)
+    got = run_core(FixedFormat(), size, 1, case, core=SerialHRUCore(FixedFormat(), size))
+    flipped = [((-z + (1 << 31)) % (1 << 32)) - (1 << 31) for z in case["z0"]]
+    for echo in ("plus", "minus"):
+        assert got["echo"][echo] == {"y": case["y0"], "z": flipped}
+    assert got["echo"]["acc_a"] == [0, 0]
+    assert got["echo"] == golden_expectation(FixedFormat(), case)["echo"]
+
+
+def test_serial_core_rejects_what_it_cannot_build():
+    with pytest.raises(ValueError, match="linear HRU only"):
+        check_core("serial", NonlinearFormat(), HRUSize(2, 2))
+    with pytest.raises(ValueError, match="lanes must be 1"):
+        SerialHRUCore(FixedFormat(), HRUSize(4, 2), lanes=2)
+    with pytest.raises(ValueError, match="half_away"):
+        check_core("serial", FixedFormat(drift_rounding="floor"), HRUSize(2, 2))
+    with pytest.raises(ValueError, match="unknown core 'fast'"):
+        check_core("fast", FixedFormat(), HRUSize(2, 2))
+    assert [limbs(w) for w in (2, 16, 17, 31, 32, 46)] == [1, 1, 2, 2, 3, 3]
+
+
+def test_default_serial_core_cost():
+    """P16/N8 default format: ~104 clocks per oscillator forward, ~236 per echo pair (the budget
+    the iCEBreaker's one multiplier buys; 3 Mbaud moves a 16-byte input sample in ~53 µs)."""
+    size = HRUSize(16, 8)
+    assert cycles_per_step(FixedFormat(), size, echo=False) < 16 * 110
+    assert cycles_per_step(FixedFormat(), size, echo=True) < 16 * 250
+
+
+def test_serial_core_matches_golden_under_verilator():
+    """Long and wild cases (most operations wrap), constant and streamed nudges, random input stalls."""
+    fmt, size = FixedFormat(), HRUSize(oscillators=5, inputs=3, max_length=4096)
+    cases = [random_case(fmt, size, length, 70 + length) for length in (1, 2, 150)]
+    cases += [random_case(fmt, size, 60, 81, per_step_nudge=True), random_case(fmt, size, 30, 82, wild=True)]
+    expected = [golden_expectation(fmt, c) for c in cases]
+    assert expected[-1]["forward"]["overflows"]["forward"] > 0
+    result = run_core_case(fmt, size, 1, cases, expected, run_name="random", idle_prob=0.3, core="serial")
+    p, n = size.oscillators, size.inputs
+    assert result.scoreboards["hru_core"] == {"compared": len(cases) * (8 * p + p * n + 4), "mismatches": 0,
+                                              "first_mismatch": None}
