@@ -10,9 +10,9 @@ the integer model's operations one after another through one datapath:
     MAC unit    ACC = Σ a·b over 15-bit limbs: one 16×16 signed product per clock (an iCE40
                 SB_MAC16 with registered inputs and output), shifted into a wide accumulator.
     round unit  one adder: result = W(x + R(ACC, s)) for every drift, force, kick, drive,
-                nudge, d/S word and accumulator update (R odd-symmetric, see hdl.fixed), the
-                product first aligned to the largest shift S (R(p·2^(S−s), S) = R(p, s)
-                exactly), so one carry chain serves every shift.
+                nudge, d/S word and accumulator update (R odd-symmetric, see hdl.fixed), every
+                product aligned to the largest shift S on its way in (``products``), so one
+                carry chain and no shifter serve every shift.
     stores      three block RAMs by word width (coefficients, states, accumulators), each with
                 one read and one write port, shared with the host port while idle. The state
                 store is also the datapath's register file: y, z of both echoes are updated in
@@ -26,8 +26,8 @@ update applies the nudge to both echoes (the −ε echo first: at step 0 both st
 which the +ε echo then overwrites), shares b, runs both leapfrogs, then d, S, acc_a += R(d·S),
 acc_b += R(d·u) (N products). Products of w-bit operands take ceil((w−1)/15) limbs each
 (coefficient 18 bits: 2, state 32: 3, input 16: 1); ``cycles_per_step`` is the exact cost, for
-the default format at P16/N8 1,665 clocks per forward step and 3,617 per echo step: at 12 MHz
-~7,200 and ~3,300 steps/s, of the order of what a 3 Mbaud link carries (an 8-channel input
+the default format at P16/N8 1,665 clocks per forward step and 3,745 per echo step: at 12 MHz
+~7,200 and ~3,200 steps/s, of the order of what a 3 Mbaud link carries (an 8-channel input
 sample is 16 bytes, a streamed nudge vector 64).
 
 The nudge is applied before each echo step (vector v before step v, as the pipelined core
@@ -46,7 +46,7 @@ from hdl.fixed import add_round_shift, wrap
 from hdl.hru_core import PHASES, AddressMap, Op, Region, check_config, hru_kind
 from hdl.memories import MemoryBus, SharedMemory
 
-__all__ = ["SerialHRUCore", "LIMB", "SCRATCH", "check_serial_config", "cycles_per_step", "limbs"]
+__all__ = ["SerialHRUCore", "LIMB", "SCRATCH", "check_serial_config", "cycles_per_step", "limbs", "products"]
 
 LIMB = 15  # an iCE40 SB_MAC16 is 16×16 signed: 15-bit unsigned limbs below a signed top limb
 
@@ -54,6 +54,23 @@ LIMB = 15  # an iCE40 SB_MAC16 is 16×16 signed: 15-bit unsigned limbs below a s
 def limbs(width: int) -> int:
     """16×16 products needed per operand of ``width`` bits: 16 → 1, 17..31 → 2, 32..46 → 3."""
     return max(1, -(-(width - 1) // LIMB))
+
+
+def products(fmt) -> tuple[int, dict, dict]:
+    """(S, {product: its rounding shift s}, {product: (a operand, a's width aligned, b's width)}).
+
+    Every rounding shifts by the largest shift S: R(p·2^(S−s), S) = R(p, s) exactly, so each
+    product's a operand (a coefficient or d) is shifted left by S − s on its way into the
+    multiplier, costing limbs only where it crosses a 15-bit boundary, and a value added without
+    rounding is loaded as v·2^S: one rounding adder and no shifter in the datapath.
+    """
+    ws, wc, wu = fmt.state_width, fmt.coef_width, fmt.input_width
+    shifts = {"drive": fmt.coef_b_frac + fmt.input_frac - fmt.state_frac, "drift": fmt.delta_frac + 1,
+              "force": fmt.coef_a_frac, "kick": fmt.delta_frac, "acc_a": fmt.acc_a_shift, "acc_b": fmt.acc_b_shift}
+    top = max(max(shifts.values()), 1)
+    operands = {"drive": ("COEF", wc, wu), "drift": ("COEF", wc, ws), "force": ("COEF", wc, ws),
+                "kick": ("COEF", wc, ws + 1), "acc_a": ("D", ws, ws), "acc_b": ("D", ws, wu)}  # kick: −f
+    return top, shifts, {op: (a, width + top - shifts[op], b_width) for op, (a, width, b_width) in operands.items()}
 
 
 #: Scratch words of the state store, after the five per-oscillator regions: the half-step
@@ -64,20 +81,19 @@ SCRATCH = ("YH0", "YH1", "B", "F", "S", "N")
 def cycles_per_step(fmt, size: HRUSize, echo: bool) -> int:
     """Clock cycles of one time step (input waiting, nudges streaming in time), exact.
 
-    A product of k limb pairs takes k + 5 cycles (read its operands, start, k issues, the DSP and
-    accumulator registers, the rounding); a drive column the same (its B word, start, k + 3); the
-    kick's −f has one more bit than a state word. Per oscillator: N drive columns and b's
-    rounding, then forward: the leapfrog and the position sum (3); echo: the nudge (5), both
-    leapfrogs, d and S (3 each), acc_a (its product) and N acc_b columns (no operand read: k + 4).
+    A product of k limb pairs (``products``: the aligned widths) takes k + 5 cycles (read its
+    operands, start, k issues, the DSP and accumulator registers, the rounding); a drive column
+    the same (its B word, start, k + 3). Per oscillator: N drive columns and b's rounding, then
+    forward: the leapfrog and the position sum (3); echo: the nudge (5), both leapfrogs, d and S
+    (3 each), acc_a and N acc_b columns (no operand to read: k + 4).
     """
-    def product(a_width, b_width):
-        return limbs(a_width) * limbs(b_width) + 5
-
-    ws, wc, wu, n = fmt.state_width, fmt.coef_width, fmt.input_width, size.inputs
-    drive = n * product(wc, wu) + 1
-    leapfrog = 3 * product(wc, ws) + product(wc, ws + 1)
+    _, _, operands = products(fmt)
+    cost = {op: limbs(a_width) * limbs(b_width) + 5 for op, (_, a_width, b_width) in operands.items()}
+    n = size.inputs
+    drive = n * cost["drive"] + 1
+    leapfrog = 2 * cost["drift"] + cost["force"] + cost["kick"]
     if echo:
-        per_oscillator = drive + 5 + 2 * leapfrog + 6 + product(ws, ws) + n * (product(ws, wu) - 1)
+        per_oscillator = drive + 5 + 2 * leapfrog + 6 + cost["acc_a"] + n * (cost["acc_b"] - 1)
     else:
         per_oscillator = drive + leapfrog + 3
     return 1 + size.oscillators * per_oscillator
@@ -91,8 +107,6 @@ def check_serial_config(fmt, size: HRUSize, lanes: int = 1) -> None:
     if lanes != 1:
         raise ValueError(f"the serial core has one datapath: lanes must be 1, got {lanes}")
     check_config(fmt, size, 1)
-    if max(limbs(fmt.state_width), limbs(fmt.coef_width), limbs(fmt.input_width)) > 3:
-        raise ValueError("the serial core's operands are at most 46 bits (three 15-bit limbs)")
 
 
 class SerialHRUCore(wiring.Component):
@@ -168,15 +182,22 @@ class SerialHRUCore(wiring.Component):
         state_word = Signal(signed(ws + 1))
         m.d.comb += state_word.eq(Mux(negate, -state.rd_data, state.rd_data))
 
+        top_shift, shifts, operands = products(fmt)
+        a_widths = {op: a_width for op, (_, a_width, _) in operands.items()}
+        most_limbs = max(limbs(w) for _, a_width, b_width in operands.values() for w in (a_width, b_width))
+
         # ---- MAC unit: ACC = Σ a·b, one limb pair per clock -------------------------------------
-        op_width = LIMB * 2 + 16  # three limbs; operands are sign-extended into it
+        op_width = LIMB * (most_limbs - 1) + 16  # operands are sign-extended into it
         opa, opb = Signal(signed(op_width)), Signal(signed(op_width))
-        na, nb, ka, kb = Signal(range(4)), Signal(range(4)), Signal(range(3)), Signal(range(3))
+        na, nb = Signal(range(most_limbs + 1)), Signal(range(most_limbs + 1))
+        ka, kb = Signal(range(most_limbs)), Signal(range(most_limbs))
         issuing = Signal()
         la, lb = Signal(signed(16)), Signal(signed(16))  # SB_MAC16 input registers
         pp = Signal(signed(32))  # its output register
-        v1, v2, sh1, sh2 = Signal(), Signal(), Signal(range(5)), Signal(range(5))
-        acc_width = max(ws + wc, 2 * ws + 1, ws + wu, wc + wu + ceil_log2(N)) + 1
+        v1, v2 = Signal(), Signal()
+        sh1, sh2 = Signal(range(2 * most_limbs - 1)), Signal(range(2 * most_limbs - 1))
+        acc_width = max(*(a_widths[op] + b_width for op, (_, _, b_width) in operands.items()),
+                        a_widths["drive"] + wu + ceil_log2(N), ws + 1 + top_shift) + 1
         acc = Signal(signed(acc_width))
 
         def limb(x, k, n):
@@ -187,7 +208,7 @@ class SerialHRUCore(wiring.Component):
         limb_a, limb_b = Signal(signed(16)), Signal(signed(16))
         for limb_sig, x, k, n in ((limb_a, opa, ka, na), (limb_b, opb, kb, nb)):
             with m.Switch(k):
-                for i in range(3):
+                for i in range(most_limbs):
                     with m.Case(i):
                         m.d.comb += limb_sig.eq(limb(x, i, n))
         m.d.sync += [v1.eq(issuing), la.eq(limb_a), lb.eq(limb_b), sh1.eq(ka + kb),
@@ -200,40 +221,30 @@ class SerialHRUCore(wiring.Component):
                     m.d.sync += [ka.eq(0), issuing.eq(0)]
         shifted = Signal(signed(acc_width))
         with m.Switch(sh2):
-            for k in range(5):
+            for k in range(2 * most_limbs - 1):
                 with m.Case(k):
                     m.d.comb += shifted.eq(pp << (LIMB * k))
-        acc_load, acc_clear, load_stream = Signal(), Signal(), Signal()
-        with m.If(acc_load):  # ACC = ±n (streamed) or ± the state word
-            m.d.sync += acc.eq(Mux(load_stream, Mux(negate, -self.nudge.payload[0], self.nudge.payload[0]), state_word))
+        acc_load, acc_clear = Signal(), Signal()
+        with m.If(acc_load):  # ACC = ± the state word, aligned
+            m.d.sync += acc.eq(state_word << top_shift)
         with m.Elif(acc_clear):
             m.d.sync += acc.eq(0)
         with m.Elif(v2):
             m.d.sync += acc.eq(acc + shifted)
         mac_busy = issuing | v1 | v2
 
-        def multiply(a: str, b: str, *, neg=False, accumulate=False):
-            """Start ACC = a·(±b): ``a`` "COEF" (the coefficient read last cycle) or "D", ``b``
-            "STATE" (the state word read last cycle) or "U" (u_j); ``accumulate``: ACC += (the
-            drive sums its N products)."""
-            a_value, a_width = (coef.rd_data, wc) if a == "COEF" else (diff, ws)
-            b_value, b_width = (state_word, ws + neg) if b == "STATE" else (u_col, wu)
+        def multiply(op: str, *, b="STATE", neg=False, accumulate=False):
+            """Start ACC = a·(±b) for product ``op`` (its a: the coefficient read last cycle or D,
+            aligned); ``b`` "STATE" (the state word read last cycle) or "U" (u_j); ``accumulate``:
+            ACC += (the drive sums its N products)."""
+            a_source, _, b_width = operands[op]  # a_width: the aligned one
+            a_value = (coef.rd_data if a_source == "COEF" else diff) << (top_shift - shifts[op])
+            b_value = state_word if b == "STATE" else u_col
             m.d.comb += [negate.eq(neg), acc_clear.eq(not accumulate)]
-            m.d.sync += [opa.eq(a_value), opb.eq(b_value), na.eq(limbs(a_width)), nb.eq(limbs(b_width)),
+            m.d.sync += [opa.eq(a_value), opb.eq(b_value), na.eq(limbs(a_widths[op])), nb.eq(limbs(b_width)),
                          issuing.eq(1), ka.eq(0), kb.eq(0)]
 
-        # ---- round unit: W(x + R(ACC, s)), every shift aligned to the largest -----------------
-        shifts = {"drive": fmt.coef_b_frac + fmt.input_frac - fmt.state_frac, "drift": fmt.delta_frac + 1,
-                  "force": fmt.coef_a_frac, "kick": fmt.delta_frac, "add": 0,
-                  "acc_a": fmt.acc_a_shift, "acc_b": fmt.acc_b_shift}
-        top_shift = max(shifts.values())
-        aligns = sorted({top_shift - s for s in shifts.values()})
-        align = Signal(range(len(aligns)))
-        aligned = Signal(signed(acc_width + max(aligns)))
-        with m.Switch(align):
-            for k, a in enumerate(aligns):
-                with m.Case(k):
-                    m.d.comb += aligned.eq(acc << a)
+        # ---- round unit: W(x + R(ACC, S)) ---------------------------------------------------------
         x_sel = Signal(2)  # x: the state word, the accumulator word read, or zero
         X_STATE, X_MEM, X_ZERO = 0, 1, 2
         x = Signal(signed(max(wacc, ws + 1)))
@@ -242,21 +253,26 @@ class SerialHRUCore(wiring.Component):
                 m.d.comb += x.eq(state_word)
             with m.Case(X_MEM):
                 m.d.comb += x.eq(acc_mem.rd_data)
-        total = add_round_shift(x, aligned, top_shift)
+        total = add_round_shift(x, acc, top_shift)
         res_state, ovf_state = wrap(total, ws)
         res_acc, ovf_acc = wrap(total, wacc)
-        wide, rounding = Signal(), Signal()  # wide: the result is an accumulator word
-        phase_mask = Signal(len(PHASES))
-        events = Mux(rounding & Mux(wide, ovf_acc, ovf_state), phase_mask, 0)  # this cycle's wrap, by phase
-        m.d.comb += [state.wr_data.eq(res_state), acc_mem.wr_data.eq(res_acc)]
+        wide = Signal()  # the result is an accumulator word
+        ovf = Mux(wide, ovf_acc, ovf_state)
+        count_phase, count_event = Signal(range(len(PHASES))), Signal()  # at most one event per cycle
+        write_nudge = Signal()  # the state store takes a streamed nudge word instead of the result
+        m.d.comb += [state.wr_data.eq(Mux(write_nudge, self.nudge.payload[0], res_state)),
+                     acc_mem.wr_data.eq(res_acc)]
 
-        def round_add(x_src, shift_name, phases, to, *, neg=False):
-            """This cycle: result = W(x + R(ACC, s)), its wrap counted in the ``phases`` mask.
+        def count(phase, event):
+            m.d.comb += [count_phase.eq(phase), count_event.eq(event)]
+
+        def round_add(x_src, phase, to, *, neg=False):
+            """This cycle: result = W(x + R(ACC, s)), its wrap counted in ``phase`` (None: not).
             ``x_src``: "STATE" (± the state word read last cycle), "MEM" (the accumulator word
             read), "ZERO", or a 1-bit value choosing ZERO over MEM. ``to``: ("state", address),
             ("acc", address) or "D"."""
-            m.d.comb += [align.eq(aligns.index(top_shift - shifts[shift_name])), rounding.eq(1),
-                         phase_mask.eq(phases)]
+            if phase is not None:
+                count(phase, ovf)
             if not isinstance(x_src, str):
                 m.d.comb += x_sel.eq(Mux(x_src, X_ZERO, X_MEM))
             else:
@@ -270,18 +286,26 @@ class SerialHRUCore(wiring.Component):
             else:
                 m.d.comb += [wide.eq(1), acc_mem.wr_en.eq(1), acc_mem.wr_addr.eq(to[1])]
 
-        def load_acc(*, neg=False, stream=False):
-            """ACC = ± the state word read last cycle (``stream``: the nudge stream's word)."""
-            m.d.comb += [acc_load.eq(1), negate.eq(neg), load_stream.eq(stream)]
+        def load_acc(*, neg=False):
+            """ACC = ± the state word read last cycle."""
+            m.d.comb += [acc_load.eq(1), negate.eq(neg)]
 
-        # ---- overflow counters: saturating, one event per phase and cycle at most ---------------
+        # ---- overflow counters: saturating, one incrementer for all four ------------------------
+        # At most one wrap per cycle (b's wrap in an echo counts for the −ε echo a cycle later), so
+        # one incrementer and one 4:1 multiplexer serve every counter, and the host's reads (only
+        # while idle) through the same multiplexer.
         counters = [Signal(unsigned(fmt.counter_width), name=f"ovf_{p}") for p in PHASES]
         clear_counters = Signal(len(PHASES))
+        counter_sel, current = Signal(range(len(PHASES))), Signal(unsigned(fmt.counter_width))
+        with m.Switch(counter_sel):
+            for p, counter in enumerate(counters):
+                with m.Case(p):
+                    m.d.comb += current.eq(counter)
+                    with m.If(count_event & ~current.all()):
+                        m.d.sync += counter.eq(current + 1)
         for p, counter in enumerate(counters):
             with m.If(clear_counters[p]):
                 m.d.sync += counter.eq(0)
-            with m.Elif(events[p] & ~counter.all()):
-                m.d.sync += counter.eq(counter + 1)
 
         # ---- control ------------------------------------------------------------------------------
         op = Signal(Op)
@@ -292,7 +316,8 @@ class SerialHRUCore(wiring.Component):
         first = step == 0
         osc = Signal(range(P))
         row = Signal(range((N + 1) * P))  # osc·N; CLEAR's word counter
-        FWD, PLUS, MINUS, GRAD = (1 << p for p in range(len(PHASES)))
+        FWD, PLUS, MINUS, GRAD = range(len(PHASES))
+        b_wrapped = Signal()  # b's wrap in an echo, still to count for the −ε echo
         y_addr = (addr(Region.Y0, osc), Mux(first, addr(Region.Y0, osc), addr(Region.Y1, osc)))  # step 0: slot 0
         z_addr = (addr(Region.Z0, osc), addr(Region.Z1, osc))
         phase = (Mux(echo, PLUS, FWD), MINUS)  # of echo e's leapfrog (forward: e = 0)
@@ -315,8 +340,8 @@ class SerialHRUCore(wiring.Component):
                     cmd = self.cmd.payload
                     m.d.sync += [op.eq(cmd.op), length.eq(cmd.length), step.eq(0), row.eq(0), col.eq(0),
                                  nudge_stream.eq(cmd.nudge_stream & (cmd.op == Op.ECHO))]
-                    m.d.comb += [clear_counters.eq(Mux(cmd.op == Op.CLEAR, GRAD,
-                                                       Mux(cmd.op == Op.ECHO, PLUS | MINUS, FWD))),
+                    m.d.comb += [clear_counters.eq(Mux(cmd.op == Op.CLEAR, 1 << GRAD,
+                                                       Mux(cmd.op == Op.ECHO, (1 << PLUS) | (1 << MINUS), 1 << FWD))),
                                  acc_clear.eq(1)]  # CLEAR writes W(0 + R(ACC)) = 0
                     with m.If(cmd.op == Op.CLEAR):
                         m.next = "CLEAR"
@@ -326,7 +351,7 @@ class SerialHRUCore(wiring.Component):
                         m.next = "STEP"
 
             with m.State("CLEAR"):  # acc_a and acc_b: every word from ACC_A's base on (ACC = 0)
-                round_add("ZERO", "add", 0, ("acc", addr(Region.ACC_A, row)))
+                round_add("ZERO", None, ("acc", addr(Region.ACC_A, row)))
                 m.d.sync += row.eq(row + 1)
                 with m.If(row == (1 + N) * P - 1):
                     m.d.sync += self.done.eq(1)
@@ -345,7 +370,7 @@ class SerialHRUCore(wiring.Component):
                 m.d.comb += [coef.rd_addr.eq(addr(Region.B, row + col)), acc_clear.eq(col == 0)]
                 m.next = "DRIVE_MUL"
             with m.State("DRIVE_MUL"):
-                multiply("COEF", "U", accumulate=True)
+                multiply("drive", b="U", accumulate=True)
                 m.next = "DRIVE_WAIT"
             with m.State("DRIVE_WAIT"):
                 with m.If(~mac_busy):
@@ -355,7 +380,8 @@ class SerialHRUCore(wiring.Component):
                         m.d.sync += col.eq(0)
                         m.next = "DRIVE_ROUND"
             with m.State("DRIVE_ROUND"):
-                round_add("ZERO", "drive", Mux(echo, PLUS | MINUS, FWD), ("state", scratch["B"]))
+                round_add("ZERO", Mux(echo, PLUS, FWD), ("state", scratch["B"]))
+                m.d.sync += b_wrapped.eq(ovf)
                 with m.If(echo):
                     m.next = "NUDGE_IN"
                 with m.Else():
@@ -364,23 +390,21 @@ class SerialHRUCore(wiring.Component):
             # ---- echo: z± = W(±z + n±), the flip at step 0 (−z_L), the −ε echo first: it reads
             # slot 0 at step 0, which the +ε echo then overwrites
             nudge_addr = Mux(nudge_stream, scratch["N"], addr(Region.NUDGE, osc))
-            with m.State("NUDGE_IN"):  # a streamed word goes to scratch N (it is needed twice)
+            with m.State("NUDGE_IN"):  # a streamed word goes to scratch N (read through the store)
                 m.d.comb += [self.nudge.ready.eq(nudge_stream), state.rd_addr.eq(nudge_addr)]
                 with m.If(nudge_stream):
-                    load_acc(neg=True, stream=True)
-                    m.d.comb += [state.wr_en.eq(1), state.wr_addr.eq(scratch["N"]),
-                                 state.wr_data.eq(self.nudge.payload[0])]
+                    m.d.comb += [write_nudge.eq(1), state.wr_en.eq(1), state.wr_addr.eq(scratch["N"])]
                 with m.If(~nudge_stream | self.nudge.valid):
+                    count(MINUS, b_wrapped)
                     m.next = "NUDGE_MINUS_LOAD"
             for e, name, after in ((1, "NUDGE_MINUS", "NUDGE_PLUS_LOAD"), (0, "NUDGE_PLUS", "E1_DRIFT1")):
                 with m.State(name + "_LOAD"):
                     m.d.comb += state.rd_addr.eq(Mux(first, z_addr[0], z_addr[e]))
-                    with m.If(~nudge_stream | (e == 0)):
-                        load_acc(neg=e == 1)
+                    load_acc(neg=e == 1)
                     m.next = name
                 with m.State(name):
                     m.d.comb += state.rd_addr.eq(nudge_addr)
-                    round_add("STATE", "add", (PLUS, MINUS)[e], ("state", z_addr[e]), neg=first)
+                    round_add("STATE", (PLUS, MINUS)[e], ("state", z_addr[e]), neg=first)
                     m.next = after
 
             def product(name, a, b, x, shift, phases, to, after, *, neg_b=False, neg_x=False):
@@ -389,13 +413,13 @@ class SerialHRUCore(wiring.Component):
                     m.d.comb += [coef.rd_addr.eq(a), state.rd_addr.eq(b)]
                     m.next = name + "_MUL"
                 with m.State(name + "_MUL"):
-                    multiply("COEF", "STATE", neg=neg_b)
+                    multiply(shift, neg=neg_b)
                     m.d.comb += state.rd_addr.eq(x)
                     m.next = name + "_WAIT"
                 with m.State(name + "_WAIT"):
                     m.d.comb += state.rd_addr.eq(x)
                     with m.If(~mac_busy):
-                        round_add("STATE", shift, phases, to, neg=neg_x)
+                        round_add("STATE", phases, to, neg=neg_x)
                         after()
 
             # ---- the leapfrog of echo e: drift, force (−b), kick (ACC = δ·(−f): z + R(−δf) =
@@ -434,7 +458,7 @@ class SerialHRUCore(wiring.Component):
                 load_acc()
                 m.next = "POS_ADD"
             with m.State("POS_ADD"):
-                round_add(first, "add", FWD, ("acc", pos_addr))
+                round_add(first, FWD, ("acc", pos_addr))
                 next_oscillator()
 
             # ---- echo read-out: d = W(yh⁺ − yh⁻), S = W(yh⁺ + yh⁻), acc_a += R(d·S), acc_b += R(d·u)
@@ -447,7 +471,7 @@ class SerialHRUCore(wiring.Component):
                     load_acc(neg=neg)
                     m.next = name
                 with m.State(name):
-                    round_add("STATE", "add", GRAD, to)
+                    round_add("STATE", GRAD, to)
                     m.next = after
 
             acc_a_addr, acc_b_addr = addr(Region.ACC_A, osc), addr(Region.ACC_B, row + col)
@@ -455,22 +479,22 @@ class SerialHRUCore(wiring.Component):
                 m.d.comb += [state.rd_addr.eq(scratch["S"]), acc_mem.rd_addr.eq(acc_a_addr)]
                 m.next = "ACC_A_MUL"
             with m.State("ACC_A_MUL"):
-                multiply("D", "STATE")
+                multiply("acc_a")
                 m.d.comb += acc_mem.rd_addr.eq(acc_a_addr)
                 m.next = "ACC_A_WAIT"
             with m.State("ACC_A_WAIT"):
                 m.d.comb += acc_mem.rd_addr.eq(acc_a_addr)
                 with m.If(~mac_busy):
-                    round_add("MEM", "acc_a", GRAD, ("acc", acc_a_addr))
+                    round_add("MEM", GRAD, ("acc", acc_a_addr))
                     m.next = "ACC_B"
             with m.State("ACC_B"):
-                multiply("D", "U")
+                multiply("acc_b", b="U")
                 m.d.comb += acc_mem.rd_addr.eq(acc_b_addr)
                 m.next = "ACC_B_WAIT"
             with m.State("ACC_B_WAIT"):
                 m.d.comb += acc_mem.rd_addr.eq(acc_b_addr)
                 with m.If(~mac_busy):
-                    round_add("MEM", "acc_b", GRAD, ("acc", acc_b_addr))
+                    round_add("MEM", GRAD, ("acc", acc_b_addr))
                     m.d.sync += col.eq(col + 1)
                     m.next = "ACC_B"
                     with m.If(col == N - 1):
@@ -491,15 +515,12 @@ class SerialHRUCore(wiring.Component):
         # the read returns one cycle later: which store (or counter) the address chose, registered
         sources = {"coef": 0, "state": 1, "acc": 2, "counter": 3}
         read_source, read_counter = Signal(range(len(sources))), Signal(unsigned(fmt.counter_width))
-        m.d.sync += read_source.eq(sources["counter"])
+        m.d.sync += [read_source.eq(sources["counter"]), read_counter.eq(current)]
         with m.Switch(region):
             for r, (store_name, _) in layout.items():
                 with m.Case(r):
                     m.d.sync += read_source.eq(sources[store_name])
-        with m.Switch(index):
-            for p, counter in enumerate(counters):
-                with m.Case(p):
-                    m.d.sync += read_counter.eq(counter)
+        m.d.comb += counter_sel.eq(Mux(self.busy, count_phase, index))
         with m.Switch(read_source):
             for name, k in sources.items():
                 with m.Case(k):

@@ -104,3 +104,14 @@ def test_serial_core_matches_golden_under_verilator():
     p, n = size.oscillators, size.inputs
     assert result.scoreboards["hru_core"] == {"compared": len(cases) * (8 * p + p * n + 4), "mismatches": 0,
                                               "first_mismatch": None}
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_serial_board_image_through_the_protocol(per_step):
+    """The iCEBreaker's image (link + sequencer + serial core) as a simulated board: every integer
+    and every reply equal to the golden board's, constant nudge or echo STREAM mode."""
+    from sim.board_image import ImageConfig, verify_board
+
+    config = ImageConfig(HRUSize(4, 2, 65536), FixedFormat(), 1, core="serial")
+    result = verify_board(config, seed=3 + per_step, length=30, per_step_nudge=per_step)
+    assert result["mismatches"] == 0 and result["compared"] > 50, result
