@@ -121,8 +121,11 @@ class SerialHRUCore(wiring.Component):
     parameter_regions = {"A": Region.A, "delta": Region.DELTA, "B": Region.B}
     accumulator_regions = {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B}
 
+    def __new__(cls, fmt, size: HRUSize, lanes: int = 1, **kwargs):
+        check_serial_config(fmt, size, lanes)  # before the object exists: no "unused elaboratable" warning
+        return super().__new__(cls, **kwargs)
+
     def __init__(self, fmt, size: HRUSize, lanes: int = 1):
-        check_serial_config(fmt, size, lanes)
         self.fmt, self.size = fmt, size
         self.address_map = AddressMap(size.oscillators, size.inputs, 1, Region)
         self.data_width = max(fmt.acc_width, fmt.state_width, fmt.coef_width, fmt.counter_width)
@@ -169,13 +172,13 @@ class SerialHRUCore(wiring.Component):
         def addr(region, index):
             return layout[region][1] + index
 
-        u = Signal(data.ArrayLayout(signed(wu), N))
+        # the input sample stays in the stream's payload: it is taken (ready) when its step ends
         col = Signal(range(N))
         u_col = Signal(signed(wu))
         with m.Switch(col):
             for j in range(N):
                 with m.Case(j):
-                    m.d.comb += u_col.eq(u[j])
+                    m.d.comb += u_col.eq(self.u.payload[j])
         diff = Signal(signed(ws))  # d = W(yh⁺ − yh⁻): the multiplier's a for both gradient products
         # the state word read last cycle, negated on request (−z at the flip, −b, −f, −yh⁻, −n)
         negate = Signal()
@@ -187,8 +190,11 @@ class SerialHRUCore(wiring.Component):
         most_limbs = max(limbs(w) for _, a_width, b_width in operands.values() for w in (a_width, b_width))
 
         # ---- MAC unit: ACC = Σ a·b, one limb pair per clock -------------------------------------
+        # The operands are not registered: while a product issues, the stores keep presenting
+        # its coefficient and state word (their read addresses held), d and u_j stand still.
         op_width = LIMB * (most_limbs - 1) + 16  # operands are sign-extended into it
         opa, opb = Signal(signed(op_width)), Signal(signed(op_width))
+        product_sel, b_is_u = Signal(range(len(operands))), Signal()
         na, nb = Signal(range(most_limbs + 1)), Signal(range(most_limbs + 1))
         ka, kb = Signal(range(most_limbs)), Signal(range(most_limbs))
         issuing = Signal()
@@ -233,16 +239,19 @@ class SerialHRUCore(wiring.Component):
             m.d.sync += acc.eq(acc + shifted)
         mac_busy = issuing | v1 | v2
 
-        def multiply(op: str, *, b="STATE", neg=False, accumulate=False):
-            """Start ACC = a·(±b) for product ``op`` (its a: the coefficient read last cycle or D,
-            aligned); ``b`` "STATE" (the state word read last cycle) or "U" (u_j); ``accumulate``:
-            ACC += (the drive sums its N products)."""
-            a_source, _, b_width = operands[op]  # a_width: the aligned one
-            a_value = (coef.rd_data if a_source == "COEF" else diff) << (top_shift - shifts[op])
-            b_value = state_word if b == "STATE" else u_col
-            m.d.comb += [negate.eq(neg), acc_clear.eq(not accumulate)]
-            m.d.sync += [opa.eq(a_value), opb.eq(b_value), na.eq(limbs(a_widths[op])), nb.eq(limbs(b_width)),
-                         issuing.eq(1), ka.eq(0), kb.eq(0)]
+        with m.Switch(product_sel):
+            for k, (op, (a_source, _, _)) in enumerate(operands.items()):
+                with m.Case(k):
+                    m.d.comb += opa.eq((coef.rd_data if a_source == "COEF" else diff) << (top_shift - shifts[op]))
+        m.d.comb += opb.eq(Mux(b_is_u, u_col, state_word))
+
+        def multiply(op: str, *, b="STATE", accumulate=False):
+            """Start ACC = a·b for product ``op`` (a: the coefficient read or d, aligned); ``b``
+            "STATE" (the state word read, ± by ``negate``) or "U" (u_j); ``accumulate``: ACC +=
+            (the drive sums its N products). The operands must stand still while ``issuing``."""
+            m.d.comb += acc_clear.eq(not accumulate)
+            m.d.sync += [product_sel.eq(list(operands).index(op)), b_is_u.eq(b == "U"),
+                         na.eq(limbs(a_widths[op])), nb.eq(limbs(operands[op][2])), issuing.eq(1), ka.eq(0), kb.eq(0)]
 
         # ---- round unit: W(x + R(ACC, S)) ---------------------------------------------------------
         x_sel = Signal(2)  # x: the state word, the accumulator word read, or zero
@@ -326,6 +335,7 @@ class SerialHRUCore(wiring.Component):
             m.d.sync += [osc.eq(osc + 1), row.eq(row + N)]
             m.next = "DRIVE_READ"
             with m.If(osc == P - 1):
+                m.d.comb += self.u.ready.eq(1)  # the step's input sample is used up
                 m.d.sync += step.eq(step + 1)
                 m.next = "STEP"
                 with m.If(step == length - 1):
@@ -359,9 +369,8 @@ class SerialHRUCore(wiring.Component):
 
             # ---- one time step: take u, then oscillator 0..P−1 ----------------------------------
             with m.State("STEP"):
-                m.d.comb += self.u.ready.eq(1)
                 with m.If(self.u.valid):
-                    m.d.sync += [u.eq(self.u.payload), osc.eq(0), row.eq(0)]
+                    m.d.sync += [osc.eq(0), row.eq(0)]
                     m.next = "DRIVE_READ"
 
             # b = W(R(Σ_j B_ij·u_j)): one product per column into one exact sum; b counts in the
@@ -370,9 +379,11 @@ class SerialHRUCore(wiring.Component):
                 m.d.comb += [coef.rd_addr.eq(addr(Region.B, row + col)), acc_clear.eq(col == 0)]
                 m.next = "DRIVE_MUL"
             with m.State("DRIVE_MUL"):
+                m.d.comb += coef.rd_addr.eq(addr(Region.B, row + col))
                 multiply("drive", b="U", accumulate=True)
                 m.next = "DRIVE_WAIT"
             with m.State("DRIVE_WAIT"):
+                m.d.comb += coef.rd_addr.eq(addr(Region.B, row + col))
                 with m.If(~mac_busy):
                     m.d.sync += col.eq(col + 1)
                     m.next = "DRIVE_READ"
@@ -408,16 +419,17 @@ class SerialHRUCore(wiring.Component):
                     m.next = after
 
             def product(name, a, b, x, shift, phases, to, after, *, neg_b=False, neg_x=False):
-                """Read δ/A and the state word b; ACC = a·(±b); read x meanwhile; round into ``to``."""
+                """Read δ/A and the state word b; ACC = a·(±b); then read x; round into ``to``."""
                 with m.State(name):
                     m.d.comb += [coef.rd_addr.eq(a), state.rd_addr.eq(b)]
                     m.next = name + "_MUL"
                 with m.State(name + "_MUL"):
-                    multiply(shift, neg=neg_b)
-                    m.d.comb += state.rd_addr.eq(x)
+                    m.d.comb += [coef.rd_addr.eq(a), state.rd_addr.eq(b), negate.eq(neg_b)]
+                    multiply(shift)
                     m.next = name + "_WAIT"
-                with m.State(name + "_WAIT"):
-                    m.d.comb += state.rd_addr.eq(x)
+                with m.State(name + "_WAIT"):  # x is read once the last limb pair has issued
+                    m.d.comb += [coef.rd_addr.eq(a), state.rd_addr.eq(Mux(issuing, b, x)),
+                                 negate.eq(Mux(issuing, neg_b, neg_x))]
                     with m.If(~mac_busy):
                         round_add("STATE", phases, to, neg=neg_x)
                         after()
@@ -480,10 +492,10 @@ class SerialHRUCore(wiring.Component):
                 m.next = "ACC_A_MUL"
             with m.State("ACC_A_MUL"):
                 multiply("acc_a")
-                m.d.comb += acc_mem.rd_addr.eq(acc_a_addr)
+                m.d.comb += [state.rd_addr.eq(scratch["S"]), acc_mem.rd_addr.eq(acc_a_addr)]
                 m.next = "ACC_A_WAIT"
             with m.State("ACC_A_WAIT"):
-                m.d.comb += acc_mem.rd_addr.eq(acc_a_addr)
+                m.d.comb += [state.rd_addr.eq(scratch["S"]), acc_mem.rd_addr.eq(acc_a_addr)]
                 with m.If(~mac_busy):
                     round_add("MEM", GRAD, ("acc", acc_a_addr))
                     m.next = "ACC_B"
