@@ -8,7 +8,8 @@ of the checks, the error codes, the STATUS fields, what ABORT does.
 Structure: one control FSM (:class:`Sequencer`) plus small datapath helpers, each with one job,
 so the FSM only says *which* field is read or written next, never how bytes become words:
 
-- :class:`FieldAssembler` turns payload bytes into little-endian fields of 1..8 bytes (the
+- :class:`FieldAssembler` turns payload bytes into little-endian fields of 1..4 bytes (more
+  only for a format with wider writable words; the
   FSM names the width of the field it wants; words of the fixed-point format are truncated by
   the stores, so no sign handling is needed on the way in);
 - :class:`FieldSerializer` turns fields (value, byte count) into reply bytes, and a ``replay``
@@ -26,15 +27,17 @@ is made from the header and the request's fixed fields before anything is writte
 reaches the core, so an error changes nothing stored; its payload is then drained.
 
 Overflow counters: the core's COUNTERS region is readable only while the core is idle, but
-STATUS must answer during a pass too. The sequencer therefore keeps a copy of the four counters,
-read from the core after every pass, ABORT and CLEAR, and zeroes the running pass's counters at
-its START exactly as the core does; so STATUS reports during a pass what the golden board
-reports (the running phase's counter as 0).
+STATUS must answer during a pass too. The sequencer therefore keeps a copy of the four counters
+(in a small block RAM), read from the core after every pass, ABORT and CLEAR, and zeroes the
+running pass's counters at its START exactly as the core does; so STATUS reports during a pass
+what the golden board reports (the running phase's counter as 0).
 
 Echo STREAM mode (capability bit 0): ECHO_START's nudge is the first vector of the core's
 ``nudge`` stream and each ECHO_DATA step's nudge the next one, through :class:`NudgeFeeder`; the
 last step's nudge is dropped. ABORT feeds zero inputs and zero nudges.
 """
+
+from typing import NamedTuple
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
@@ -57,11 +60,6 @@ def core_config(fmt, size, lanes: int, build_hash: bytes) -> CoreConfig:
     return CoreConfig(size, fmt, lanes, Capability.ECHO_STREAM, bytes(build_hash))
 
 
-class Field(data.Struct):
-    value: unsigned(FIELD_BITS)
-    last: 1  # the request payload's last byte is in this field
-
-
 class ReplyField(data.Struct):
     value: unsigned(FIELD_BITS)
     nbytes: unsigned(4)  # 1..8 bytes, little-endian
@@ -70,7 +68,7 @@ class ReplyField(data.Struct):
 
 
 class FieldAssembler(wiring.Component):
-    """Payload bytes -> little-endian fields of ``nbytes`` (1..8) bytes.
+    """Payload bytes -> little-endian fields of ``nbytes`` (1..``width_bytes``) bytes.
 
     ``nbytes`` is the size of the field that the next byte taken belongs to, so it is the FSM
     that decides where fields end. Bytes are taken only while ``en`` is high, and while a
@@ -78,37 +76,38 @@ class FieldAssembler(wiring.Component):
     field is taken starts the NEXT field, and ``nbytes`` must already give that field's size.
     A parse state reads one field and moves on, so it leaves ``chain`` low (one idle cycle per
     field); the input stream of a pass knows its next field and chains, at one byte per clock.
-    Upper bytes of a field narrower than 8 bytes are zero.
+    Upper bytes of a field narrower than ``width_bytes`` are zero.
+
+    Cell budget (iCE40UP5K): ``width_bytes`` is the widest field a request carries (4 bytes for
+    the default format: the u32 fields and 32-bit words; the 64-bit accumulators are read-only),
+    not :data:`FIELD_BITS`, and one register both assembles a field and holds it in ``o``: a byte
+    taken while ``o`` is valid (``chain``) is only stored at the clock edge that takes ``o``.
     """
 
-    i: In(stream.Signature(FrameByte))
-    o: Out(stream.Signature(Field))
-    en: In(1)
-    chain: In(1)
-    nbytes: In(unsigned(4))
+    def __init__(self, width_bytes: int = 4):
+        self.width_bytes = width_bytes
+        super().__init__({
+            "i": In(stream.Signature(FrameByte)),
+            "o": Out(stream.Signature(data.StructLayout({"value": unsigned(8 * width_bytes), "last": 1}))),
+            "en": In(1), "chain": In(1), "nbytes": In(unsigned(4)),
+        })
 
     def elaborate(self, platform):
         m = Module()
-        acc = Signal(FIELD_BITS)
-        count = Signal(range(8))
-        byte = self.i.p.data
+        count = Signal(range(self.width_bytes))  # bytes of the field being assembled so far
         m.d.comb += self.i.ready.eq(self.en & (~self.o.valid | (self.chain & self.o.ready)))
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            new = Signal(FIELD_BITS)
-            with m.Switch(count):
-                for k in range(8):
-                    with m.Case(k):
-                        if k == 0:
-                            m.d.comb += new.eq(byte)
-                        else:
-                            m.d.comb += new.eq(Cat(acc[:8 * k], byte))
+            for k in range(self.width_bytes):  # byte k: this byte at k, zero above it
+                with m.If(count == k):
+                    m.d.sync += self.o.p.value.word_select(k, 8).eq(self.i.p.data)
+                with m.Elif(count < k):
+                    m.d.sync += self.o.p.value.word_select(k, 8).eq(0)
             with m.If(count + 1 >= self.nbytes):
-                m.d.sync += [self.o.valid.eq(1), self.o.p.value.eq(new), self.o.p.last.eq(self.i.p.last),
-                             count.eq(0)]
+                m.d.sync += [self.o.valid.eq(1), self.o.p.last.eq(self.i.p.last), count.eq(0)]
             with m.Else():
-                m.d.sync += [acc.eq(new), count.eq(count + 1)]
+                m.d.sync += count.eq(count + 1)
         return m
 
 
@@ -144,12 +143,13 @@ class FieldSerializer(wiring.Component):
 class Divider(wiring.Component):
     """``dividend // divisor`` and ``% divisor`` by restoring division, one quotient bit per cycle.
 
-    Payload lengths are at most 16 bits, so a division takes 16 cycles; ``start`` loads the
-    operands and ``busy`` is high until the results are valid. Used once per request, for the
-    number of words of a WRITE and the number of steps of a DATA chunk.
+    A division takes ``width`` cycles: the width of a payload length, which the receiver's frame
+    buffer (:data:`protocol.RX_BUFFER_BYTES`) bounds to 10 bits. ``start`` loads the operands and
+    ``busy`` is high until the results are valid. Used once per request, for the number of
+    words of a WRITE and the number of steps of a DATA chunk.
     """
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 10):
         self.width = width
         super().__init__({
             "start": In(1), "dividend": In(unsigned(width)), "divisor": In(unsigned(width)),
@@ -248,21 +248,29 @@ class NudgeFeeder(wiring.Component):
         w, k = self._width, self._lanes
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=w, depth=self._depth)
         m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid), self.i.ready.eq(fifo.w_rdy)]
-        beat = Signal(w * k)
-        words = Signal(range(k + 1))
-        full = Signal()
-        m.d.comb += [self.o.valid.eq(full), self.o.payload.eq(beat), fifo.r_en.eq(~full)]
-        with m.If(fifo.r_rdy & ~full):  # word 0 of a beat ends at the bottom after K shifts
-            m.d.sync += [beat.eq(Cat(beat[w:], fifo.r_data) if k > 1 else fifo.r_data), words.eq(words + 1)]
-            with m.If(words == k - 1):
-                m.d.sync += [words.eq(0), full.eq(1)]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += full.eq(0)
+        # the beat's last word is the FIFO's (registered) output itself: only K - 1 words are
+        # shifted into ``beat`` (cell budget; with K = 1 there is no beat register at all)
+        beat = Signal(w * (k - 1))
+        words = Signal(range(k))  # words in ``beat``
+        complete = words == k - 1
+        m.d.comb += [self.o.valid.eq(complete & fifo.r_rdy), self.o.payload.eq(Cat(beat, fifo.r_data)),
+                     fifo.r_en.eq(~complete | self.o.ready)]
+        with m.If(fifo.r_rdy & fifo.r_en):  # word 0 of a beat ends at the bottom after K - 1 shifts
+            with m.If(complete):
+                m.d.sync += words.eq(0)
+            with m.Else():
+                m.d.sync += [beat.eq(Cat(beat[w:], fifo.r_data)), words.eq(words + 1)]
         return m
 
 
 # reply bodies after [seq][cmd][status]
 _NONE, _IDENTIFY, _STATUS, _READ, _FORWARD, _ECHO = range(6)
+
+
+class _OverflowCopy(NamedTuple):
+    """A reply table field read from the sequencer's copy of overflow counter ``counter``."""
+
+    counter: int
 
 
 class Sequencer(wiring.Component):
@@ -315,9 +323,14 @@ class Sequencer(wiring.Component):
         counter_addr = [core.address_map.address(core_region, p) for core_region, p in
                         ((Region.COUNTERS, p) for p in range(4))]
 
-        m.submodules.asm = asm = FieldAssembler()
+        # the widest request field: a u32, or a word of a writable region / of a DATA step
+        in_bytes = max(4, wu, ws, *(word_bytes(bits) for bits, _, _, max_write, _ in regions.values() if max_write))
+        m.submodules.asm = asm = FieldAssembler(in_bytes)
+        # payload bytes of the request: the receiver's frame buffer bounds them, so not the header's
+        # 16 bits (cell budget, here and in the divider)
+        length = Signal(range(protocol.RX_BUFFER_BYTES))
         m.submodules.ser = ser = FieldSerializer()
-        m.submodules.div = div = Divider(16)
+        m.submodules.div = div = Divider(len(length))
         m.submodules.walker = walker = AddressWalker(core)
         m.submodules.feeder = feeder = NudgeFeeder(fmt, P, core.lanes)
         # ECHO_START's nudge in STREAM mode: the core's stream overwrites the NUDGE store during the
@@ -332,20 +345,27 @@ class Sequencer(wiring.Component):
 
         # ---- registers ---------------------------------------------------------------------
         seq, cmd = Signal(8), Signal(8)
-        length = Signal(16)  # payload bytes of the request
         got_last = Signal()  # the request's last payload byte has been taken
         status = Signal(8)  # of the reply being made
         body = Signal(range(6))
         pass_state = Signal(2)  # PassState
-        pass_length = Signal(32)
-        steps_done = Signal(32)
+        # pass lengths and step counts are at most max_length: 17 bits, not the protocol's 32
+        # (cell budget); ``arg`` saturates a u32 to all ones, which is above max_length
+        arg_bits = (c.size.max_length + 1).bit_length()
+        pass_length = Signal(range(c.size.max_length + 1))
+        steps_done = Signal(range(c.size.max_length + 1))
         command_errors = Signal(32)
-        overflow = [Signal(fmt.counter_width, name=f"overflow_{p}") for p in
-                    ("forward", "echo_plus", "echo_minus", "gradient")]
+        # the copy of the core's overflow counters (PHASES order), in a block RAM rather than
+        # 4 × 32 flip-flops and their muxes (cell budget; ram_style, or yosys would make so small a
+        # memory of flip-flops): written by COUNTERS, zeroed at a pass's start, read one cycle
+        # after its address (so each reply table field is fetched first: TABLE_FETCH)
+        m.submodules.overflow = overflow = memory.Memory(shape=fmt.counter_width, depth=4, init=[],
+                                                          attrs={"ram_style": "block"})
+        overflow_wr, overflow_rd = overflow.write_port(), overflow.read_port()
         region = Signal(8)
         start = Signal(16)
-        count = Signal(32)  # words, or steps (ABORT: up to max_length), still to move
-        arg32 = Signal(32)  # a pass length or a DATA offset
+        count = Signal(max(16, arg_bits))  # words (a u16), or steps (ABORT: up to max_length), still to move
+        arg = Signal(arg_bits)  # a pass length or a DATA offset (a u32), saturated
         arg8 = Signal(8)  # FORWARD_START flags, ECHO_START mode
         identify = msg.pack_identify()
         index = Signal(range(max(len(identify), N + P, 4) + 1))  # field / word index in a reply part or a step
@@ -367,14 +387,21 @@ class Sequencer(wiring.Component):
                     m.d.comb += [r_known.eq(1), r_bits_bytes.eq(word_bytes(bits)), r_depth.eq(depth),
                                  r_max_write.eq(max_write), r_max_read.eq(max_read),
                                  r_read_only.eq(max_write == 0)]
-        with m.Switch(read_region):
-            for code, (bits, signed_, *_rest) in regions.items():
-                with m.Case(code):
-                    word = bus.r_data[:bits]
-                    m.d.comb += r_value.eq(word.as_signed() if signed_ else word)
+        # A READ sends a word's word_bytes(bits) bytes only, so only the bits between a region's
+        # width and its whole bytes need its sign (or zero); every other bit is the bus's (cell
+        # budget: one small mux per such bit instead of a 64-bit extension mux).
+        m.d.comb += r_value.eq(bus.r_data)
+        for bit in range(FIELD_BITS):
+            extended = {code: (bus.r_data[bits - 1] if signed_ else 0)
+                        for code, (bits, signed_, *_rest) in regions.items() if bits <= bit < 8 * word_bytes(bits)}
+            if extended:
+                with m.Switch(read_region):
+                    for code, value in extended.items():
+                        with m.Case(code):
+                            m.d.comb += r_value[bit].eq(value)
 
         # ---- reply fields: the header bytes, constant and register fields ---------------------
-        counters_of = [(o, wn) for o in overflow]
+        counters_of = [(_OverflowCopy(p), wn) for p in range(4)]
         tables = {
             _IDENTIFY: [(b, 1) for b in identify],
             _STATUS: [(self.frames_ok, 4), (self.crc_errors, 4), (self.framing_errors, 4), (self.overruns, 4),
@@ -391,7 +418,11 @@ class Sequencer(wiring.Component):
                     with m.Switch(index):
                         for k, (value, nbytes) in enumerate(fields):
                             with m.Case(k):
-                                m.d.comb += [t_value.eq(value), t_nbytes.eq(nbytes), t_end.eq(k == len(fields) - 1)]
+                                if isinstance(value, _OverflowCopy):
+                                    m.d.comb += [overflow_rd.addr.eq(value.counter), t_value.eq(overflow_rd.data)]
+                                else:
+                                    m.d.comb += t_value.eq(value)
+                                m.d.comb += [t_nbytes.eq(nbytes), t_end.eq(k == len(fields) - 1)]
 
         # ---- the walker and the bus ---------------------------------------------------------
         m.d.comb += [bus.addr.eq(walker.addr), walker.region.eq(region)]
@@ -427,11 +458,15 @@ class Sequencer(wiring.Component):
             m.d.comb += [asm.en.eq(1), asm.nbytes.eq(nbytes), asm.o.ready.eq(1)]
             return m.If(asm.o.valid)
 
-        def field_state(name, nbytes, register, next_state):
-            """A state that only stores the next ``nbytes``-byte field in ``register``, then moves on."""
+        def field_state(name, nbytes, register, next_state, saturate=False):
+            """A state that only stores the next ``nbytes``-byte field in ``register``, then moves on
+            (``saturate``: all ones in ``register`` when the field does not fit in it)."""
             with m.State(name):
                 with read_field(nbytes):
-                    m.d.sync += register.eq(field)
+                    value = field
+                    if saturate:
+                        value = Mux(field[len(register):].any(), (1 << len(register)) - 1, field)
+                    m.d.sync += register.eq(value)
                     m.next = next_state
 
         def start_division(dividend, divisor):
@@ -572,18 +607,19 @@ class Sequencer(wiring.Component):
                         reply()
 
             # ---- FORWARD_START length:u32 flags:u8 / ECHO_START length:u32 mode:u8 nudge×P -----
-            field_state("START_LENGTH", 4, arg32, "START_FLAGS")
+            field_state("START_LENGTH", 4, arg, "START_FLAGS", saturate=True)
             field_state("START_FLAGS", 1, arg8, "START_CHECK")
             with m.State("START_CHECK"):
-                bad_length = (arg32 == 0) | (arg32 > c.size.max_length)
+                bad_length = (arg == 0) | (arg > c.size.max_length)
                 with m.If(cmd == Command.FORWARD_START):
                     reserved = ~sum(int(f) for f in ForwardFlags) & 0xFF
                     with m.If(bad_length | ((arg8 & reserved) != 0)):
                         error(Status.BAD_ARGUMENT)
                     with m.Else():
-                        m.d.sync += [op.eq(Op.FORWARD), pass_length.eq(arg32), count.eq(P), region.eq(Region.Y0),
+                        m.d.sync += [op.eq(Op.FORWARD), pass_length.eq(arg), count.eq(P), region.eq(Region.Y0),
                                      stream_mode.eq(0)]
-                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.Y0)]
+                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.Y0),
+                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(0)]  # forward := 0
                         with m.If(arg8 & ForwardFlags.ZERO_STATE):
                             m.next = "ZERO_STATE"
                         with m.Else():
@@ -592,9 +628,10 @@ class Sequencer(wiring.Component):
                     with m.If(bad_length | (arg8 > max(EchoMode))):
                         error(Status.BAD_ARGUMENT)
                     with m.Else():
-                        m.d.sync += [op.eq(Op.ECHO), pass_length.eq(arg32), count.eq(P), region.eq(Region.NUDGE),
+                        m.d.sync += [op.eq(Op.ECHO), pass_length.eq(arg), count.eq(P), region.eq(Region.NUDGE),
                                      stream_mode.eq(arg8 == EchoMode.STREAM)]
-                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE)]
+                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE),
+                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(1)]  # echo_plus := 0
                         m.next = "NUDGE_WORDS"
             with m.State("ZERO_STATE"):  # Y0 then Z0 := 0
                 m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(0), walker.step.eq(1)]
@@ -617,23 +654,26 @@ class Sequencer(wiring.Component):
 
             with m.State("CORE_CMD"):
                 m.d.comb += self.core_cmd.valid.eq(1)
+                # the running pass's overflow counters read 0: FORWARD's and echo_plus's were zeroed
+                # by START_CHECK (one write port), echo_minus is here
+                with m.If(op == Op.ECHO):
+                    m.d.comb += [overflow_wr.en.eq(1), overflow_wr.addr.eq(2)]
                 with m.If(self.core_cmd.ready):
                     with m.If(op == Op.CLEAR):
                         m.next = "CORE_WAIT"
                     with m.Elif(op == Op.FORWARD):
-                        m.d.sync += [pass_state.eq(PassState.FORWARD), steps_done.eq(0), overflow[0].eq(0)]
+                        m.d.sync += [pass_state.eq(PassState.FORWARD), steps_done.eq(0)]
                         reply()
                     with m.Else():
-                        m.d.sync += [pass_state.eq(PassState.ECHO), steps_done.eq(0),
-                                     overflow[1].eq(0), overflow[2].eq(0)]
+                        m.d.sync += [pass_state.eq(PassState.ECHO), steps_done.eq(0)]
                         reply()
 
             # ---- FORWARD_DATA / ECHO_DATA offset:u32 k×[u×N] ------------------------------
             with m.State("DATA_LENGTH"):
                 count_from_division("DATA_OFFSET")
-            field_state("DATA_OFFSET", 4, arg32, "DATA_CHECK")
+            field_state("DATA_OFFSET", 4, arg, "DATA_CHECK", saturate=True)
             with m.State("DATA_CHECK"):
-                with m.If((arg32 != steps_done) | (steps_done + count > pass_length)):
+                with m.If((arg != steps_done) | (steps_done + count > pass_length)):
                     error(Status.BAD_ARGUMENT)
                 with m.Else():
                     m.d.sync += [steps_done.eq(steps_done + count), index.eq(0)]
@@ -695,9 +735,9 @@ class Sequencer(wiring.Component):
                     for k, address in enumerate(counter_addr):
                         with m.Case(k):
                             m.d.comb += bus.addr.eq(address)
-                for k in range(4):
-                    with m.If(index == k + 1):
-                        m.d.sync += overflow[k].eq(bus.r_data[:fmt.counter_width])
+                with m.If(index != 0):
+                    m.d.comb += [overflow_wr.en.eq(1), overflow_wr.addr.eq(index - 1),
+                                 overflow_wr.data.eq(bus.r_data)]
                 m.d.sync += index.eq(index + 1)
                 with m.If(index == 4):
                     m.d.sync += [status.eq(Status.OK), index.eq(0), region.eq(Region.POS_SUM), start.eq(0),
@@ -734,7 +774,9 @@ class Sequencer(wiring.Component):
                         with m.Elif(body == _READ):
                             m.next = "BUS_ISSUE"
                         with m.Else():
-                            m.next = "TABLE"
+                            m.next = "TABLE_FETCH"
+            with m.State("TABLE_FETCH"):  # the field's overflow counter (if any) is read
+                m.next = "TABLE"
             with m.State("TABLE"):
                 is_last = t_end & (body != _FORWARD)
                 m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(t_value), ser.i.p.nbytes.eq(t_nbytes),
@@ -746,6 +788,8 @@ class Sequencer(wiring.Component):
                             m.next = "BUS_ISSUE"
                         with m.Else():
                             m.next = "IDLE"
+                    with m.Else():
+                        m.next = "TABLE_FETCH"
             with m.State("BUS_ISSUE"):  # the walker's address is on the bus: data next cycle
                 m.next = "BUS_LATCH"
             with m.State("BUS_LATCH"):  # a register after the core's read mux: it is the critical path
