@@ -37,7 +37,7 @@ just when it needs it; the input sample is taken at the start of each step.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -299,22 +299,25 @@ class SerialHRUCore(wiring.Component):
             """ACC = ± the state word read last cycle."""
             m.d.comb += [acc_load.eq(1), negate.eq(neg)]
 
-        # ---- overflow counters: saturating, one incrementer for all four ------------------------
-        # At most one wrap per cycle (b's wrap in an echo counts for the −ε echo a cycle later), so
-        # one incrementer and one 4:1 multiplexer serve every counter, and the host's reads (only
-        # while idle) through the same multiplexer.
-        counters = [Signal(unsigned(fmt.counter_width), name=f"ovf_{p}") for p in PHASES]
-        clear_counters = Signal(len(PHASES))
-        counter_sel, current = Signal(range(len(PHASES))), Signal(unsigned(fmt.counter_width))
-        with m.Switch(counter_sel):
-            for p, counter in enumerate(counters):
-                with m.Case(p):
-                    m.d.comb += current.eq(counter)
-                    with m.If(count_event & ~current.all()):
-                        m.d.sync += counter.eq(current + 1)
-        for p, counter in enumerate(counters):
-            with m.If(clear_counters[p]):
-                m.d.sync += counter.eq(0)
+        # ---- overflow counters: a 4-word block RAM and one saturating incrementer ---------------
+        # At most one wrap per cycle (b's wrap in an echo counts for the −ε echo a cycle later):
+        # the counter is read in the event's cycle and written back incremented in the next (the
+        # read is transparent, so back-to-back events see each other). The host reads them through
+        # the same port while idle. Cell budget: no 4 × 32 flip-flops and their multiplexers.
+        counter_mem = memory.Memory(shape=unsigned(fmt.counter_width), depth=len(PHASES), init=[],
+                                    attrs={"ram_style": "block"})  # yosys would make so small a memory of FFs
+        m.submodules.counters = counter_mem
+        counter_wr = counter_mem.write_port()
+        counter_rd = counter_mem.read_port(transparent_for=(counter_wr,))
+        pending, pending_phase = Signal(), Signal(range(len(PHASES)))  # last cycle's event
+        clear_now, clear_phase, clear_minus = Signal(), Signal(range(len(PHASES))), Signal()
+        m.d.sync += [pending.eq(count_event), pending_phase.eq(count_phase), clear_minus.eq(0)]
+        with m.If(clear_now):
+            m.d.comb += [counter_wr.en.eq(1), counter_wr.addr.eq(clear_phase), counter_wr.data.eq(0)]
+        with m.Elif(clear_minus):  # an echo restarts two counters: the second one a cycle later
+            m.d.comb += [counter_wr.en.eq(1), counter_wr.addr.eq(PHASES.index("echo_minus")), counter_wr.data.eq(0)]
+        with m.Elif(pending & ~counter_rd.data.all()):
+            m.d.comb += [counter_wr.en.eq(1), counter_wr.addr.eq(pending_phase), counter_wr.data.eq(counter_rd.data + 1)]
 
         # ---- control ------------------------------------------------------------------------------
         op = Signal(Op)
@@ -345,13 +348,14 @@ class SerialHRUCore(wiring.Component):
         m.d.sync += self.done.eq(0)  # a one-cycle pulse in the first idle cycle
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
+                m.d.comb += self.cmd.ready.eq(~pending)  # the last pass's last count has landed
+                with m.If(self.cmd.valid & ~pending):
                     cmd = self.cmd.payload
                     m.d.sync += [op.eq(cmd.op), length.eq(cmd.length), step.eq(0), row.eq(0), col.eq(0),
-                                 nudge_stream.eq(cmd.nudge_stream & (cmd.op == Op.ECHO))]
-                    m.d.comb += [clear_counters.eq(Mux(cmd.op == Op.CLEAR, 1 << GRAD,
-                                                       Mux(cmd.op == Op.ECHO, (1 << PLUS) | (1 << MINUS), 1 << FWD))),
+                                 nudge_stream.eq(cmd.nudge_stream & (cmd.op == Op.ECHO)),
+                                 clear_minus.eq(cmd.op == Op.ECHO)]
+                    m.d.comb += [clear_now.eq(1),
+                                 clear_phase.eq(Mux(cmd.op == Op.CLEAR, GRAD, Mux(cmd.op == Op.ECHO, PLUS, FWD))),
                                  acc_clear.eq(1)]  # CLEAR writes W(0 + R(ACC)) = 0
                     with m.If(cmd.op == Op.CLEAR):
                         m.next = "CLEAR"
@@ -526,15 +530,15 @@ class SerialHRUCore(wiring.Component):
             m.d.comb += store.host.w_data.eq(bus.w_data)
         # the read returns one cycle later: which store (or counter) the address chose, registered
         sources = {"coef": 0, "state": 1, "acc": 2, "counter": 3}
-        read_source, read_counter = Signal(range(len(sources))), Signal(unsigned(fmt.counter_width))
-        m.d.sync += [read_source.eq(sources["counter"]), read_counter.eq(current)]
+        read_source = Signal(range(len(sources)))
+        m.d.sync += read_source.eq(sources["counter"])
         with m.Switch(region):
             for r, (store_name, _) in layout.items():
                 with m.Case(r):
                     m.d.sync += read_source.eq(sources[store_name])
-        m.d.comb += counter_sel.eq(Mux(self.busy, count_phase, index))
+        m.d.comb += counter_rd.addr.eq(Mux(self.busy, count_phase, index))
         with m.Switch(read_source):
             for name, k in sources.items():
                 with m.Case(k):
-                    m.d.comb += bus.r_data.eq(read_counter if name == "counter" else stores[name].host.r_data.as_signed())
+                    m.d.comb += bus.r_data.eq(counter_rd.data if name == "counter" else stores[name].host.r_data.as_signed())
         return m
