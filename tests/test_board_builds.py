@@ -1,5 +1,6 @@
 """Bitstream builds for every board (firmware/boards.py): a stand-in image on both boards, and
-the real board image (firmware/top.py) on the ULX3S.
+the real board image (firmware/top.py) on both: the pipelined core on the ULX3S, the serial core
+on the iCEBreaker.
 
 The flow is exercised with a small stand-in image defined below (a byte-stream "scrambling
 echo" with a registered 16x16 multiply so a DSP is used) behind a tiny UART written in this
@@ -12,6 +13,9 @@ The real image is built by ``echoboard build ... --json`` in a background proces
 of the session (conftest.py's ``BOARD_BUILDS``, one build at a time on pytest's idle second core;
 the tests that wait for one run last):
 
+- default suite (CI): ``--board icebreaker`` (``icebreaker_build``, the default P16/N8 image,
+  ~30 s): fits, timing met at 12 MHz, the issue's JSON, within
+  firmware/baselines/icebreaker-p16-n8-k1.json, and a second build gives the same bitstream.
 - default suite (CI): ``--board ulx3s-85f --oscillators 8 --inputs 4 --lanes 1`` (``ulx3s_ci_build``,
   ~2 min 15 s of one core): built, timing met at 45 MHz, the issue's JSON, within
   firmware/baselines/ulx3s-85f-p8-n4-k1.json. The smallest images build no faster (P4/N2: 2 min
@@ -19,8 +23,8 @@ the tests that wait for one run last):
 - slow: the default image, P16/N8/K1 (``real_ulx3s_build``, 10-15 min of one core, mostly
   nextpnr's routing), against firmware/baselines/ulx3s-85f-p16-n8-k1.json, and a second build of
   it for reproducibility. In the default suite it made a fresh-clone run take 16.5 min of the
-  20-min CI budget on 2 cores, so it runs with ``make test-slow``. It does not fit the iCEBreaker
-  (``test_real_image_does_not_fit_the_icebreaker``, slow; README's known limits).
+  20-min CI budget on 2 cores, so it runs with ``make test-slow``. The pipelined image does not
+  fit the iCEBreaker (``test_pipelined_image_does_not_fit_the_icebreaker``, slow).
 """
 import argparse
 import copy
@@ -288,14 +292,14 @@ def check_real_build_against_baseline(build: dict) -> None:
         assert result["sha256"] == baseline["sha256"], "same netlist and tools, different bitstream"
 
 
-def test_ci_ulx3s_image_builds_and_meets_timing(ulx3s_ci_build):
-    """The real image (firmware.top: link, sequencer, core) at P8/N4/K1 builds and meets timing at
-    the board clock, 45 MHz from the PLL: `echoboard build` exits 0."""
-    result = ulx3s_ci_build["result"]
-    assert ulx3s_ci_build["returncode"] == 0, ulx3s_ci_build["stderr"][-3000:]
-    assert result["board"] == "ulx3s-85f" and result["clock_mhz"] == 45.0 and result["oscillator_mhz"] == 25.0
-    assert [c["constraint_mhz"] for c in result["clocks"].values()] == [45.0]
-    assert result["timing_met"] is True and result["fmax_mhz"] >= 45.0
+def check_real_image_built(build: dict, board: str, clock_mhz: float, oscillator_mhz: float) -> None:
+    """The real image (firmware.top: link, sequencer, core) built and met timing at the board
+    clock (`echoboard build` exited 0); the bitstream is the one hashed."""
+    result = build["result"]
+    assert build["returncode"] == 0, build["stderr"][-3000:]
+    assert result["board"] == board and result["clock_mhz"] == clock_mhz and result["oscillator_mhz"] == oscillator_mhz
+    assert [c["constraint_mhz"] for c in result["clocks"].values()] == [clock_mhz]
+    assert result["timing_met"] is True and result["fmax_mhz"] >= clock_mhz
     bitstream = Path(result["bitstream"])
     assert bitstream.is_file() and hashlib.sha256(bitstream.read_bytes()).hexdigest() == result["sha256"]
     netlist = (Path(result["build_dir"]) / "top.il").read_text()
@@ -304,17 +308,26 @@ def test_ci_ulx3s_image_builds_and_meets_timing(ulx3s_ci_build):
     assert result["utilisation"]["dsp"] > 0 and result["utilisation"]["bram"] > 0  # the core and the link
 
 
-def test_ci_ulx3s_image_prints_the_documented_json(ulx3s_ci_build):
+def check_printed_json(build: dict, board: str, suffix: str) -> None:
     """`--json` prints exactly the issue's fields, with the build's values."""
-    printed, result = ulx3s_ci_build["printed"], ulx3s_ci_build["result"]
+    printed, result = build["printed"], build["result"]
     assert list(printed) == ISSUE_KEYS
     assert printed == {k: result[k] for k in printed}
-    assert printed["board"] == "ulx3s-85f" and printed["bitstream"].endswith("top.bit")
+    assert printed["board"] == board and printed["bitstream"].endswith(suffix)
     assert len(printed["sha256"]) == 64 and int(printed["sha256"], 16) >= 0
     assert isinstance(printed["clock_mhz"], float) and isinstance(printed["fmax_mhz"], float)
     assert isinstance(printed["timing_met"], bool)
     assert list(printed["utilisation"]) == ["lut", "ff", "dsp", "bram"]
     assert all(isinstance(n, int) and n > 0 for n in printed["utilisation"].values())
+
+
+def test_ci_ulx3s_image_builds_and_meets_timing(ulx3s_ci_build):
+    """P8/N4/K1 with the pipelined core, 45 MHz from the PLL."""
+    check_real_image_built(ulx3s_ci_build, "ulx3s-85f", 45.0, 25.0)
+
+
+def test_ci_ulx3s_image_prints_the_documented_json(ulx3s_ci_build):
+    check_printed_json(ulx3s_ci_build, "ulx3s-85f", "top.bit")
 
 
 def test_ci_ulx3s_image_matches_its_baseline(ulx3s_ci_build):
@@ -324,6 +337,35 @@ def test_ci_ulx3s_image_matches_its_baseline(ulx3s_ci_build):
     assert json.loads(path.read_text())["command"] == (
         "echoboard build --board ulx3s-85f --oscillators 8 --inputs 4 --lanes 1 --write-baseline")
     check_real_build_against_baseline(ulx3s_ci_build)
+
+
+def test_icebreaker_image_builds_and_meets_timing(icebreaker_build):
+    """`echoboard build --board icebreaker`: the default P16/N8 image with the serial core fits the
+    iCE40UP5K and meets timing at the 12 MHz oscillator (12 MHz / 4 = 3 Mbaud)."""
+    check_real_image_built(icebreaker_build, "icebreaker", 12.0, 12.0)
+    netlist = (Path(icebreaker_build["result"]["build_dir"]) / "top.il").read_text()
+    assert "module \\top.image.image.core.state\n" in netlist  # the serial core's state store (no lanes)
+    assert "module \\top.image.image.core.lane0\n" not in netlist
+    assert icebreaker_build["result"]["utilisation"]["dsp"] == 1  # one 16x16 multiplier
+
+
+def test_icebreaker_image_prints_the_documented_json(icebreaker_build):
+    check_printed_json(icebreaker_build, "icebreaker", "top.bin")
+
+
+def test_icebreaker_image_matches_its_baseline(icebreaker_build):
+    """Within firmware/baselines/icebreaker-p16-n8-k1.json, and the same bitstream as stored."""
+    path = real_baseline_path(icebreaker_build["options"])
+    assert path.name == "icebreaker-p16-n8-k1.json"
+    assert json.loads(path.read_text())["command"] == "echoboard build --board icebreaker --write-baseline"
+    check_real_build_against_baseline(icebreaker_build)
+
+
+def test_icebreaker_build_is_reproducible(icebreaker_build, tmp_path):
+    """A second build of the iCEBreaker image, in this process and another directory: the same bitstream."""
+    again = boards.build_board("icebreaker", boards.firmware_image_factory(core="serial"), tmp_path)
+    assert again["netlist_sha256"] == icebreaker_build["result"]["netlist_sha256"]
+    assert again["sha256"] == icebreaker_build["result"]["sha256"]
 
 
 @pytest.mark.slow
@@ -349,9 +391,9 @@ def test_real_ulx3s_build_is_reproducible(real_ulx3s_build, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_image_does_not_fit_the_icebreaker(tmp_path):
-    """The real image needs ~1.7x the iCE40UP5K's logic cells and >8 DSPs even at P=4, N=2 (README's
-    known limits); `echoboard build --board icebreaker` says so instead of a bare nextpnr error."""
+def test_pipelined_image_does_not_fit_the_icebreaker(tmp_path):
+    """The image with the pipelined core needs ~2.5x the iCE40UP5K's logic cells and >8 DSPs even at
+    P=4, N=2 (hence the serial core there); the build says so instead of a bare nextpnr error."""
     with pytest.raises(boards.DesignDoesNotFit, match=r"ICESTORM_LC \d+/5280.*ICESTORM_DSP \d+/8"):
         boards.build_board("icebreaker", boards.firmware_image_factory(oscillators=4, inputs=2), tmp_path)
 
