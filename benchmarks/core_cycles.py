@@ -23,8 +23,14 @@ per second of its wall time, measured inside the test (tests/cocotb_hru_core.py 
 ``hru_core.speed.json``), so the Verilator build and the simulator's start-up are excluded; the
 build time is reported separately (0 when the build was cached).
 
+The serial core (hdl.hru_serial, the iCEBreaker's) is measured the same way for ``--serial``
+configurations (P x N, one lane; default 16x8): ``measured`` against ``model``
+(hdl.hru_serial.cycles_per_step, exact but for the command's handshake), and the time per step at
+the iCEBreaker's 12 MHz against the time the 3 Mbaud UART needs for the step's payload (10 bits per
+byte, framing excluded): the input sample, and in echo STREAM mode also a nudge vector.
+
 Run: ``python -m benchmarks.core_cycles [--configs 16x8x1,16x8x4,64x8x4] [--lengths 2000]
-[--hrus linear,nonlinear]``.
+[--hrus linear,nonlinear] [--serial 16x8]``.
 Unknown arguments (from benchmarks.run_all) are ignored. Writes benchmarks/results/core_cycles.json.
 """
 from __future__ import annotations
@@ -57,6 +63,13 @@ def _configs(text: str) -> list[tuple[int, int, int]]:
     if not out:
         raise argparse.ArgumentTypeError("need at least one PxNxK configuration")
     return out
+
+
+def _configs_pn(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in item.lower().split("x", 1)) for item in filter(None, text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PxN (e.g. 16x8), got {text!r}") from None
 
 
 def _lengths(text: str) -> list[int]:
@@ -118,6 +131,51 @@ def measure(p: int, n: int, k: int, length: int, seed: int = 0, hru: str = "line
     }
 
 
+SERIAL_CLOCK_HZ, UART_BAUD = 12_000_000, 3_000_000
+
+
+def measure_serial(p: int, n: int, length: int, seed: int = 0) -> dict:
+    """One Verilated run of the serial core (P/N, FixedFormat()) on a random case of ``length`` steps."""
+    from golden_model.formats import FixedFormat, HRUSize
+    from hdl.hru_serial import cycles_per_step
+    from hdl.verilog import TOPLEVEL, golden_expectation, random_case, run_core_case
+
+    fmt, size = FixedFormat(), HRUSize(p, n, max(length, HRUSize.max_length))
+    case = random_case(fmt, size, length, seed)
+    result = run_core_case(fmt, size, 1, [case], [golden_expectation(fmt, case)], run_name=f"bench-l{length}-s{seed}",
+                           idle_prob=0.0, seed=seed, check=False, timeout_s=3600, core="serial")
+    board = result.scoreboards.get(TOPLEVEL, {})
+    cycles_file = result.test_dir / f"{TOPLEVEL}.cycles.json"
+    if not (result.passed and board.get("mismatches") == 0 and cycles_file.is_file()):
+        raise RuntimeError(f"serial P{p}/N{n}, L={length}: the core run failed\n{result.describe()}")
+    cycles = json.loads(cycles_file.read_text())[0]
+    sample_bytes = n * -(-fmt.input_width // 8)
+    phases = {}
+    for phase, echo in (("forward", False), ("echo", True)):
+        measured = cycles[phase] / length
+        payload = {"input only": sample_bytes, **({"input + streamed nudge": sample_bytes + p * -(-fmt.state_width // 8)}
+                                                   if echo else {})}
+        phases[phase] = {"cycles": cycles[phase], "measured_per_step": measured,
+                         "model_per_step": cycles_per_step(fmt, size, echo),
+                         "core_us_per_step_12mhz": measured / SERIAL_CLOCK_HZ * 1e6,
+                         "uart_us_per_step_3mbaud": {k: v * 10 / UART_BAUD * 1e6 for k, v in payload.items()}}
+    return {"core": "serial", "oscillators": p, "inputs": n, "length": length, "seed": seed,
+            "compared": board["compared"], "mismatches": board["mismatches"], "phases": phases}
+
+
+def format_serial_table(results: list[dict]) -> str:
+    head = f"{'serial core':<16}{'phase':<9}{'L':>6}{'meas/step':>11}{'model':>7}{'µs @12MHz':>11}  UART µs @3Mbaud"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        name = f"P{r['oscillators']}/N{r['inputs']}"
+        for phase, v in r["phases"].items():
+            uart = ", ".join(f"{k} {us:.0f}" for k, us in v["uart_us_per_step_3mbaud"].items())
+            lines.append(f"{name:<16}{phase:<9}{r['length']:>6}{v['measured_per_step']:>11.2f}{v['model_per_step']:>7}"
+                         f"{v['core_us_per_step_12mhz']:>11.1f}  {uart}")
+            name = ""
+    return "\n".join(lines)
+
+
 def format_table(results: list[dict]) -> str:
     head = (f"{'config':<24}{'phase':<9}{'L':>6}{'cycles':>10}{'meas/step':>11}{'ideal':>7}{'E*R':>5}"
             f"{'bound':>7}{'1-MAC':>7}{'ratio':>7}{'sim cyc/s':>11}{'build s':>9}")
@@ -143,6 +201,8 @@ def main(argv=None) -> dict:
                     help="comma-separated PxNxK (default 16x8x1,16x8x4,64x8x4)")
     ap.add_argument("--lengths", type=_lengths, default=[DEFAULT_LENGTH], help="comma-separated L (default 2000)")
     ap.add_argument("--hrus", type=_hrus, default=list(HRUS), help="comma-separated HRU kinds (default both)")
+    ap.add_argument("--serial", type=_configs_pn, default=[(16, 8)],
+                    help="comma-separated PxN of the serial core (default 16x8; empty: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args, unknown = ap.parse_known_args(argv)
@@ -150,12 +210,15 @@ def main(argv=None) -> dict:
         print(f"core_cycles: ignoring arguments {unknown}", file=sys.stderr)
     results = [measure(p, n, k, length, args.seed, hru) for p, n, k in args.configs for hru in args.hrus
                for length in args.lengths]
-    report = {"benchmark": "core_cycles", "goal_ratio": GOAL_RATIO,
+    serial = [measure_serial(p, n, length, args.seed) for p, n in args.serial for length in args.lengths]
+    report = {"benchmark": "core_cycles", "goal_ratio": GOAL_RATIO, "serial": serial,
               "format": "golden_model defaults: FixedFormat() linear, NonlinearFormat() nonlinear",
               "platform": {"python": platform.python_version(), "machine": platform.machine(),
                            "processor": platform.processor()},
               "results": results}
     print(format_table(results))
+    if serial:
+        print(format_serial_table(serial))
     save_result(args.out, report)
     return report
 

@@ -58,8 +58,13 @@ def test_board_training_on_every_target_is_bit_identical(tmp_path, capsys):
 
 def test_core_cycles_linear_and_nonlinear_rows(tmp_path):
     out = tmp_path / "cc.json"
-    core_cycles.main(["--configs", "4x2x2", "--lengths", "8", "--out", str(out)])
-    results = json.loads(out.read_text())["results"]
+    core_cycles.main(["--configs", "4x2x2", "--lengths", "8", "--serial", "4x2", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    [serial] = saved["serial"]
+    assert serial["mismatches"] == 0 and serial["compared"] > 0
+    for v in serial["phases"].values():  # the serial core's cycle model is exact: L steps, plus the
+        assert v["cycles"] == 8 * v["model_per_step"] + 2  # command's handshake and done cycles
+    results = saved["results"]
     assert [r["hru"] for r in results] == ["linear", "nonlinear"]
     for r, write_back in zip(results, (16, 24)):  # R = 2: the pipeline's write-back is the ideal
         assert r["mismatches"] == 0 and r["compared"] > 0
