@@ -25,7 +25,7 @@ build time is reported separately (0 when the build was cached).
 
 The serial core (hdl.hru_serial, the iCEBreaker's) is measured the same way for ``--serial``
 configurations (P x N, one lane; default 16x8): ``measured`` against ``model``
-(hdl.hru_serial.cycles_per_step, exact but for the command's handshake), and the time per step at
+(hdl.hru_serial.cycles_per_step: exact, measured = L·model + the command's 2 handshake cycles), and the time per step at
 the iCEBreaker's 12 MHz against the time the 3 Mbaud UART needs for the step's payload (10 bits per
 byte, framing excluded): the input sample, and in echo STREAM mode also a nudge vector.
 
