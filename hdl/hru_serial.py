@@ -2,7 +2,9 @@
 
 Same contract as ``hdl.hru_core.HRUCore`` — the same ports (``cmd``, ``u``, ``nudge``, ``bus``,
 ``busy``, ``done``), commands, address map and overflow counters, bit-exact to
-golden_model.hru_fixed — so the command sequencer and the host drive either core unchanged.
+golden_model.hru_fixed — so the command sequencer and the host drive either core unchanged. One
+difference: the host cannot write the accumulator regions (POS_SUM, ACC_A, ACC_B; the protocol's
+READ_ONLY_REGIONS never does, CLEAR and FORWARD reset them), which saves their write multiplexers.
 What differs is the cost model: the pipelined core issues one oscillator update per clock into
 a 16-stage pipeline with 36 wide multipliers (13,000+ iCE40 cells even at P4/N2); this one walks
 the integer model's operations one after another through one datapath:
@@ -162,8 +164,11 @@ class SerialHRUCore(wiring.Component):
         # ---- stores: the state store is also the datapath's register file ---------------------
         layout = self.store_layout()
         scratch = {name: 5 * P + k for k, name in enumerate(SCRATCH)}
-        stores = {"coef": SharedMemory(signed(wc), (2 + N) * P), "state": SharedMemory(signed(ws), 5 * P + len(SCRATCH)),
-                  "acc": SharedMemory(signed(wacc), (2 + N) * P)}
+        # the datapath never writes a coefficient; the host never writes an accumulator (the
+        # protocol's READ_ONLY_REGIONS: CLEAR and FORWARD reset them)
+        stores = {"coef": SharedMemory(signed(wc), (2 + N) * P, writer="host"),
+                  "state": SharedMemory(signed(ws), 5 * P + len(SCRATCH)),
+                  "acc": SharedMemory(signed(wacc), (2 + N) * P, writer="datapath")}
         for name, store in stores.items():
             m.submodules[name] = store
             m.d.comb += store.host_sel.eq(~self.busy)

@@ -44,10 +44,16 @@ class SharedMemory(wiring.Component):
     The read port is transparent for the write port: a read of the row being written returns
     the new word, which lets a read-modify-write loop issue the same row on consecutive cycles.
     While ``host_sel`` is high the host bus drives both ports and the datapath is ignored.
+
+    ``writer``: who writes — "both" (default), "host" (a parameter store the datapath only reads)
+    or "datapath" (an accumulator the host only reads): the other side's write data and address
+    multiplexers are then left out (the iCE40 image counts every cell).
     """
 
-    def __init__(self, shape, depth: int):
-        self._shape, self._depth = shape, depth
+    def __init__(self, shape, depth: int, writer: str = "both"):
+        if writer not in ("both", "host", "datapath"):
+            raise ValueError(f"writer must be 'both', 'host' or 'datapath', got {writer!r}")
+        self._shape, self._depth, self._writer = shape, depth, writer
         aw = addr_width(depth)
         super().__init__({
             "rd_addr": In(unsigned(aw)),
@@ -68,10 +74,17 @@ class SharedMemory(wiring.Component):
             rd.addr.eq(Mux(self.host_sel, self.host.addr, self.rd_addr)),
             self.rd_data.eq(rd.data),
             self.host.r_data.eq(rd.data),
-            wr.addr.eq(Mux(self.host_sel, self.host.addr, self.wr_addr)),
-            wr.data.eq(Mux(self.host_sel, self.host.w_data, self.wr_data)),
-            wr.en.eq(Mux(self.host_sel, self.host.w_en, self.wr_en)),
         ]
+        if self._writer == "host":
+            m.d.comb += [wr.addr.eq(self.host.addr), wr.data.eq(self.host.w_data), wr.en.eq(self.host_sel & self.host.w_en)]
+        elif self._writer == "datapath":
+            m.d.comb += [wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data), wr.en.eq(~self.host_sel & self.wr_en)]
+        else:
+            m.d.comb += [
+                wr.addr.eq(Mux(self.host_sel, self.host.addr, self.wr_addr)),
+                wr.data.eq(Mux(self.host_sel, self.host.w_data, self.wr_data)),
+                wr.en.eq(Mux(self.host_sel, self.host.w_en, self.wr_en)),
+            ]
         return m
 
 

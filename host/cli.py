@@ -187,7 +187,7 @@ def run_sim_board(args) -> int:
     from sim.board_image import ImageConfig, simulated_board_executable
 
     fmt, size, lanes = core_config(args)
-    config = ImageConfig(size, fmt, lanes)
+    config = ImageConfig(size, fmt, lanes, args.core)  # --core serial: the iCEBreaker's image
     print(f"building the simulated board ({config.name}) ...", file=sys.stderr, flush=True)
     return board_sim.serve_forever(simulated_board_executable(config, quiet=False), args.port)
 
