@@ -32,12 +32,10 @@ prepare_environment()
 #: fixture name -> ``echoboard build`` options (``--build-dir`` and ``--json`` are added). Queue
 #: order: the short default-suite build first. Times: one core of a 2-core machine, warm YoWASP cache.
 BOARD_BUILDS = {
-    # the iCEBreaker's real image (serial core) as `echoboard build --board icebreaker` builds it: ~30 s
+    # the real images as `echoboard build --board B` builds them (P16/N8/K1): the iCEBreaker's
+    # (serial core) ~30 s, the ULX3S's (pipelined core) ~4 min, mostly nextpnr's routing
     "icebreaker_build": {"board": "icebreaker"},
-    # the real image at a CI size, default suite: ~2 min 15 s (P4/N2 was no faster: 2 min 20-30 s)
-    "ulx3s_ci_build": {"board": "ulx3s-85f", "oscillators": 8, "inputs": 4, "lanes": 1},
-    # the real image as `echoboard build --board ulx3s-85f` builds it (P16/N8/K1), slow tests: 10-15 min
-    "real_ulx3s_build": {"board": "ulx3s-85f"},
+    "ulx3s_build": {"board": "ulx3s-85f"},
 }
 
 BOARD_BUILD_TIMEOUT_S = 1800  # per build (hdl.synth.DEFAULT_TIMEOUT_S): the first yowasp run JIT-compiles
@@ -134,18 +132,12 @@ def _background_board_builds(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ulx3s_ci_build(_background_board_builds):
-    """The real ULX3S image at a CI size (BOARD_BUILDS), finished: see BoardBuildQueue.result."""
-    return _background_board_builds.result("ulx3s_ci_build")
-
-
-@pytest.fixture(scope="session")
 def icebreaker_build(_background_board_builds):
     """The real iCEBreaker image in its default configuration (BOARD_BUILDS), finished."""
     return _background_board_builds.result("icebreaker_build")
 
 
 @pytest.fixture(scope="session")
-def real_ulx3s_build(_background_board_builds):
+def ulx3s_build(_background_board_builds):
     """The real ULX3S image in its default configuration (BOARD_BUILDS), finished."""
-    return _background_board_builds.result("real_ulx3s_build")
+    return _background_board_builds.result("ulx3s_build")
