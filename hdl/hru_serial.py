@@ -20,7 +20,8 @@ the integer model's operations one after another through one datapath:
                 store is also the datapath's register file: y, z of both echoes are updated in
                 place and the intermediate words (yh±, b, f, S, a streamed nudge) live in
                 scratch words after the per-oscillator regions, so the core holds no 32-bit
-                register bank (the UP5K's cells, not its memories, are the budget).
+                register bank (the UP5K's cells, not its memories, are the budget); the
+                four overflow counters are a fourth, 4-word block RAM.
 
 Per time step the core handles oscillator 0..P−1 in turn; an oscillator's forward update is
 b = W(R(B·u)) (N products), drift, force, kick, drift (4 products), the position sum; an echo
@@ -45,7 +46,7 @@ from amaranth.utils import ceil_log2
 
 from golden_model.formats import HRUSize
 from hdl.fixed import add_round_shift, wrap
-from hdl.hru_core import PHASES, AddressMap, Op, Region, check_config, hru_kind
+from hdl.hru_core import PHASES, AddressMap, HRULane, Op, Region, check_config, hru_kind
 from hdl.memories import MemoryBus, SharedMemory
 
 __all__ = ["SerialHRUCore", "LIMB", "SCRATCH", "check_serial_config", "cycles_per_step", "limbs", "products"]
@@ -120,8 +121,7 @@ class SerialHRUCore(wiring.Component):
 
     hru = "linear"
     lanes = 1
-    parameter_regions = {"A": Region.A, "delta": Region.DELTA, "B": Region.B}
-    accumulator_regions = {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B}
+    parameter_regions, accumulator_regions = HRULane.PARAMETERS, HRULane.ACCUMULATORS  # the linear HRU's
 
     def __new__(cls, fmt, size: HRUSize, lanes: int = 1, **kwargs):
         check_serial_config(fmt, size, lanes)  # before the object exists: no "unused elaboratable" warning
