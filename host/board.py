@@ -55,13 +55,14 @@ class Board:
     def open(cls, url: str = "golden", *, size: HRUSize | None = None, fmt: FixedFormat | None = None,
              capabilities: Capability = Capability.ECHO_STREAM, timeout: float = 1.0, retries: int = 8,
              seconds_per_step: float = SECONDS_PER_STEP, faults: Faults | None = None,
-             fault_seed: int = 0) -> "Board":
+             fault_seed: int = 0, core: str = "pipelined") -> "Board":
         """Open a session with the board at ``url`` and IDENTIFY it.
 
         - ``"golden"``: the golden board model in process, built from ``size`` (default
           HRUSize(16, 8)), ``fmt`` (default FixedFormat()) and ``capabilities``.
-        - ``"sim"``: the simulated board (the Verilated board image, built and cached for ``size``
-          and ``fmt``), started now and stopped when the Board closes.
+        - ``"sim"``: the simulated board (the Verilated board image, built and cached for ``size``,
+          ``fmt`` and ``core``: "pipelined", the ULX3S image's, or "serial", the iCEBreaker's),
+          started now and stopped when the Board closes.
         - ``"socket://127.0.0.1:PORT"``: a board serving its byte stream on TCP (the simulated board).
         - ``"serial:///dev/ttyUSB0?baud=3000000"``: a board on a serial port.
 
@@ -73,7 +74,7 @@ class Board:
             from sim.board_image import ImageConfig, simulated_board_executable
             from sim.board_sim import SimulatedBoard
 
-            config = ImageConfig(size or HRUSize(16, 8), fmt or FixedFormat())
+            config = ImageConfig(size or HRUSize(16, 8), fmt or FixedFormat(), core=core)
             # poll the socket every 128 cycles, not the harness's 1024: a request's round trip is
             # ~9 per training sample, and one run measured 27.6 -> 35.3 samples/s (32: 36.3)
             process = SimulatedBoard(simulated_board_executable(config), poll_cycles=SIM_POLL_CYCLES).start()

@@ -184,10 +184,12 @@ def test_the_echo_retraces_the_forward_trajectory(vowels, tmp_path):
     assert (tmp_path / "echo.png").stat().st_size > 1000
 
 
-def test_simulated_board_trains_bit_identically_to_the_golden_board(vowels, reference):
+@pytest.mark.parametrize("core", ["pipelined", "serial"])
+def test_simulated_board_trains_bit_identically_to_the_golden_board(vowels, reference, core):
     """Issue 5's acceptance: a few training steps on the Verilated board image (Board.open("sim"))
-    give the golden model's losses, overflow counts and parameters bit for bit."""
-    with Board.open("sim", size=HRUSize(P, vowels[3]), fmt=FMT, timeout=5.0) as board:
+    give the golden model's losses, overflow counts and parameters bit for bit; also on the
+    iCEBreaker's image (the serial core)."""
+    with Board.open("sim", size=HRUSize(P, vowels[3]), fmt=FMT, timeout=5.0, core=core) as board:
         got = few_steps(vowels, BoardTarget(board))
         stats = board.link_stats
     assert_same_run(reference, got)
