@@ -330,12 +330,16 @@ def test_ulx3s_image_prints_the_documented_json(ulx3s_build):
     check_printed_json(ulx3s_build, "ulx3s-85f", "top.bit")
 
 
+def check_default_baseline(build: dict, board: str) -> None:
+    """Within firmware/baselines/<board>-p16-n8-k1.json, written by the command stored in it."""
+    path = real_baseline_path(build["options"])
+    assert path.name == f"{board}-p16-n8-k1.json"
+    assert json.loads(path.read_text())["command"] == f"echoboard build --board {board} --write-baseline"
+    check_real_build_against_baseline(build)
+
+
 def test_ulx3s_image_matches_its_baseline(ulx3s_build):
-    """Within firmware/baselines/ulx3s-85f-p16-n8-k1.json (regenerate with the command stored in it)."""
-    path = real_baseline_path(ulx3s_build["options"])
-    assert path.name == "ulx3s-85f-p16-n8-k1.json"
-    assert json.loads(path.read_text())["command"] == "echoboard build --board ulx3s-85f --write-baseline"
-    check_real_build_against_baseline(ulx3s_build)
+    check_default_baseline(ulx3s_build, "ulx3s-85f")
 
 
 def test_icebreaker_image_builds_and_meets_timing(icebreaker_build):
@@ -353,11 +357,7 @@ def test_icebreaker_image_prints_the_documented_json(icebreaker_build):
 
 
 def test_icebreaker_image_matches_its_baseline(icebreaker_build):
-    """Within firmware/baselines/icebreaker-p16-n8-k1.json, and the same bitstream as stored."""
-    path = real_baseline_path(icebreaker_build["options"])
-    assert path.name == "icebreaker-p16-n8-k1.json"
-    assert json.loads(path.read_text())["command"] == "echoboard build --board icebreaker --write-baseline"
-    check_real_build_against_baseline(icebreaker_build)
+    check_default_baseline(icebreaker_build, "icebreaker")
 
 
 def test_icebreaker_build_is_reproducible(icebreaker_build, tmp_path):

@@ -181,9 +181,16 @@ def test_default_core_reaches_the_oscillator_bound():
 
 @pytest.mark.parametrize("lanes", [1, 3])
 def test_echo_with_per_step_nudge_stream(lanes):
+    check_per_step_nudge_stream(lanes, seed=21 + lanes)
+
+
+def check_per_step_nudge_stream(lanes: int, seed: int, make_core=None):
+    """An echo fed one nudge vector per step (STREAM) on a P3/N2 core; ``make_core(size)``: the
+    core to drive (default: the pipelined one with ``lanes``)."""
     size = HRUSize(oscillators=3, inputs=2, max_length=64)
-    case = random_case(SMALL, size, length=9, seed=21 + lanes, per_step_nudge=True)
-    got, want = run_core(SMALL, size, lanes, case), golden_expectation(SMALL, case)
+    case = random_case(SMALL, size, length=9, seed=seed, per_step_nudge=True)
+    core = make_core(size) if make_core else None
+    got, want = run_core(SMALL, size, lanes, case, core=core), golden_expectation(SMALL, case)
     assert got["forward"] == want["forward"]
     assert got["echo"] == want["echo"]
     constant = golden_expectation(SMALL, {**case, "nudge": case["nudge"][-1]})
@@ -191,10 +198,15 @@ def test_echo_with_per_step_nudge_stream(lanes):
 
 
 def test_accumulators_sum_over_a_minibatch_until_clear():
+    check_minibatch_sums(lanes=2)
+
+
+def check_minibatch_sums(lanes: int, make_core=None):
+    """Two cases after one CLEAR: the second echo's accumulators hold both sums (wrapped)."""
     size = HRUSize(oscillators=2, inputs=2, max_length=64)
     first = random_case(SMALL, size, length=7, seed=31)
     second = {**random_case(SMALL, size, length=5, seed=32), **{k: first[k] for k in ("A", "B", "delta")}}
-    got = run_minibatch(SMALL, size, 2, [first, second])
+    got = run_minibatch(SMALL, size, lanes, [first, second], core=make_core(size) if make_core else None)
     want = [golden_expectation(SMALL, case) for case in (first, second)]
     half = 1 << (SMALL.acc_width - 1)
     wrapped = lambda v: ((v + half) % (2 * half)) - half  # noqa: E731

@@ -6,7 +6,8 @@ through the wire protocol on the simulated board.
 """
 import pytest
 from amaranth.sim import Simulator
-from test_hdl_core_pysim import SMALL, CoreDriver, check_forced_overflows_saturate, run_core, run_minibatch
+from test_hdl_core_pysim import (SMALL, CoreDriver, check_forced_overflows_saturate, check_minibatch_sums,
+                                 check_per_step_nudge_stream, run_core)
 
 from golden_model.formats import FixedFormat, HRUSize
 from golden_model.hru_fixed_nonlinear import NonlinearFormat
@@ -37,26 +38,11 @@ def test_serial_core_matches_golden(fmt, size):
 
 
 def test_serial_echo_with_per_step_nudge_stream():
-    size = HRUSize(oscillators=3, inputs=2, max_length=64)
-    case = random_case(SMALL, size, length=7, seed=5, per_step_nudge=True)
-    got, want = run_core(SMALL, size, 1, case, core=SerialHRUCore(SMALL, size)), golden_expectation(SMALL, case)
-    assert got["forward"] == want["forward"] and got["echo"] == want["echo"]
-    constant = golden_expectation(SMALL, {**case, "nudge": case["nudge"][-1]})
-    assert want["echo"]["acc_a"] != constant["echo"]["acc_a"]  # the per-step nudges mattered
+    check_per_step_nudge_stream(1, seed=5, make_core=lambda size: SerialHRUCore(SMALL, size))
 
 
 def test_serial_accumulators_sum_over_a_minibatch_until_clear():
-    size = HRUSize(oscillators=2, inputs=2, max_length=64)
-    first = random_case(SMALL, size, length=5, seed=31)
-    second = {**random_case(SMALL, size, length=4, seed=32), **{k: first[k] for k in ("A", "B", "delta")}}
-    got = run_minibatch(SMALL, size, 1, [first, second], core=SerialHRUCore(SMALL, size))
-    want = [golden_expectation(SMALL, case) for case in (first, second)]
-    half = 1 << (SMALL.acc_width - 1)
-    wrapped = lambda v: ((v + half) % (2 * half)) - half  # noqa: E731
-    assert got[0]["echo"] == want[0]["echo"]
-    assert got[1]["echo"]["acc_a"] == [wrapped(a + b) for a, b in zip(want[0]["echo"]["acc_a"], want[1]["echo"]["acc_a"])]
-    assert got[1]["echo"]["acc_b"] == [[wrapped(a + b) for a, b in zip(r0, r1)]
-                                       for r0, r1 in zip(want[0]["echo"]["acc_b"], want[1]["echo"]["acc_b"])]
+    check_minibatch_sums(1, make_core=lambda size: SerialHRUCore(SMALL, size))
 
 
 def test_serial_core_counts_forced_overflows_and_saturates():
