@@ -205,13 +205,22 @@ def test_board_top_rejects_an_image_without_uart_ports():
 
 
 def test_build_cli_without_the_real_image(monkeypatch, capsys):
-    """`echoboard build` says clearly that the board image is missing (until firmware/top.py lands)."""
+    """`echoboard build` says clearly that the board image is missing (firmware.top not importable)."""
     monkeypatch.setattr(boards, "firmware_image_factory", _unavailable)
     parser = argparse.ArgumentParser()
     boards.add_build_arguments(parser)
     args = parser.parse_args(["--board", "icebreaker", "--json"])
     assert args.run(args) == 2
     assert "board image is not available yet" in capsys.readouterr().err
+
+
+def test_build_cli_refuses_a_configuration_the_core_cannot_build(tmp_path, capsys):
+    """The iCEBreaker's serial core has one lane: a clear error before anything is built."""
+    from host import cli
+
+    assert cli.main(["build", "--board", "icebreaker", "--lanes", "2", "--build-dir", str(tmp_path), "--json"]) == 2
+    assert "serial core has one datapath: lanes must be 1, got 2" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_build_cli_json(tmp_path, capsys):
