@@ -29,8 +29,8 @@ update applies the nudge to both echoes (the −ε echo first: at step 0 both st
 which the +ε echo then overwrites), shares b, runs both leapfrogs, then d, S, acc_a += R(d·S),
 acc_b += R(d·u) (N products). Products of w-bit operands take ceil((w−1)/15) limbs each
 (coefficient 18 bits: 2, state 32: 3, input 16: 1); ``cycles_per_step`` is the exact cost, for
-the default format at P16/N8 1,665 clocks per forward step and 3,745 per echo step: at 12 MHz
-~7,200 and ~3,200 steps/s, of the order of what a 3 Mbaud link carries (an 8-channel input
+the default format at P16/N8 1,201 clocks per forward step and 3,281 per echo step: at 12 MHz
+~10,000 and ~3,700 steps/s, of the order of what a 3 Mbaud link carries (an 8-channel input
 sample is 16 bytes, a streamed nudge vector 64).
 
 The nudge is applied before each echo step (vector v before step v, as the pipelined core
@@ -85,15 +85,16 @@ def cycles_per_step(fmt, size: HRUSize, echo: bool) -> int:
     """Clock cycles of one time step (input waiting, nudges streaming in time), exact.
 
     A product of k limb pairs (``products``: the aligned widths) takes k + 5 cycles (read its
-    operands, start, k issues, the DSP and accumulator registers, the rounding); a drive column
-    the same (its B word, start, k + 3). Per oscillator: N drive columns and b's rounding, then
+    operands, start, k issues, the DSP and accumulator registers, the rounding); the drive's
+    columns run back to back: its first B word, k + 1 per column, the drain and b's rounding (3).
+    Per oscillator: the drive, then
     forward: the leapfrog and the position sum (3); echo: the nudge (5), both leapfrogs, d and S
     (3 each), acc_a and N acc_b columns (no operand to read: k + 4).
     """
     _, _, operands = products(fmt)
     cost = {op: limbs(a_width) * limbs(b_width) + 5 for op, (_, a_width, b_width) in operands.items()}
     n = size.inputs
-    drive = n * cost["drive"] + 1
+    drive = 1 + n * (cost["drive"] - 4) + 3
     leapfrog = 2 * cost["drift"] + cost["force"] + cost["kick"]
     if echo:
         per_oscillator = drive + 5 + 2 * leapfrog + 6 + cost["acc_a"] + n * (cost["acc_b"] - 1)
@@ -224,12 +225,13 @@ class SerialHRUCore(wiring.Component):
                         m.d.comb += limb_sig.eq(limb(x, i, n))
         m.d.sync += [v1.eq(issuing), la.eq(limb_a), lb.eq(limb_b), sh1.eq(ka + kb),
                      v2.eq(v1), pp.eq(la * lb), sh2.eq(sh1)]
+        last_issue = issuing & (kb == nb - 1) & (ka == na - 1)  # the product's last limb pair
         with m.If(issuing):
             m.d.sync += kb.eq(kb + 1)
             with m.If(kb == nb - 1):
                 m.d.sync += [kb.eq(0), ka.eq(ka + 1)]
-                with m.If(ka == na - 1):
-                    m.d.sync += [ka.eq(0), issuing.eq(0)]
+        with m.If(last_issue):
+            m.d.sync += [ka.eq(0), issuing.eq(0)]
         shifted = Signal(signed(acc_width))
         with m.Switch(sh2):
             for k in range(2 * most_limbs - 1):
@@ -382,10 +384,12 @@ class SerialHRUCore(wiring.Component):
                     m.d.sync += [osc.eq(0), row.eq(0)]
                     m.next = "DRIVE_READ"
 
-            # b = W(R(Σ_j B_ij·u_j)): one product per column into one exact sum; b counts in the
-            # forward phase or in both echoes (they share it)
+            # b = W(R(Σ_j B_ij·u_j)): one product per column into one exact sum, back to back:
+            # the next column's B word is read in the last issue cycle of this one (its limbs are
+            # latched by then), and only the last column waits for the MAC to drain. b counts in
+            # the forward phase or in both echoes (they share it).
             with m.State("DRIVE_READ"):
-                m.d.comb += [coef.rd_addr.eq(addr(Region.B, row + col)), acc_clear.eq(col == 0)]
+                m.d.comb += [coef.rd_addr.eq(addr(Region.B, row)), acc_clear.eq(1)]
                 m.next = "DRIVE_MUL"
             with m.State("DRIVE_MUL"):
                 m.d.comb += coef.rd_addr.eq(addr(Region.B, row + col))
@@ -393,19 +397,21 @@ class SerialHRUCore(wiring.Component):
                 m.next = "DRIVE_WAIT"
             with m.State("DRIVE_WAIT"):
                 m.d.comb += coef.rd_addr.eq(addr(Region.B, row + col))
-                with m.If(~mac_busy):
+                with m.If(last_issue):
                     m.d.sync += col.eq(col + 1)
-                    m.next = "DRIVE_READ"
+                    m.d.comb += coef.rd_addr.eq(addr(Region.B, row + col + 1))
+                    m.next = "DRIVE_MUL"
                     with m.If(col == N - 1):
                         m.d.sync += col.eq(0)
                         m.next = "DRIVE_ROUND"
             with m.State("DRIVE_ROUND"):
-                round_add("ZERO", Mux(echo, PLUS, FWD), ("state", scratch["B"]))
-                m.d.sync += b_wrapped.eq(ovf)
-                with m.If(echo):
-                    m.next = "NUDGE_IN"
-                with m.Else():
-                    m.next = "E0_DRIFT1"
+                with m.If(~mac_busy):
+                    round_add("ZERO", Mux(echo, PLUS, FWD), ("state", scratch["B"]))
+                    m.d.sync += b_wrapped.eq(ovf)
+                    with m.If(echo):
+                        m.next = "NUDGE_IN"
+                    with m.Else():
+                        m.next = "E0_DRIFT1"
 
             # ---- echo: z± = W(±z + n±), the flip at step 0 (−z_L), the −ε echo first: it reads
             # slot 0 at step 0, which the +ε echo then overwrites
