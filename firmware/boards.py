@@ -86,7 +86,7 @@ class BoardSpec:
     summary: tuple  # (lut, ff, dsp, bram) nextpnr resource names; None: from yosys
     build_kwargs: tuple = ()  # extra platform.build(**kwargs) as (key, value) pairs
     clock_hz: int | None = None  # the image's default clock; None: the board oscillator
-    core: str = "pipelined"  # the HRU core of the real image (firmware.top.CORES)
+    core: str = "pipelined"  # the HRU core of the real image (hdl.cores.CORES)
 
     def platform(self):
         import importlib

@@ -47,7 +47,7 @@ from firmware import protocol
 from firmware.link import FrameByte, FrameHeader, ReplyByte
 from firmware.protocol import (Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState,
                                Region, Status, word_bytes)
-from hdl.hru_core import HRUCore, Op
+from hdl.hru_core import PHASES, HRUCore, Op
 from hdl.memories import MemoryBus
 
 __all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "Sequencer", "core_config"]
@@ -321,7 +321,7 @@ class Sequencer(wiring.Component):
         wu = word_bytes(fmt.input_width)
         ws = word_bytes(fmt.state_width)
         counter_addr = [core.address_map.address(core_region, p) for core_region, p in
-                        ((Region.COUNTERS, p) for p in range(4))]
+                        ((Region.COUNTERS, p) for p in range(len(PHASES)))]
 
         # the widest request field: a u32, or a word of a writable region / of a DATA step
         in_bytes = max(4, wu, ws, *(word_bytes(bits) for bits, _, _, max_write, _ in regions.values() if max_write))
@@ -401,7 +401,7 @@ class Sequencer(wiring.Component):
                             m.d.comb += r_value[bit].eq(value)
 
         # ---- reply fields: the header bytes, constant and register fields ---------------------
-        counters_of = [(_OverflowCopy(p), wn) for p in range(4)]
+        counters_of = [(_OverflowCopy(p), wn) for p in range(len(PHASES))]
         tables = {
             _IDENTIFY: [(b, 1) for b in identify],
             _STATUS: [(self.frames_ok, 4), (self.crc_errors, 4), (self.framing_errors, 4), (self.overruns, 4),
@@ -619,7 +619,7 @@ class Sequencer(wiring.Component):
                         m.d.sync += [op.eq(Op.FORWARD), pass_length.eq(arg), count.eq(P), region.eq(Region.Y0),
                                      stream_mode.eq(0)]
                         m.d.comb += [walker.load.eq(1), walker.region.eq(Region.Y0),
-                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(0)]  # forward := 0
+                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("forward"))]  # := 0
                         with m.If(arg8 & ForwardFlags.ZERO_STATE):
                             m.next = "ZERO_STATE"
                         with m.Else():
@@ -631,7 +631,7 @@ class Sequencer(wiring.Component):
                         m.d.sync += [op.eq(Op.ECHO), pass_length.eq(arg), count.eq(P), region.eq(Region.NUDGE),
                                      stream_mode.eq(arg8 == EchoMode.STREAM)]
                         m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE),
-                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(1)]  # echo_plus := 0
+                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("echo_plus"))]  # := 0
                         m.next = "NUDGE_WORDS"
             with m.State("ZERO_STATE"):  # Y0 then Z0 := 0
                 m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(0), walker.step.eq(1)]
@@ -657,7 +657,7 @@ class Sequencer(wiring.Component):
                 # the running pass's overflow counters read 0: FORWARD's and echo_plus's were zeroed
                 # by START_CHECK (one write port), echo_minus is here
                 with m.If(op == Op.ECHO):
-                    m.d.comb += [overflow_wr.en.eq(1), overflow_wr.addr.eq(2)]
+                    m.d.comb += [overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("echo_minus"))]
                 with m.If(self.core_cmd.ready):
                     with m.If(op == Op.CLEAR):
                         m.next = "CORE_WAIT"

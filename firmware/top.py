@@ -37,7 +37,7 @@ from firmware import link
 from firmware.protocol import BUILD_HASH_BYTES, CoreConfig
 from firmware.sequencer import Sequencer, core_config
 from golden_model.formats import FixedFormat, HRUSize
-from hdl.cores import CORES, check_core, make_core
+from hdl.cores import check_core, make_core
 
 __all__ = ["BoardImage", "make_image", "design_hash", "image_config", "DEFAULT_SIZE", "SIM_TOP"]
 
@@ -58,9 +58,8 @@ class BoardImage(wiring.Component):
     def __init__(self, fmt: FixedFormat | None = None, size: HRUSize | None = None, lanes: int = 1,
                  clock_hz: int | None = None, build_hash: bytes | None = None, *, baud: int = link.DEFAULT_BAUD,
                  core: str = "pipelined"):
-        if core not in CORES:
-            raise ValueError(f"unknown core {core!r}; known cores: {', '.join(CORES)}")
         self.fmt, self.size, self.lanes, self.core = fmt or FixedFormat(), size or DEFAULT_SIZE, lanes, core
+        check_core(core, self.fmt, self.size, lanes)  # a clear error before anything is elaborated
         self.clock_hz = clock_hz
         self.divisor = None if clock_hz is None else link.baud_divisor(clock_hz, baud)
         if build_hash is None:
@@ -145,5 +144,4 @@ def make_image(clock_hz: int, oscillators: int | None = None, inputs: int | None
                *, fmt: FixedFormat | None = None, baud: int = link.DEFAULT_BAUD, core: str = "pipelined") -> BoardImage:
     """The image for ``firmware.boards`` (UART pins at ``baud``, clock ``clock_hz``, ``core`` of hdl.cores.CORES)."""
     size = HRUSize(oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs, DEFAULT_SIZE.max_length)
-    check_core(core, fmt or FixedFormat(), size, lanes or 1)  # a clear error before anything is built
     return BoardImage(fmt or FixedFormat(), size, lanes or 1, clock_hz=clock_hz, baud=baud, core=core)

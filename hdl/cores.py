@@ -13,13 +13,17 @@ CORES = {"pipelined": HRUCore, "serial": SerialHRUCore}
 _CHECKS = {"pipelined": check_config, "serial": check_serial_config}
 
 
-def check_core(kind: str, fmt, size, lanes: int = 1) -> None:
-    """Clear errors for an unknown core or a configuration it cannot implement (builds nothing)."""
+def _known(kind: str) -> str:
     if kind not in CORES:
         raise ValueError(f"unknown core {kind!r}; known cores: {', '.join(CORES)}")
-    _CHECKS[kind](fmt, size, lanes)
+    return kind
+
+
+def check_core(kind: str, fmt, size, lanes: int = 1) -> None:
+    """Clear errors for an unknown core or a configuration it cannot implement (builds nothing)."""
+    _CHECKS[_known(kind)](fmt, size, lanes)
 
 
 def make_core(kind: str, fmt, size, lanes: int = 1):
-    check_core(kind, fmt, size, lanes)
-    return CORES[kind](fmt, size, lanes)
+    """The ``kind`` core; its constructor checks the configuration (check_core's errors)."""
+    return CORES[_known(kind)](fmt, size, lanes)

@@ -164,11 +164,12 @@ class SerialHRUCore(wiring.Component):
 
         # ---- stores: the state store is also the datapath's register file ---------------------
         layout = self.store_layout()
-        scratch = {name: 5 * P + k for k, name in enumerate(SCRATCH)}
+        state_words = P * sum(store == "state" for store, _ in layout.values())  # the scratch words follow
+        scratch = {name: state_words + k for k, name in enumerate(SCRATCH)}
         # the datapath never writes a coefficient; the host never writes an accumulator (the
         # protocol's READ_ONLY_REGIONS: CLEAR and FORWARD reset them)
         stores = {"coef": SharedMemory(signed(wc), (2 + N) * P, writer="host"),
-                  "state": SharedMemory(signed(ws), 5 * P + len(SCRATCH)),
+                  "state": SharedMemory(signed(ws), state_words + len(SCRATCH)),
                   "acc": SharedMemory(signed(wacc), (2 + N) * P, writer="datapath")}
         for name, store in stores.items():
             m.submodules[name] = store
@@ -452,10 +453,10 @@ class SerialHRUCore(wiring.Component):
             # ---- the leapfrog of echo e: drift, force (−b), kick (ACC = δ·(−f): z + R(−δf) =
             # z − R(δf), R being odd), drift
             delta_addr, a_addr = addr(Region.DELTA, osc), addr(Region.A, osc)
-            for e in (1, 0):
-                def goto(state_name):
-                    return lambda: setattr(m, "next", state_name)
+            def goto(state_name):
+                return lambda: setattr(m, "next", state_name)
 
+            for e in (1, 0):
                 def after_leapfrog(e=e):
                     if e == 1:
                         m.next = "E0_DRIFT1"

@@ -74,6 +74,7 @@ def run_sweep(args) -> int:
 
 def add_core_size_arguments(parser: argparse.ArgumentParser, default_lanes: int = 4) -> None:
     from golden_model.formats import HRUSize
+    from hdl.cores import CORES
 
     parser.add_argument("--oscillators", "-P", type=positive_int, default=HRUSize.oscillators, help="P")
     parser.add_argument("--inputs", "-N", type=positive_int, default=HRUSize.inputs, help="N")
@@ -81,7 +82,7 @@ def add_core_size_arguments(parser: argparse.ArgumentParser, default_lanes: int 
     parser.add_argument("--max-length", type=positive_int, default=HRUSize.max_length,
                         help="longest sequence the core accepts (sizes the step counter)")
     parser.add_argument("--hru", choices=("linear", "nonlinear"), default="linear")
-    parser.add_argument("--core", choices=("pipelined", "serial"), default="pipelined",
+    parser.add_argument("--core", choices=tuple(CORES), default="pipelined",
                         help="pipelined (ECP5: one oscillator update per clock per lane) or serial "
                              "(iCE40: one 16x16 multiplier, linear HRU, --lanes 1)")
 

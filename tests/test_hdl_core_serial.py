@@ -58,7 +58,9 @@ def test_serial_zero_nudge_echo_returns_the_initial_state_bit_for_bit():
     for echo in ("plus", "minus"):
         assert got["echo"][echo] == {"y": case["y0"], "z": flipped}
     assert got["echo"]["acc_a"] == [0, 0]
-    assert got["echo"] == golden_expectation(FixedFormat(), case)["echo"]
+    want = golden_expectation(FixedFormat(), case)
+    assert got["forward"] == want["forward"]  # (any deterministic kick retraces: the forward pins it)
+    assert got["echo"] == want["echo"]
 
 
 def test_serial_core_rejects_what_it_cannot_build():
