@@ -55,11 +55,16 @@ class BoardImage(wiring.Component):
     ``core``: a key of :data:`hdl.cores.CORES` (the pipelined core, or the serial one for iCE40).
     """
 
+    def __new__(cls, fmt: FixedFormat | None = None, size: HRUSize | None = None, lanes: int = 1, *args,
+                core: str = "pipelined", **kwargs):
+        # a clear error before the object exists (no "unused elaboratable" warning) or anything is elaborated
+        check_core(core, fmt or FixedFormat(), size or DEFAULT_SIZE, lanes)
+        return super().__new__(cls)
+
     def __init__(self, fmt: FixedFormat | None = None, size: HRUSize | None = None, lanes: int = 1,
                  clock_hz: int | None = None, build_hash: bytes | None = None, *, baud: int = link.DEFAULT_BAUD,
                  core: str = "pipelined"):
         self.fmt, self.size, self.lanes, self.core = fmt or FixedFormat(), size or DEFAULT_SIZE, lanes, core
-        check_core(core, self.fmt, self.size, lanes)  # a clear error before anything is elaborated
         self.clock_hz = clock_hz
         self.divisor = None if clock_hz is None else link.baud_divisor(clock_hz, baud)
         if build_hash is None:
