@@ -100,6 +100,28 @@ class FixedFormat:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def for_length(self, length: int) -> "FixedFormat":
+        """This format with the loss scale raised by :func:`length_scale_log2` for ``length`` steps."""
+        return self.replace(loss_scale_log2=self.loss_scale_log2 + length_scale_log2(length))
+
+
+#: sequences up to 2^11 = 2048 steps use a format's loss scale unchanged (every aeon set we train on)
+NUDGE_REFERENCE_LENGTH_LOG2 = 11
+
+
+def length_scale_log2(length: int) -> int:
+    """Extra loss-scale bits for ``length`` steps: max(0, ceil(log2 L) − 11).
+
+    Why: with mean pooling over time the per-step gradient dL/dy_k shrinks like 1/L, so a fixed
+    ε' leaves the integer nudge fewer LSBs the longer the sequence (the single HRU's fixed-point
+    cosine fell to 0.997 at L = 50k). Doubling ε' whenever L doubles past 2048 keeps the nudge's
+    size in LSBs roughly constant; a power of two keeps it a shift on the host. A training run
+    fixes it once from its data set's longest sequence, so a minibatch never mixes scales.
+    """
+    if length < 1:
+        raise ValueError(f"length must be positive, got {length}")
+    return max(0, math.ceil(math.log2(length)) - NUDGE_REFERENCE_LENGTH_LOG2)
+
 
 @dataclass(frozen=True)
 class HRUSize:

@@ -119,19 +119,24 @@ def _saturating_add(counter, events, fmt: FixedFormat):
     return jnp.minimum(counter + events, (1 << fmt.counter_width) - 1)
 
 
-def run_forward(step, q, u, y0, z0, fmt: FixedFormat) -> ForwardResult:
-    """The forward scan shared by every HRU; ``step(y, z, b)`` -> (y, z, *read_out, events)."""
+def run_forward(step, q, u, y0, z0, fmt: FixedFormat, emit_positions: bool = False):
+    """The forward scan shared by every HRU; ``step(y, z, b)`` -> (y, z, *read_out, events).
+
+    Returns the ForwardResult; with ``emit_positions`` (an HSSM block, whose read-out needs every
+    y_k) it returns (ForwardResult, positions y_1..y_L of shape (L, P)) instead.
+    """
 
     def body(carry, u_k):
         y, z, pos_sum, ovf = carry
         b, ob = input_drive(q, u_k, fmt)
         y, z, *_, events = step(y, z, b)
         pos_sum, os = add_wrap(pos_sum, y, fmt.acc_width)
-        return (y, z, pos_sum, _saturating_add(ovf, events + count(ob) + count(os), fmt)), None
+        return (y, z, pos_sum, _saturating_add(ovf, events + count(ob) + count(os), fmt)), (y if emit_positions else None)
 
     init = (y0, z0, jnp.zeros_like(y0), jnp.zeros((), jnp.int64))
-    (y, z, pos_sum, ovf), _ = lax.scan(body, init, u)
-    return ForwardResult(y, z, pos_sum, ovf)
+    (y, z, pos_sum, ovf), positions = lax.scan(body, init, u)
+    result = ForwardResult(y, z, pos_sum, ovf)
+    return (result, positions) if emit_positions else result
 
 
 def nudge_for_state(nudge, j):
@@ -146,10 +151,13 @@ def run_echo(step, accumulate, acc0, q, u, y_final, z_final, nudge, fmt: FixedFo
     """The echo-pair scan shared by every HRU.
 
     ``step(y, z, b)`` -> (y, z, *read_out, events) runs on one echo (vmapped over the pair);
-    ``accumulate(acc, read_out, u_k)`` -> (acc, events) gets each read-out stacked [+ε, −ε].
+    ``accumulate(acc, read_out, u_k, z_in, z_out)`` -> (acc, events, per_step_output) gets each
+    read-out and the momenta entering and leaving the step (before the nudge), stacked [+ε, −ε];
+    ``per_step_output`` (None for a plain HRU; an HSSM block's input gradient du_j) is collected.
     The scan walks u backwards in place (reverse=True): echo step m consumes u_j, j = L−1−m,
     then adds the nudge for state j when j >= 1.
-    Returns (y, z, acc, overflows[echo_plus, echo_minus, gradient]).
+    Returns (y, z, acc, overflows[echo_plus, echo_minus, gradient], per-step outputs in the
+    order of u: row j is echo step L−1−j's).
     """
     w, length = fmt.state_width, u.shape[0]
     signs = jnp.array([1, -1], jnp.int64)[:, None]
@@ -158,19 +166,19 @@ def run_echo(step, accumulate, acc0, q, u, y_final, z_final, nudge, fmt: FixedFo
     ovf_echo = jnp.stack([count(oz[0]), count(oz[1])])
 
     def body(carry, u_j):
-        y, z, acc, ovf_echo, ovf_grad, j = carry
+        y, z_in, acc, ovf_echo, ovf_grad, j = carry
         b, ob = input_drive(q, u_j, fmt)
-        y, z, *read_out, events = jax.vmap(lambda yy, zz: step(yy, zz, b))(y, z)
+        y, z_out, *read_out, events = jax.vmap(lambda yy, zz: step(yy, zz, b))(y, z_in)
         n_j = jnp.where(j >= 1, nudge_for_state(nudge, jnp.maximum(j, 1)), 0)
-        z, on = wrap(z + signs * n_j[None, :], w)
-        acc, grad_events = accumulate(acc, read_out, u_j)
+        z, on = wrap(z_out + signs * n_j[None, :], w)
+        acc, grad_events, out = accumulate(acc, read_out, u_j, z_in, z_out)
         echo_events = events + count(ob) + jnp.sum(on, axis=1, dtype=jnp.int64)
         return (y, z, acc, _saturating_add(ovf_echo, echo_events, fmt),
-                _saturating_add(ovf_grad, grad_events, fmt), j - 1), None
+                _saturating_add(ovf_grad, grad_events, fmt), j - 1), out
 
     init = (y, z_start, acc0, ovf_echo, jnp.zeros((), jnp.int64), jnp.asarray(length - 1))
-    (y, z, acc, ovf_echo, ovf_grad, _), _ = lax.scan(body, init, u, reverse=True)
-    return y, z, acc, jnp.concatenate([ovf_echo, ovf_grad[None]])
+    (y, z, acc, ovf_echo, ovf_grad, _), outs = lax.scan(body, init, u, reverse=True)
+    return y, z, acc, jnp.concatenate([ovf_echo, ovf_grad[None]]), outs
 
 
 @partial(jax.jit, static_argnames=("fmt",))
@@ -179,8 +187,8 @@ def forward(q: LinearParamsInt, u, y0, z0, fmt: FixedFormat) -> ForwardResult:
     return run_forward(lambda y, z, b: leapfrog_step(q, y, z, b, fmt), q, u, y0, z0, fmt)
 
 
-def _accumulate(acc, read_out, u_k, fmt: FixedFormat):
-    """accA += R(d·S), accB += R(d·u) at the half-step position; returns (acc, overflow events)."""
+def _accumulate(acc, read_out, u_k, z_in, z_out, fmt: FixedFormat):
+    """accA += R(d·S), accB += R(d·u) at the half-step position; returns (acc, overflow events, None)."""
     (yh,) = read_out
     acc_a, acc_b = acc
     w = fmt.state_width
@@ -188,7 +196,7 @@ def _accumulate(acc, read_out, u_k, fmt: FixedFormat):
     s, os = wrap(yh[0] + yh[1], w)
     acc_a, oa = add_wrap(acc_a, round_shift(d * s, fmt.acc_a_shift), fmt.acc_width)
     acc_b, ob = add_wrap(acc_b, round_shift(d[:, None] * u_k[None, :], fmt.acc_b_shift), fmt.acc_width)
-    return (acc_a, acc_b), count(od) + count(os) + count(oa) + count(ob)
+    return (acc_a, acc_b), count(od) + count(os) + count(oa) + count(ob), None
 
 
 @partial(jax.jit, static_argnames=("fmt",))
@@ -200,7 +208,7 @@ def echo(q: LinearParamsInt, u, y_final, z_final, nudge, fmt: FixedFormat, acc_a
     """
     p, n = q.B.shape
     acc0 = (jnp.zeros(p, jnp.int64) if acc_a is None else acc_a, jnp.zeros((p, n), jnp.int64) if acc_b is None else acc_b)
-    y, z, (acc_a, acc_b), overflows = run_echo(
+    y, z, (acc_a, acc_b), overflows, _ = run_echo(
         lambda yy, zz, b: leapfrog_step(q, yy, zz, b, fmt), partial(_accumulate, fmt=fmt), acc0,
         q, u, y_final, z_final, nudge, fmt)
     return EchoResult(y, z, acc_a, acc_b, overflows)

@@ -49,6 +49,7 @@ the parameter factors of ∂V/∂θ (see its docstring), ε' = epsilon·loss_sca
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -113,6 +114,10 @@ class NonlinearFormat:
     @property
     def nudge_scale(self) -> float:
         return self.base.nudge_scale
+
+    def for_length(self, length: int) -> "NonlinearFormat":
+        """This format with the loss scale following the sequence length (formats.length_scale_log2)."""
+        return dataclasses.replace(self, base=self.base.for_length(length))
 
 
 class NonlinearParamsInt(NamedTuple):
@@ -204,7 +209,7 @@ def forward(q: NonlinearParamsInt, u, y0, z0, fmt: NonlinearFormat) -> ForwardRe
 
 
 def _accumulate(acc: NonlinearAccumulators, yh, a, t, u_k, fmt: NonlinearFormat):
-    """One step of the read-out on the [+ε, −ε] pair (module docstring); returns (acc, overflow events)."""
+    """One step of the read-out on the [+ε, −ε] pair (module docstring); returns (acc, overflow events, None)."""
     base = fmt.base
     w, aw, fs = base.state_width, base.acc_width, base.state_frac
     d, od = wrap(yh[0] - yh[1], w)
@@ -221,7 +226,7 @@ def _accumulate(acc: NonlinearAccumulators, yh, a, t, u_k, fmt: NonlinearFormat)
     )
     wrapped = [add_wrap(old, new, aw) for old, new in zip(acc, terms)]
     events = count(od) + count(os) + count(oda) + sum(count(o) for _, o in wrapped)
-    return NonlinearAccumulators(*(v for v, _ in wrapped)), events
+    return NonlinearAccumulators(*(v for v, _ in wrapped)), events, None
 
 
 @partial(jax.jit, static_argnames=("fmt",))
@@ -230,8 +235,9 @@ def echo(q: NonlinearParamsInt, u, y_final, z_final, nudge, fmt: NonlinearFormat
     p, n = q.B.shape
     zeros = jnp.zeros(p, jnp.int64)
     acc0 = NonlinearAccumulators(zeros, zeros, jnp.zeros((p, n), jnp.int64), zeros, zeros)
-    y, z, acc, overflows = run_echo(
-        lambda yy, zz, b: leapfrog_step(q, yy, zz, b, fmt), lambda acc, read_out, u_k: _accumulate(acc, *read_out, u_k, fmt),
+    y, z, acc, overflows, _ = run_echo(
+        lambda yy, zz, b: leapfrog_step(q, yy, zz, b, fmt),
+        lambda acc, read_out, u_k, z_in, z_out: _accumulate(acc, *read_out, u_k, fmt),
         acc0, q, u, y_final, z_final, nudge, fmt.base)
     return NonlinearEchoResult(y, z, acc, overflows)
 
