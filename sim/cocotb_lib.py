@@ -278,15 +278,21 @@ class Scoreboard:
         return self._compare(expected, _count(expected), _plain(actual), phase, step, lane)
 
     def _compare(self, expected, count, actual, phase, step, lane) -> bool:
+        """Every leaf on either side that the other lacks or holds differently is one mismatch (a
+        longer list or an extra field too: a comparison that says "differ" always counts one)."""
         self.compared += count
         if expected == actual:
             return True
         exp_leaves, act_leaves = dict(_leaves(expected)), dict(_leaves(actual))
-        for path, exp in exp_leaves.items():
-            act = act_leaves.get(path)
-            if act != exp:
+        before = self.mismatches
+        for path in [*exp_leaves, *(p for p in act_leaves if p not in exp_leaves)]:
+            exp, act = exp_leaves.get(path, _MISSING), act_leaves.get(path, _MISSING)
+            if exp != act:
                 field, where = _locate(path, lane)
-                self._record_mismatch(phase, step, where, field, exp, act, expected, actual)
+                self._record_mismatch(phase, step, where, field, None if exp is _MISSING else exp,
+                                      None if act is _MISSING else act, expected, actual)
+        if self.mismatches == before:  # same leaves, other shape (e.g. [] against [[]])
+            self._record_mismatch(phase, step, lane, "<structure>", expected, actual, expected, actual)
         return False
 
     def _record_mismatch(self, phase, step, lane, field, exp, act, expected_item, actual_item) -> None:
@@ -318,6 +324,10 @@ class Scoreboard:
     def _write(self, suffix: str, content: dict) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / (self.name + suffix)).write_text(json.dumps(content, indent=1))
+
+
+#: A leaf present on one side of a comparison only; the mismatch report shows it as null, like an unmet expectation.
+_MISSING = object()
 
 
 def _plain(value):

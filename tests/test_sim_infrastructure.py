@@ -79,6 +79,27 @@ def test_scoreboard_reports_lane_and_refuses_floats(tmp_path, monkeypatch):
         board.compare(1.0, 1, phase="p", step=0)
 
 
+@pytest.mark.parametrize("expected, actual, field, lane, exp, act", [
+    ({"y": [1, 2]}, {"y": [1, 2, 3]}, "y", 2, None, 3),  # a longer list: the extra value
+    ({"y": [1, 2, 3]}, {"y": [1, 2]}, "y", 2, 3, None),  # a shorter one: the missing value
+    ({"y": 1}, {"y": 1, "z": 0}, "z", None, None, 0),  # a field on one side only
+    ([], [[]], "<structure>", None, [], [[]]),  # no values on either side, another shape
+])
+def test_scoreboard_counts_values_on_one_side_only(tmp_path, monkeypatch, expected, actual, field, lane, exp, act):
+    """A comparison that differs is never a pass without a mismatch: values present on one side
+    only (a length difference, an extra field) count, and so does a differing empty shape."""
+    monkeypatch.setattr("sim.cocotb_lib.get_sim_time", lambda unit: 0.0)
+    board = Scoreboard("unit", out_dir=tmp_path)
+    assert board.compare(expected, actual, phase="echo", step=3) is False
+    assert board.mismatches == 1
+    assert {k: board.first_mismatch[k] for k in ("phase", "step", "field", "lane", "expected", "actual")} == {
+        "phase": "echo", "step": 3, "field": field, "lane": lane, "expected": exp, "actual": act}
+    assert json.loads((tmp_path / f"unit{MISMATCH_SUFFIX}").read_text())["first_mismatch"] == board.first_mismatch
+    with pytest.raises(AssertionError, match="1 mismatches"):
+        board.finish()
+    assert board.compare(actual, actual, phase="echo", step=4) is True and board.mismatches == 1
+
+
 def test_cut_vcd_keeps_window_with_initial_values(tmp_path):
     src = tmp_path / "full.vcd"
     src.write_text("$timescale 1ps $end\n$var wire 1 ! clk $end\n$var wire 4 \" x $end\n$enddefinitions $end\n"
