@@ -28,8 +28,8 @@ from pathlib import Path
 from benchmarks import save_result
 from golden_model.formats import FixedFormat, HRUSize
 from host.datasets import Dataset, Split
-from host.train import (TARGETS, TrainConfig, initial_state, load_training_data, open_target, params_sha256,
-                        train_epoch)
+from host.train import (TARGETS, TrainConfig, initial_state, load_training_data, make_model, open_target,
+                        params_sha256, train_epoch)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "board_training.json"
@@ -54,12 +54,13 @@ def measure(cfg: TrainConfig, data: Dataset, split: Split, warmup: int) -> dict:
         board, target = open_target(cfg, fmt, size, data.n_inputs, stack)
         open_s = time.perf_counter() - t0
         params, adam, rng = initial_state(cfg, data, fmt)
+        net = make_model(cfg, data, fmt)
         for _ in range(warmup):
-            params, adam, _ = train_epoch(params, adam, rng, split, cfg, fmt, target)
+            params, adam, _ = train_epoch(params, adam, rng, split, cfg, net, target)
         before = board.link_stats if board else None
         overflows, t0 = 0, time.perf_counter()
         for _ in range(cfg.epochs):
-            params, adam, totals = train_epoch(params, adam, rng, split, cfg, fmt, target)
+            params, adam, totals = train_epoch(params, adam, rng, split, cfg, net, target)
             overflows += totals["overflow_events"]
         seconds = time.perf_counter() - t0
         link = _link(before, board.link_stats, seconds) if board else None

@@ -123,30 +123,33 @@ def init_params(rng: np.random.Generator, arch: Architecture) -> dict:
 
 
 def project(params: dict, arch: Architecture, fmt) -> tuple[dict, int]:
-    """Onto the constraints of the module docstring; returns (params, entries that left the format's range)."""
+    """Onto the constraints of the module docstring; returns (params, entries that left the format's
+    range), which says the format is too narrow for what training wants (the model's own bounds,
+    such as A >= 0.05, are not counted)."""
     base = hb.base_format(fmt)
     coef_hi = lambda frac: int_range(base.coef_width)[1] / 2.0 ** frac
     p, clipped = dict(params), 0
 
-    def clip(name, lo, hi):
+    def clip(name, lo, hi, format_range=False):
         nonlocal clipped
         v = np.asarray(p[name], np.float64)
-        clipped += int(np.count_nonzero((v < lo) | (v > hi)))
+        if format_range:
+            clipped += int(np.count_nonzero((v < lo) | (v > hi)))
         p[name] = np.clip(v, lo, hi)
 
     for k in range(arch.blocks):
         b = f"block{k}."
-        clip(b + "B", -coef_hi(base.coef_b_frac), coef_hi(base.coef_b_frac))
+        clip(b + "B", -coef_hi(base.coef_b_frac), coef_hi(base.coef_b_frac), format_range=True)
+        clip(b + "delta", *DELTA_RANGE)
         if arch.hru == "linear":
-            clip(b + "delta", *DELTA_RANGE)
-            clip(b + "A", A_MIN, coef_hi(base.coef_a_frac))
+            clip(b + "A", A_MIN, np.inf)
+            clip(b + "A", A_MIN, coef_hi(base.coef_a_frac), format_range=True)
             p[b + "A"] = np.minimum(p[b + "A"], 4.0 / p[b + "delta"] ** 2)
         else:
             clip(b + "W", 0.5, 1.99)
-            clip(b + "b", -8.0, coef_hi(fmt.coef_bias_frac))
+            clip(b + "b", -8.0, coef_hi(fmt.coef_bias_frac), format_range=True)
             clip(b + "alpha", 0.0, 4.0)
             clip(b + "c", -10.0, 10.0)
-            clip(b + "delta", DELTA_RANGE[0], DELTA_RANGE[1])
             p[b + "delta"] = np.minimum(p[b + "delta"], 2.0 / np.sqrt(p[b + "alpha"] + 2.0))
     return p, clipped
 
@@ -279,6 +282,8 @@ class FloatBlocks:
         self.overflow_events = self.clipped = 0
 
     def load(self, params: dict) -> None:
+        """New parameters for one batch; the counters start from zero."""
+        self.overflow_events = self.clipped = 0
         self.hp = [_hru_params(_block(params, k), self.arch.hru) for k in range(self.arch.blocks)]
         self.grads = [None] * self.arch.blocks
 
@@ -317,6 +322,8 @@ class FixedBlocks:
         self.overflow_events = self.clipped = 0
 
     def load(self, params: dict) -> None:
+        """New parameters for one batch; accumulators and counters start from zero."""
+        self.overflow_events = self.clipped = 0
         hru = self.arch.hru
         self.bq = [hb.quantize_block_params(hru, _hru_params(_block(params, k), hru), self.fmt)
                    for k in range(self.arch.blocks)]
@@ -420,16 +427,30 @@ def _add(total: dict, part: dict):
         total[k] = total[k] + np.asarray(v)
 
 
-def updated_stats(params: dict, moments: list, arch: Architecture) -> dict:
+def updated_stats(params: dict, moments: list, arch: Architecture, momentum: float = NORM_MOMENTUM) -> dict:
     """The norm buffers after one training minibatch: an exponential average of its statistics."""
     stats, H = {}, arch.hidden
     for k, m in enumerate(moments):
         n, s, ss = m[0], m[1:1 + H], m[1 + H:]
         mean, var = s / n, np.maximum(ss / n - (s / n) ** 2, 0.0)
         b = f"block{k}.norm."
-        stats[b + "mean"] = NORM_MOMENTUM * params[b + "mean"] + (1 - NORM_MOMENTUM) * mean
-        stats[b + "var"] = NORM_MOMENTUM * params[b + "var"] + (1 - NORM_MOMENTUM) * var
+        stats[b + "mean"] = momentum * params[b + "mean"] + (1 - momentum) * mean
+        stats[b + "var"] = momentum * params[b + "var"] + (1 - momentum) * var
     return stats
+
+
+def calibrate(params: dict, x, lengths, arch: Architecture) -> dict:
+    """``params`` with every block's norm buffers set to the statistics of its input over the samples
+    (x, lengths), block by block with the float64 forward pass: the starting point of the running
+    statistics, so that no block starts on inputs many times its word's range (the skip
+    connections make each block's input larger than the one below)."""
+    x, lengths = _check("rhel-float", x, lengths)
+    for k in range(arch.blocks):
+        moments = _run(params, x, lengths, None, arch, "rhel-float", None, False)[3]
+        stats = updated_stats(params, moments, arch, momentum=0.0)
+        params = {**params, f"block{k}.norm.mean": stats[f"block{k}.norm.mean"],
+                  f"block{k}.norm.var": stats[f"block{k}.norm.var"]}
+    return params
 
 
 def _check(algo: str, x, lengths, labels=None):

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model import hru_fixed, hru_float
+from golden_model import hru_block as hb
+from golden_model import hru_fixed, hru_float, hssm
 from golden_model import hru_fixed_nonlinear as nl
 from golden_model.formats import FixedFormat
 from golden_model.hru_fixed_nonlinear import NonlinearFormat
@@ -149,14 +150,18 @@ def fixed_gradients(case: Case, fmt) -> tuple[dict, int]:
 
 def echo_error_lsb(case: Case, fmt, seed: int) -> int:
     """Largest |echo − initial| (in LSBs) after forward + ε = 0 echo from a random initial state."""
-    module = _FIXED[case.hru][3]
+    return _echo_error(case.hru, case.q, case.u_int, fmt, seed)
+
+
+def _echo_error(hru: str, q, u_int, fmt, seed: int) -> int:
+    module = _FIXED[hru][3]
     rng = np.random.default_rng(seed + 1)
-    p = case.q.B.shape[0]
+    p = q.B.shape[0]
     one = 1 << _base(fmt).state_frac
     y0 = jnp.asarray(rng.integers(-one, one, p))
     z0 = jnp.asarray(rng.integers(-one, one, p))
-    fwd = module.forward(case.q, case.u_int, y0, z0, fmt)
-    ech = module.echo(case.q, case.u_int, fwd.y, fwd.z, jnp.zeros(p, jnp.int64), fmt)
+    fwd = module.forward(q, u_int, y0, z0, fmt)
+    ech = module.echo(q, u_int, fwd.y, fwd.z, jnp.zeros(p, jnp.int64), fmt)
     return int(jnp.maximum(jnp.abs(ech.y - y0[None]).max(), jnp.abs(ech.z + z0[None]).max()))
 
 
@@ -203,16 +208,69 @@ def check_gradients(hru: str = "linear", length: int = 1024, oscillators: int = 
             "overflow_events": overflows, "params": params}
 
 
+class _RecordingBlocks(hssm.FixedBlocks):
+    """The integer blocks, keeping each block's integer input sequence (lane 0) for the ε = 0 self-test."""
+
+    def forward(self, k, u, live):
+        ys, ctx = super().forward(k, u, live)
+        self.inputs[k] = jnp.asarray(ctx[0][0])
+        return ys, ctx
+
+
+def check_stack_gradients(hru: str = "linear", blocks: int = 2, hidden: int = 16, length: int = 1024,
+                          oscillators: int = 16, inputs: int = 4, epsilon: float = 0.125, seed: int = 0) -> dict:
+    """The gradient report of an HSSM of ``blocks`` blocks: every trained tensor of the stack (dotted
+    names) by float RHEL and fixed-point RHEL against float64 BPTT (autodiff through the whole
+    stack) on one random sample, its HRU coefficients quantised (the same quantised system for all).
+
+    Float RHEL uses ``epsilon`` itself; the fixed point uses it with the format's loss scale
+    raised for ``length`` (formats.length_scale_log2). ``reversible`` / ``echo_max_error_lsb``:
+    every block's ε = 0 echo from a random state over that block's own integer input sequence.
+    """
+    fmt = hb.default_format(hru)
+    exponent = epsilon_log2(epsilon)
+    fmt = (dataclasses.replace(fmt, base=fmt.base.replace(epsilon_log2=exponent)) if isinstance(fmt, NonlinearFormat)
+           else fmt.replace(epsilon_log2=exponent)).for_length(length)
+    arch = hssm.Architecture(inputs, 4, blocks, hidden, oscillators, hru)
+    rng = np.random.default_rng(seed)
+    params, _ = hssm.project(hssm.init_params(rng, arch), arch, fmt)
+    for k in range(blocks):  # the exactly representable system the integers run
+        names = [f"block{k}.{n}" for n in hb.PARAM_NAMES[hru]]
+        bq = hb.quantize_block_params(hru, {n.split(".", 1)[1]: params[n] for n in names}, fmt)
+        params |= {f"block{k}.{n}": np.asarray(v) for n, v in hb.dequantize_block_params(hru, bq, fmt).items()}
+    x = np.clip(rng.normal(size=(1, length, inputs)), -4.0, 4.0)
+    lengths, labels = np.array([length]), np.array([int(rng.integers(4))])
+    params = hssm.calibrate(params, x, lengths, arch)
+    bptt = hssm.batch_gradients(params, x, lengths, labels, arch, "bptt", fmt).grads
+    rhel = hssm.batch_gradients(params, x, lengths, labels, arch, "rhel-float", fmt,
+                                hssm.FloatBlocks(arch, epsilon)).grads
+    recorder = _RecordingBlocks(arch, fmt)
+    recorder.inputs = {}
+    fixed_result = hssm.batch_gradients(params, x, lengths, labels, arch, "rhel", fmt, recorder)
+    errors = [_echo_error(hru, recorder.bq[k].q, recorder.inputs[k], fmt, seed + k) for k in range(blocks)]
+    table = {name: {"rhel_float_cos": cosine(bptt[name], rhel[name]),
+                    "rhel_float_norm_ratio": norm_ratio(bptt[name], rhel[name]),
+                    "rhel_fixed_cos": cosine(bptt[name], fixed_result.grads[name]),
+                    "rhel_fixed_norm_ratio": norm_ratio(bptt[name], fixed_result.grads[name])}
+             for name in arch.trained()}
+    return {"hru": hru, "blocks": blocks, "hidden": hidden, "length": length, "oscillators": oscillators,
+            "inputs": inputs, "epsilon": epsilon, "nudge_scale": fmt.nudge_scale, "seed": seed,
+            "reversible": max(errors) == 0, "echo_max_error_lsb": max(errors), "echo_error_lsb_per_block": errors,
+            "overflow_events": fixed_result.overflow_events, "saturated": fixed_result.clipped, "params": table}
+
+
 def format_report_table(report: dict) -> str:
     fmt_num = lambda v: "   —    " if v is None else f"{v:.6f}"
-    lines = [f"HRU {report['hru']}, L = {report['length']}, P = {report['oscillators']}, N = {report['inputs']}, "
+    width = max(8, *(len(name) for name in report["params"]))
+    stack = f"HSSM of {report['blocks']} blocks, H = {report['hidden']}, " if "blocks" in report else ""
+    lines = [f"{stack}HRU {report['hru']}, L = {report['length']}, P = {report['oscillators']}, N = {report['inputs']}, "
              f"ε = {report['epsilon']}, seed {report['seed']}",
              f"reversible (ε = 0 echo returns the initial state): {report['reversible']} "
              f"(max error {report['echo_max_error_lsb']} LSB); overflow events: {report['overflow_events']}",
              "",
-             f"{'param':<8} {'float cos':>10} {'float ratio':>12} {'fixed cos':>10} {'fixed ratio':>12}"]
+             f"{'param':<{width}} {'float cos':>10} {'float ratio':>12} {'fixed cos':>10} {'fixed ratio':>12}"]
     for name, e in report["params"].items():
-        lines.append(f"{name:<8} {fmt_num(e['rhel_float_cos']):>10} {fmt_num(e['rhel_float_norm_ratio']):>12} "
+        lines.append(f"{name:<{width}} {fmt_num(e['rhel_float_cos']):>10} {fmt_num(e['rhel_float_norm_ratio']):>12} "
                      f"{fmt_num(e['rhel_fixed_cos']):>10} {fmt_num(e['rhel_fixed_norm_ratio']):>12}")
     return "\n".join(lines)
 

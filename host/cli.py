@@ -32,6 +32,10 @@ def add_check_gradients_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", type=positive_int, default=4, help="number of input channels N")
     parser.add_argument("--epsilon", type=float, default=0.125, help="nudge strength ε, a power of two")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--blocks", type=int, default=0, metavar="K",
+                        help="check an HSSM of K blocks (every trained tensor of the stack, dotted names) instead "
+                             "of one HRU (default 0: one HRU)")
+    parser.add_argument("--hidden", type=positive_int, default=16, metavar="H", help="the HSSM's width (default 16)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(run=run_check_gradients)
 
@@ -39,7 +43,13 @@ def add_check_gradients_arguments(parser: argparse.ArgumentParser) -> None:
 def run_check_gradients(args) -> int:
     from golden_model import report
 
-    result = report.check_gradients(args.hru, args.length, args.oscillators, args.inputs, args.epsilon, args.seed)
+    if args.blocks < 0:
+        raise ValueError(f"--blocks must be >= 0, got {args.blocks}")
+    if args.blocks:
+        result = report.check_stack_gradients(args.hru, args.blocks, args.hidden, args.length, args.oscillators,
+                                              args.inputs, args.epsilon, args.seed)
+    else:
+        result = report.check_gradients(args.hru, args.length, args.oscillators, args.inputs, args.epsilon, args.seed)
     print(json.dumps(result) if args.json else report.format_report_table(result))
     return 0
 
@@ -203,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = [
         ("check-gradients", add_check_gradients_arguments, "RHEL (float and fixed point) against float64 BPTT, per parameter"),
         ("sweep-formats", add_sweep_arguments, "fixed-point format sweep (state bits x coefficient bits x ε x loss scale)"),
-        ("train", train.add_train_arguments, "train the on-board model (HRU -> mean pool -> linear head) on a real data set"),
+        ("train", train.add_train_arguments, "train the on-board model (HRU -> mean pool -> linear head) or an HSSM (--blocks) on a real data set"),
         ("verilog", add_verilog_arguments, "write the HRU core as Verilog"),
         ("verify", add_verify_arguments, "one random case through the Verilated core and the golden model"),
         ("sim-board", add_sim_board_arguments, "serve the simulated board (Verilated board image) on a loopback TCP port"),

@@ -22,6 +22,12 @@ host.transports.FaultyTransport; the client's retries make the run end with the 
 
 The input features (host.datasets.FEATURES, default ``energy``: each channel and its square)
 are part of the architecture: every algorithm and target trains on the same inputs.
+
+``--blocks K`` trains the paper's HSSM instead (golden_model.hssm: encoder, K blocks of norm →
+HRU → C/D read-out → GELU → GLU → skip, mean, head; δ trained) with ``--hidden H`` and
+``--hru linear|nonlinear``, in process only for now: its HRU blocks need per-step streams that
+the board image does not have yet, so the board targets refuse ``--blocks``. Without
+``--blocks`` the single-HRU model trains exactly as before.
 """
 from __future__ import annotations
 
@@ -36,8 +42,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from golden_model import hru_block as hb
 from golden_model import hru_fixed as hx
-from golden_model import model
+from golden_model import hssm, model
 from golden_model.formats import FixedFormat, HRUSize
 from golden_model.fixed import int_range
 from host import plots
@@ -47,7 +54,7 @@ TARGETS = ("sim", "golden", "inprocess")  # plus socket:// and serial:// board U
 URL_SCHEMES = ("socket://", "serial://")
 CHECKPOINT = "checkpoint.npz"
 # settings a resumed run must share with the run that wrote the checkpoint
-_RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", "oscillators")
+_RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", "oscillators", "blocks", "hidden", "hru")
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,9 @@ class TrainConfig:
     lr: float = 0.02
     seed: int = 0
     oscillators: int = model.DEFAULT_OSCILLATORS
+    blocks: int = 0  # 0: the single-HRU on-board model; K >= 1: an HSSM of K blocks
+    hidden: int = 32  # H, the HSSM's width between blocks
+    hru: str = "linear"  # the HSSM blocks' HRU
     out: str | None = None  # default runs/<dataset>-<algo>-<seed>
     resume: bool = False
     faults: float = 0.0  # per-byte fault rate on the board link (diagnostic; results must not change)
@@ -226,15 +236,87 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError("--faults needs a board link: --algo rhel with a board target")
     if cfg.algo not in model.ALGOS:
         raise ValueError(f"unknown algorithm {cfg.algo!r}; choose one of {', '.join(model.ALGOS)}")
-    for name in ("epochs", "batch", "oscillators"):
+    for name in ("epochs", "batch", "oscillators", "hidden"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.blocks < 0:
+        raise ValueError(f"blocks must be >= 0 (0: the single-HRU model), got {cfg.blocks}")
+    if cfg.hru not in hb.HRU_KINDS:
+        raise ValueError(f"unknown HRU {cfg.hru!r}; choose one of {', '.join(hb.HRU_KINDS)}")
+    if cfg.hru != "linear" and not cfg.blocks:
+        raise ValueError("the single-HRU model is linear; --hru nonlinear needs --blocks K (an HSSM)")
+    if cfg.blocks and cfg.algo == "rhel" and is_board_target(cfg.target):
+        raise ValueError(f"--blocks runs in process only for now (--target inprocess): the board image has no "
+                         f"per-step streams for HSSM blocks yet, so --target {cfg.target} cannot train them")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}")
 
 
-def _accuracy(params, split, algo, fmt, target=None) -> tuple[float, int]:
-    logits, overflows = model.predict(params, split.x, split.lengths, algo, fmt, target)
+class SingleHRUModel:
+    """The single-HRU on-board model (golden_model.model) as train_epoch drives it."""
+
+    def __init__(self, cfg: TrainConfig, n_inputs: int, n_classes: int, fmt: FixedFormat):
+        self.cfg, self.n_inputs, self.n_classes, self.fmt = cfg, n_inputs, n_classes, fmt
+        self.trained = model.TRAINED
+
+    def architecture(self) -> dict:
+        return {"model": "single-hru", "hru": "linear", "oscillators": self.cfg.oscillators,
+                "inputs": self.n_inputs, "classes": self.n_classes}
+
+    def init(self, rng, split) -> dict:
+        return model.project(model.init_params(rng, self.n_inputs, self.n_classes, self.cfg.oscillators), self.fmt)[0]
+
+    def project(self, params):
+        return model.project(params, self.fmt)
+
+    def batch(self, params, x, lengths, labels, target):
+        """(BatchResult, buffers to store in params, host-saturated values)."""
+        return model.batch_gradients(params, x, lengths, labels, self.cfg.algo, self.fmt, target), {}, 0
+
+    def predict(self, params, x, lengths, target):
+        return model.predict(params, x, lengths, self.cfg.algo, self.fmt, target)
+
+
+class HSSMModel:
+    """The HSSM (golden_model.hssm) as train_epoch drives it; its norm buffers live in params."""
+
+    def __init__(self, cfg: TrainConfig, n_inputs: int, n_classes: int, fmt):
+        self.cfg, self.fmt = cfg, fmt
+        self.arch = hssm.Architecture(n_inputs, n_classes, cfg.blocks, cfg.hidden, cfg.oscillators, cfg.hru)
+        self.trained = self.arch.trained()
+
+    def architecture(self) -> dict:
+        return {"model": "hssm", **self.arch.as_dict()}
+
+    def init(self, rng, split) -> dict:
+        """The paper's initialisation, the norm's running statistics calibrated on ``split``."""
+        params = hssm.project(hssm.init_params(rng, self.arch), self.arch, self.fmt)[0]
+        return hssm.calibrate(params, split.x, split.lengths, self.arch)
+
+    def project(self, params):
+        return hssm.project(params, self.arch, self.fmt)
+
+    def batch(self, params, x, lengths, labels, target):
+        r = hssm.batch_gradients(params, x, lengths, labels, self.arch, self.cfg.algo, self.fmt, target)
+        return r, r.stats, r.clipped
+
+    def predict(self, params, x, lengths, target):
+        return hssm.predict(params, x, lengths, self.arch, self.cfg.algo, self.fmt, target)
+
+
+def make_model(cfg: TrainConfig, data, fmt: FixedFormat):
+    """The model ``cfg`` trains, with the format its integers use: the nudge's scale follows the
+    data set's longest sequence (formats.length_scale_log2; unchanged up to 2048 steps); an HSSM
+    of nonlinear blocks uses the nonlinear HRU's format."""
+    longest = int(max(data.train.lengths.max(), data.test.lengths.max()))
+    if not cfg.blocks:
+        return SingleHRUModel(cfg, data.n_inputs, data.n_classes, fmt.for_length(longest))
+    block_fmt = fmt if cfg.hru == "linear" else hb.default_format(cfg.hru)
+    return HSSMModel(cfg, data.n_inputs, data.n_classes, block_fmt.for_length(longest))
+
+
+def _accuracy(params, split, net, target=None) -> tuple[float, int]:
+    logits, overflows = net.predict(params, split.x, split.lengths, target)
     return float(np.mean(np.argmax(logits, axis=1) == split.labels)), overflows
 
 
@@ -263,14 +345,15 @@ def load_training_data(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize):
 def initial_state(cfg: TrainConfig, data, fmt: FixedFormat) -> tuple[dict, dict, np.random.Generator]:
     """(params, Adam state, the shuffling RNG) of a new run: the seed draws the init, then the batches."""
     rng = np.random.default_rng(cfg.seed)
-    params, _ = model.project(model.init_params(rng, data.n_inputs, data.n_classes, cfg.oscillators), fmt)
-    adam = {"t": 0, **{s: {k: np.zeros_like(params[k]) for k in model.TRAINED} for s in ("m", "v")}}
+    net = make_model(cfg, data, fmt)
+    params = net.init(rng, data.train)
+    adam = {"t": 0, **{s: {k: np.zeros_like(params[k]) for k in net.trained} for s in ("m", "v")}}
     return params, adam, rng
 
 
 def open_target(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int, stack):
     """(board or None, the FixedTarget for ``--algo rhel`` or None); a board is closed with ``stack``."""
-    if cfg.algo != "rhel":
+    if cfg.algo != "rhel" or cfg.blocks:  # the HSSM's blocks run in process (hssm.FixedBlocks)
         return None, None
     if not is_board_target(cfg.target):
         return None, model.InProcessTarget(fmt)
@@ -278,22 +361,24 @@ def open_target(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int
     return board, BoardTarget(board)
 
 
-def train_epoch(params: dict, adam: dict, rng: np.random.Generator, split, cfg: TrainConfig, fmt: FixedFormat,
+def train_epoch(params: dict, adam: dict, rng: np.random.Generator, split, cfg: TrainConfig, net,
                 target, on_batch=lambda loss: None) -> tuple[dict, dict, dict]:
     """One pass over ``split`` in an order drawn from ``rng``: Adam, projection, quantisation per minibatch.
 
-    Returns (params, adam, totals: summed ``loss`` over samples, ``overflow_events``, ``clipped``).
+    ``net``: make_model's model. Returns (params, adam, totals: summed ``loss`` over samples,
+    ``overflow_events``, ``clipped`` parameters, ``saturated`` block inputs and nudges).
     """
-    totals = {"loss": 0.0, "overflow_events": 0, "clipped": 0}
+    totals = {"loss": 0.0, "overflow_events": 0, "clipped": 0, "saturated": 0}
     order = rng.permutation(len(split))
     for start in range(0, len(split), cfg.batch):
         idx = order[start:start + cfg.batch]
-        r = model.batch_gradients(params, split.x[idx], split.lengths[idx], split.labels[idx], cfg.algo, fmt, target)
+        r, buffers, saturated = net.batch(params, split.x[idx], split.lengths[idx], split.labels[idx], target)
         params, adam = adam_step(params, r.grads, adam, cfg.lr)
-        params, clipped = model.project(params, fmt)
+        params, clipped = net.project({**params, **buffers})
         totals["loss"] += r.loss * len(idx)
         totals["overflow_events"] += r.overflow_events
         totals["clipped"] += clipped
+        totals["saturated"] += saturated
         on_batch(r.loss)
     return params, adam, totals
 
@@ -309,7 +394,8 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
         if not os.path.isfile(ckpt):
             raise ValueError(f"--resume: no checkpoint at {ckpt}")
         params, adam, rng, meta = load_checkpoint(ckpt)
-        changed = {k: (meta["settings"].get(k), v) for k, v in settings.items() if meta["settings"].get(k) != v}
+        written = {**{k: getattr(TrainConfig(), k) for k in _RESUME_KEYS}, **meta["settings"]}  # older checkpoints
+        changed = {k: (written[k], v) for k, v in settings.items() if written[k] != v}
         if changed:
             raise ValueError(f"--resume with different settings than the checkpoint (was, now): {changed}")
         epoch, history = meta["epoch"], meta["history"]
@@ -319,7 +405,8 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
         params, adam, rng = initial_state(cfg, data, fmt)
         epoch, history = 0, []
     os.makedirs(out, exist_ok=True)
-    board, target = open_target(cfg, fmt, size, data.n_inputs, stack)
+    net = make_model(cfg, data, fmt)
+    board, target = open_target(cfg, net.fmt, size, data.n_inputs, stack)
 
     train_split, n = data.train, len(data.train)
     n_batches = -(-n // cfg.batch)
@@ -330,13 +417,13 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
             bar.set_postfix(loss=f"{loss:.3f}")
 
         while epoch < cfg.epochs:
-            params, adam, totals = train_epoch(params, adam, rng, train_split, cfg, fmt, target, on_batch)
-            train_acc, o1 = _accuracy(params, data.train, cfg.algo, fmt, target)
-            test_acc, o2 = _accuracy(params, data.test, cfg.algo, fmt, target)
+            params, adam, totals = train_epoch(params, adam, rng, train_split, cfg, net, target, on_batch)
+            train_acc, o1 = _accuracy(params, data.train, net, target)
+            test_acc, o2 = _accuracy(params, data.test, net, target)
             epoch += 1
             history.append({"epoch": epoch, "loss": totals["loss"] / n, "train_accuracy": train_acc,
                             "test_accuracy": test_acc, "overflow_events": totals["overflow_events"] + o1 + o2,
-                            "clipped": totals["clipped"]})
+                            "clipped": totals["clipped"], "saturated": totals["saturated"]})
             save_checkpoint(ckpt, params, adam, rng, {"settings": settings, "epoch": epoch, "history": history})
 
     last = history[-1]
@@ -346,17 +433,33 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
         "params_sha256": params_sha256(params),
         "overflow_events": sum(h["overflow_events"] for h in history),
         "clipped": sum(h["clipped"] for h in history), "inputs_clipped": data.clipped,
-        "settings": settings, "history": history,
+        "saturated": sum(h.get("saturated", 0) for h in history), "architecture": net.architecture(),
+        "nudge_scale": net.fmt.nudge_scale, "settings": settings, "history": history,
         "link": None if board is None else link_summary(board),
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     title = f"{cfg.dataset} · {cfg.algo} · {cfg.target} · seed {cfg.seed}"
     plots.plot_history(history, os.path.join(out, "curves.png"), title)
-    sample = train_split.x[0, :train_split.lengths[0]]
-    plots.plot_echo_retrace(hx.quantize_linear_params(params, fmt), hx.quantize_inputs(sample, fmt), fmt,
-                            os.path.join(out, "echo_retrace.png"), f"{cfg.dataset} training sample 0, trained HRU")
+    retrace = _retrace_case(net, params, train_split.x[0, :train_split.lengths[0]])
+    if retrace is not None:
+        plots.plot_echo_retrace(*retrace, net.fmt, os.path.join(out, "echo_retrace.png"),
+                                f"{cfg.dataset} training sample 0, trained HRU" + (" of block 0" if cfg.blocks else ""))
     return summary
+
+
+def _retrace_case(net, params: dict, sample):
+    """(integer linear HRU parameters, integer inputs) of the HRU whose ε = 0 echo the run plots:
+    the single HRU on the sample, or an HSSM's block 0 on the sample's block-0 input; None for
+    nonlinear blocks (the plot draws the linear HRU)."""
+    if isinstance(net, SingleHRUModel):
+        return hx.quantize_linear_params(params, net.fmt), hx.quantize_inputs(sample, net.fmt)
+    if net.arch.hru != "linear":
+        return None
+    block0 = {k[len("block0."):]: v for k, v in params.items() if k.startswith("block0.")}
+    u = hssm.normalize(block0, hssm.encode(params, sample))
+    uq, _ = hssm._saturate(u, net.fmt.input_width, net.fmt.input_frac)
+    return hb.quantize_block_params("linear", {k: block0[k] for k in hb.PARAM_NAMES["linear"]}, net.fmt).q, uq
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -380,6 +483,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"init and shuffling seed (default {d.seed})")
     parser.add_argument("--oscillators", type=int, default=d.oscillators,
                         help=f"P, the number of oscillators (default {d.oscillators})")
+    parser.add_argument("--blocks", type=int, default=d.blocks, metavar="K",
+                        help="train the paper's HSSM of K blocks (encoder, K × [norm, HRU, C/D read-out, GELU, GLU, "
+                             "skip], mean, head; δ trained) instead of the single-HRU model; in process only "
+                             f"(--target inprocess) (default {d.blocks}: the single HRU)")
+    parser.add_argument("--hidden", type=int, default=d.hidden, metavar="H",
+                        help=f"the HSSM's width between blocks (default {d.hidden})")
+    parser.add_argument("--hru", default=d.hru, choices=hb.HRU_KINDS,
+                        help=f"the HSSM blocks' HRU (default {d.hru})")
     parser.add_argument("--out", default=None, help="output folder (default runs/<dataset>-<algo>-<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz up to --epochs")
     parser.add_argument("--faults", type=float, default=d.faults, metavar="RATE",
