@@ -368,9 +368,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """``echoboard build --board ulx3s-85f|icebreaker [--oscillators P] [--inputs N] [--lanes K]
     [--clock-mhz F] [--build-dir D] [--check-baseline] [--write-baseline] --json``."""
     parser.add_argument("--board", choices=tuple(BOARDS), required=True)
-    parser.add_argument("--oscillators", type=int, default=None, help="number of oscillators P (image default)")
-    parser.add_argument("--inputs", type=int, default=None, help="number of input channels N (image default)")
-    parser.add_argument("--lanes", type=int, default=None, help="parallel oscillator lanes K (image default)")
+    parser.add_argument("--oscillators", "-P", type=int, default=None, help="number of oscillators P (image default)")
+    parser.add_argument("--inputs", "-N", type=int, default=None, help="number of input channels N (image default)")
+    parser.add_argument("--lanes", "-K", type=int, default=None, help="parallel oscillator lanes K (image default)")
     parser.add_argument("--clock-mhz", type=float, default=None,
                         help="system clock; default: ULX3S 45 (PLL), iCEBreaker 12 (oscillator)")
     parser.add_argument("--build-dir", type=Path, default=None, help="default: build/<board>")
@@ -388,6 +388,9 @@ def run_build(args, top_factory=None) -> int:
     """``echoboard build``; ``top_factory`` replaces the real image (tests). Exit status: 0 built and
     timing met (and within the baseline if checked), 1 timing missed or baseline mismatch, 2 the
     board image is not available or does not fit the device."""
+    for name in ("oscillators", "inputs", "lanes"):  # 0 must not fall back to the image's default
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     try:
         factory = top_factory or firmware_image_factory(args.oscillators, args.inputs, args.lanes,
                                                         BOARDS[args.board].core)

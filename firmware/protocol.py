@@ -483,6 +483,16 @@ IDENTIFY_REPLY = Layout("IDENTIFY reply", (
     u8("capabilities"), Field("build_hash", 8, False, BUILD_HASH_BYTES)))
 
 
+def check_addressable(size: HRUSize) -> None:
+    """ValueError unless a host can address a core of ``size``: P·N words of B in 16-bit word
+    addresses, the sequence length in 32 bits. It costs nothing, so the CLI applies it to the core
+    alone too (``verilog``, ``verify --level core``) before elaborating anything."""
+    words = size.oscillators * size.inputs
+    if words > 0xFFFF or size.max_length > 0xFFFFFFFF:
+        raise ValueError(f"P*N ({size.oscillators}*{size.inputs} = {words}) must fit 16-bit word addresses "
+                         f"(at most 65535) and max_length ({size.max_length}) 32 bits")
+
+
 @dataclass(frozen=True)
 class CoreConfig:
     """What IDENTIFY reports: the core's size and number format, lanes, features, build.
@@ -503,8 +513,7 @@ class CoreConfig:
             raise ValueError(f"build_hash must be {BUILD_HASH_BYTES} bytes, got {len(self.build_hash)}")
         if self.fmt.drift_rounding not in DRIFT_ROUNDING_CODES:
             raise ValueError(f"drift_rounding {self.fmt.drift_rounding!r} has no wire code")
-        if self.size.oscillators * self.size.inputs > 0xFFFF or self.size.max_length > 0xFFFFFFFF:
-            raise ValueError("P*N must fit 16-bit word addresses and max_length 32 bits")
+        check_addressable(self.size)
         m = Messages(self)
         for layout in (m.forward_result, m.echo_start, m.forward_data, m.echo_data(EchoMode.STREAM)):
             if layout.size(1) > MAX_REPLY_PAYLOAD:

@@ -1,18 +1,47 @@
 """The ``echoboard`` command line: a thin layer over the library.
 
 Each subcommand is an ``add_*_arguments(parser)`` that sets ``run`` to a function of the parsed
-arguments returning an exit status. A ValueError from the library is bad input: it is printed
-as one clear line (no traceback) with exit status 2.
+arguments returning an exit status. Every failure is one line on stderr and a non-zero exit, no
+traceback: a bad argument (argparse, status 2), a ValueError from the library (bad input, 2), an
+OSError (unwritable output, port in use, missing serial device: 1), Ctrl-C (130). ``--help``
+shows every default and examples (:data:`EXAMPLES`).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import importlib.metadata
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default, once (help that already names its default is left alone; flags
+    are off by default, required options have none), and examples kept as written."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.required or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and action.nargs != 0 and not action.required:
+            # argparse shows no help line for an option without help: give it its default
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 def positive_int(text: str) -> int:
@@ -22,6 +51,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {text!r}") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number (0 to 65535), got {value}")
     return value
 
 
@@ -103,7 +142,10 @@ def core_config(args, nonlinear_ok: bool = False):
     default golden_model.hru_fixed_nonlinear.NonlinearFormat."""
     from golden_model.formats import FixedFormat, HRUSize
 
+    from firmware.protocol import check_addressable
+
     size = HRUSize(args.oscillators, args.inputs, args.max_length)
+    check_addressable(size)  # -P 1000000: refused now, not after minutes of elaboration
     if args.hru == "linear":
         return FixedFormat(), size, args.lanes
     if not nonlinear_ok:
@@ -189,7 +231,7 @@ def run_verify(args) -> int:
 
 def add_sim_board_arguments(parser: argparse.ArgumentParser) -> None:
     add_core_size_arguments(parser, default_lanes=1)
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--port", type=port_number, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
     parser.set_defaults(run=run_sim_board)
 
 
@@ -199,14 +241,51 @@ def run_sim_board(args) -> int:
 
     fmt, size, lanes = core_config(args)
     config = ImageConfig(size, fmt, lanes, args.core)  # --core serial: the iCEBreaker's image
+    if args.port:  # a port in use fails now, not after the image's build
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", args.port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"127.0.0.1:{args.port}: {exc.strerror}") from None
     print(f"building the simulated board ({config.name}) ...", file=sys.stderr, flush=True)
     return board_sim.serve_forever(simulated_board_executable(config, quiet=False), args.port)
+
+
+#: ``--help`` examples per subcommand (tests/test_cli_errors.py parses every one).
+EXAMPLES = {
+    "check-gradients": ["echoboard check-gradients", "echoboard check-gradients --hru nonlinear --length 4096 --json"],
+    "sweep-formats": ["echoboard sweep-formats --length 1024 --seeds 0 --out /tmp/sweep.md"],
+    "train": ["echoboard train", "echoboard train --dataset JapaneseVowels --algo bptt",
+              "echoboard train --target 'serial:///dev/ttyUSB0?baud=3000000' --oscillators 16 --features raw"],
+    "verilog": ["echoboard verilog -P 32 -N 12 -K 4 -o core.v", "echoboard verilog --core serial -K 1 -o serial.v"],
+    "verify": ["echoboard verify --level core -P 24 -N 7 -K 4 -L 1500 --json",
+               "echoboard verify --level board --core serial -K 1"],
+    "sim-board": ["echoboard sim-board --port 5555", "echoboard sim-board --core serial -P 32 -N 12"],
+    "build": ["echoboard build --board icebreaker", "echoboard build --board ulx3s-85f -P 32 -N 12 --json"],
+}
+
+
+def _epilog(examples: list[str]) -> str:
+    return "examples:\n" + "\n".join(f"  {example}" for example in examples)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("echoboard")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: no package metadata)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from host import train
 
-    parser = argparse.ArgumentParser(prog="echoboard", description="RHEL-trained Hamiltonian recurrent units on FPGAs.")
+    parser = Parser(prog="echoboard", description="RHEL-trained Hamiltonian recurrent units on FPGAs.",
+                    formatter_class=HelpFormatter,
+                    epilog=_epilog([examples[0] for examples in EXAMPLES.values()])
+                    + "\n\n`echoboard COMMAND --help` lists a command's options with their defaults; "
+                      "a real board's bring-up: docs/bringup.md")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     from firmware import boards
 
@@ -220,18 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
         ("build", boards.add_build_arguments, "bitstream, utilisation and Fmax for a board (ulx3s-85f, icebreaker)"),
     ]
     for name, add_arguments, help_text in subcommands:
-        add_arguments(sub.add_parser(name, help=help_text))
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                                     epilog=_epilog(EXAMPLES[name]) if name in EXAMPLES else None))
     return parser
 
 
+def _fail(command: str, message, status: int) -> int:
+    print(f"{command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = "echoboard"
     try:
+        args = build_parser().parse_args(argv)
+        command = f"echoboard {args.command}"
         return int(args.run(args) or 0)
-    except ValueError as exc:
-        print(f"echoboard {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # bad input
+        return _fail(command, exc, 2)
+    except OSError as exc:  # the machine: unwritable output, port in use, missing device, unreachable socket
+        return _fail(command, exc, 1)
+    except KeyboardInterrupt:
+        return _fail(command, "interrupted", 130)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,10 @@ def open_serial(url: str, *, timeout: float = 1.0, baudrate: int = DEFAULT_BAUD)
         if set(query) - {"baud"} or not device:
             raise ValueError(f"expected serial:///dev/<device>[?baud=<rate>], got {url!r}")
         if "baud" in query:
-            baudrate = int(query["baud"][-1])
+            rate = query["baud"][-1]
+            if not rate.isdigit() or int(rate) == 0:
+                raise ValueError(f"the baud rate must be a positive integer, got {rate!r} in {url!r}")
+            baudrate = int(rate)
         url = device
     if parts.scheme == "socket":
         port = SocketPort(None, baudrate=baudrate, timeout=timeout)

@@ -26,8 +26,10 @@ slow).
 """
 import argparse
 import copy
+import gc
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -226,7 +228,6 @@ def test_build_cli_refuses_a_configuration_the_core_cannot_build(tmp_path, capsy
 def test_build_cli_json(tmp_path, capsys):
     """`echoboard build --board icebreaker --json` prints exactly the issue's keys (stand-in image,
     the default UART from firmware.link at 3 Mbaud = 12 MHz / 4)."""
-    pytest.importorskip("firmware.link")
     parser = argparse.ArgumentParser()
     boards.add_build_arguments(parser)
     args = parser.parse_args(["--board", "icebreaker", "--build-dir", str(tmp_path), "--json"])
@@ -276,6 +277,27 @@ def test_build_cli_builds_the_real_image_by_default(monkeypatch, capsys):
     assert image.clock_hz == 45_000_000 and image.divisor == 15
     assert json.loads(capsys.readouterr().out)["board"] == "ulx3s-85f"
     assert boards.baseline_name("ulx3s-85f") == "ulx3s-85f-p16-n8-k1"
+
+
+def test_build_refuses_impossible_sizes_before_building(tmp_path):
+    """-P 1000000 (no host can address it) and -P 300 (its replies exceed a frame) are refused
+    before anything is elaborated (no half-built design left unused) or built; 0 does not fall back
+    to the default."""
+    for flags, message in ((["-P", "1000000"], "must fit 16-bit word addresses"),
+                           (["-P", "300"], "more than a frame holds"), (["-N", "0"], "--inputs must be a positive")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ValueError, match=message):
+                boards.run_build(_build_args(["--board", "ulx3s-85f", "--build-dir", str(tmp_path), *flags]))
+            gc.collect()
+        assert not [w for w in caught if w.category.__name__ == "UnusedElaboratable"], flags
+    assert not any(tmp_path.iterdir())
+
+
+def _build_args(argv):
+    parser = argparse.ArgumentParser()
+    boards.add_build_arguments(parser)
+    return parser.parse_args(argv)
 
 
 ISSUE_KEYS = ["board", "bitstream", "sha256", "clock_mhz", "fmax_mhz", "timing_met", "utilisation"]
@@ -463,7 +485,6 @@ def test_board_top_elaborates_pin_and_default_uart_images(board):
     clock_hz = int(platform.default_clk_frequency)
     plan = platform.prepare(boards.BoardTop(PinLoopbackImage(), clock_hz=clock_hz), name="top")
     assert "uart_0__rx" in plan.files["top.il"] and "uart_0__tx" in plan.files["top.il"]
-    pytest.importorskip("firmware.link")
     platform = boards.BOARDS[board].platform()  # a platform prepares one design only
     plan = platform.prepare(boards.BoardTop(StandInImage(), clock_hz=clock_hz, baud=115_200), name="top")
     assert "uart_rx" in plan.files["top.il"]

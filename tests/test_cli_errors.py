@@ -1,0 +1,136 @@
+"""The `echoboard` command line fails in one line: run in a subprocess, each bad input or
+environment gives exactly one stderr line, a non-zero exit and no traceback; `--help` shows every
+default and examples that parse; `--version` comes from the package metadata."""
+import importlib.metadata
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from host import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_cli(*argv, cwd=None, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "host.cli", *argv], cwd=cwd or ROOT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_cli(*argv, cwd=None, env=None) -> tuple[int, str, list[str], float]:
+    """(exit status, stdout, stderr lines, seconds) of `python -m host.cli ARGV`."""
+    start = time.monotonic()
+    proc = start_cli(*argv, cwd=cwd, env=env)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err.splitlines(), time.monotonic() - start
+
+
+def assert_one_line_failure(status: int, err: list[str], command: str, message: str) -> None:
+    assert status != 0
+    assert len(err) == 1, err
+    assert err[0].startswith(f"echoboard {command}: error: ") and message in err[0], err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verilog", "-P", "abc"], "argument --oscillators/-P: expected a positive integer, got 'abc'"),
+    (["verify", "--length", "0"], "expected a positive integer, got 0"),
+    (["sim-board", "--port", "abc"], "expected a TCP port number, got 'abc'"),
+    (["sim-board", "--port", "70000"], "expected a TCP port number (0 to 65535), got 70000"),
+    (["build", "--board", "ulx3s-85f", "-P", "many"], "argument --oscillators/-P: invalid int value: 'many'"),
+])
+def test_bad_arguments_are_one_line(argv, message):
+    status, out, err, _ = run_cli(*argv)
+    assert status == 2 and out == ""
+    assert_one_line_failure(status, err, argv[0], message)
+
+
+@pytest.mark.parametrize("argv", [
+    ["verilog", "-o", "OUT/core.v"], ["verify"], ["verify", "--level", "board"], ["sim-board"],
+    ["build", "--board", "icebreaker", "--build-dir", "OUT"], ["build", "--board", "ulx3s-85f", "--build-dir", "OUT"],
+])
+def test_impossible_sizes_are_refused_before_any_work(argv, tmp_path):
+    """-P 1000000: no host can address it (16-bit word addresses). Refused in one line before
+    anything is elaborated or built (the time is the interpreter's and the imports', see below)."""
+    argv = [str(tmp_path / "out") + a[3:] if a.startswith("OUT") else a for a in argv]
+    status, out, err, seconds = run_cli(*argv, "-P", "1000000")
+    assert status == 2 and out == ""
+    assert_one_line_failure(status, err, argv[0], "P*N (1000000*8 = 8000000) must fit 16-bit word addresses")
+    assert not (tmp_path / "out").exists()
+    assert seconds < 30  # it used to elaborate for minutes (verilog, verify --level core)
+
+
+def test_refusing_an_impossible_size_takes_milliseconds(tmp_path, capsys):
+    """In process, after the imports (which a fresh `echoboard` pays: ~1.2 s, mostly jax), the
+    refusal itself is immediate for every sized command."""
+    commands = [["verilog", "-o", str(tmp_path / "core.v")], ["verify"], ["verify", "--level", "board"],
+                ["sim-board"], ["build", "--board", "icebreaker", "--build-dir", str(tmp_path / "b")]]
+    for argv in commands:  # warm-up: the imports
+        assert cli.main([*argv, "-P", "1000000"]) == 2
+    for argv in commands:
+        start = time.monotonic()
+        assert cli.main([*argv, "-P", "1000000"]) == 2
+        assert time.monotonic() - start < 1.0, argv
+    assert not any(tmp_path.iterdir())
+    capsys.readouterr()
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    status, out, err, _ = run_cli("verilog", "-o", str(tmp_path / "file" / "core.v"))
+    assert status == 1 and out == ""
+    assert_one_line_failure(status, err, "verilog", f"File exists: '{tmp_path / 'file'}'")
+
+
+def test_port_in_use_is_one_line_before_the_build():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, out, err, _ = run_cli("sim-board", "--port", str(port))
+    assert status == 1 and out == ""
+    assert_one_line_failure(status, err, "sim-board", f"127.0.0.1:{port}: Address already in use")
+
+
+def test_missing_serial_device_is_one_line(monkeypatch, capsys):
+    """An OSError from pyserial (serial.SerialException) reaching main: one line, exit 1."""
+    from host.transports import open_serial
+
+    monkeypatch.setattr(cli, "run_verilog", lambda args: open_serial("serial:///dev/ttyEchoboardNone?baud=3000000"))
+    assert cli.main(["verilog"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert_one_line_failure(1, err, "verilog", "could not open port /dev/ttyEchoboardNone")
+
+
+def test_version_comes_from_the_package_metadata():
+    status, out, err, _ = run_cli("--version")
+    assert (status, out, err) == (0, f"echoboard {importlib.metadata.version('echoboard')}\n", [])
+
+
+def _subcommands(parser):
+    return next(a for a in parser._actions if a.dest == "command").choices
+
+
+def test_help_shows_every_default_and_examples_that_parse():
+    """Each subcommand's --help: every option that takes a value and has a default names it; an
+    examples section whose commands parse; the top-level help lists examples too."""
+    parser = cli.build_parser()
+    assert "examples:\n  echoboard " in parser.format_help()
+    for name, sub in _subcommands(parser).items():
+        text = sub.format_help()
+        examples = text.split("examples:\n", 1)[1].splitlines()
+        assert examples and all(line.startswith("  echoboard " + name) for line in examples), name
+        for example in examples:
+            parser.parse_args(shlex.split(example)[1:])
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required or action.default is None:
+                continue
+            start = re.search(rf"^  {re.escape(action.option_strings[0])}[ ,\n]", text, re.M).start()
+            block = text[start:].split("\n  -", 1)[0]
+            assert "default" in block, (name, action.option_strings)
