@@ -180,7 +180,8 @@ def check_gradients(hru: str = "linear", length: int = 1024, oscillators: int = 
     """The gradient report: reversibility, overflow events and per-parameter agreement with BPTT.
 
     ``fmt`` defaults to FixedFormat() (linear) or NonlinearFormat() (nonlinear); its ε is
-    replaced by ``epsilon``, which must be a power of two.
+    replaced by ``epsilon``, which must be a power of two, and its loss scale raised for
+    ``length`` (formats.length_scale_log2).
     """
     if hru not in _FIXED:
         raise ValueError(f"unknown HRU {hru!r}; choose from {sorted(_FIXED)}")
@@ -189,6 +190,7 @@ def check_gradients(hru: str = "linear", length: int = 1024, oscillators: int = 
         fmt = dataclasses.replace(fmt, base=fmt.base.replace(epsilon_log2=epsilon_log2(epsilon)))
     else:
         fmt = fmt.replace(epsilon_log2=epsilon_log2(epsilon))
+    fmt = fmt.for_length(length)  # the nudge's scale follows L (unchanged up to 2048 steps)
     case = make_case(hru, oscillators, inputs, length, seed, fmt)
     bptt, rhel = bptt_gradients(case), rhel_float_gradients(case, epsilon)
     fixed, overflows = fixed_gradients(case, fmt)

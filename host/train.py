@@ -20,8 +20,10 @@ architecture in float64 on the host (no board). Everything is deterministic, so 
 ``--resume`` continue bit-identically. ``--faults RATE`` (a diagnostic) wraps the link in
 host.transports.FaultyTransport; the client's retries make the run end with the same parameters.
 
-The input features (host.datasets.FEATURES, default ``energy``: each channel and its square)
-are part of the architecture: every algorithm and target trains on the same inputs.
+The input features (host.datasets.FEATURES) are part of the architecture: every algorithm and
+target trains on the same inputs. The single HRU's default is ``energy`` (each channel and its
+square: a mean-pooled linear HRU cannot form a second moment itself); an HSSM's is ``raw`` (its
+GELU and GLU are the nonlinearity, and squared spikes would saturate the input word).
 
 ``--blocks K`` trains the paper's HSSM instead (golden_model.hssm: encoder, K blocks of norm →
 HRU → C/D read-out → GELU → GLU → skip, mean, head; δ trained) with ``--hidden H`` and
@@ -60,7 +62,7 @@ _RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", 
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str = "BasicMotions"
-    features: str = "energy"
+    features: str | None = None  # None: "energy" for the single HRU, "raw" for an HSSM (module docstring)
     target: str = "sim"
     algo: str = "rhel"
     epochs: int = 60
@@ -74,6 +76,10 @@ class TrainConfig:
     out: str | None = None  # default runs/<dataset>-<algo>-<seed>
     resume: bool = False
     faults: float = 0.0  # per-byte fault rate on the board link (diagnostic; results must not change)
+
+    def __post_init__(self):
+        if self.features is None:
+            object.__setattr__(self, "features", "raw" if self.blocks else "energy")
 
     def out_dir(self) -> str:
         return self.out or os.path.join("runs", f"{self.dataset}-{self.algo}-{self.seed}")
@@ -464,10 +470,13 @@ def _retrace_case(net, params: dict, sample):
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
-    parser.add_argument("--dataset", default=d.dataset, help=f"aeon classification set (default {d.dataset})")
-    parser.add_argument("--features", default=d.features, choices=FEATURES,
+    parser.add_argument("--dataset", default=d.dataset,
+                        help="a classification set aeon ships, or the generated long-range task DelayedRecall-<L> "
+                             f"(e.g. DelayedRecall-16000) (default {d.dataset})")
+    parser.add_argument("--features", default=None, choices=FEATURES,
                         help="input features, for every algorithm alike: raw = the normalised channels; energy = "
-                             f"each channel and its square (2N inputs) (default {d.features})")
+                             "each channel and its square (2N inputs) (default: energy for the single HRU, raw for "
+                             "an HSSM)")
     parser.add_argument("--target", default=d.target,
                         help="where --algo rhel runs the HRU: sim = the simulated board (the Verilated board "
                              "image, built on first use of a model size and cached) (default); golden = the golden "

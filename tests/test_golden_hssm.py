@@ -124,7 +124,7 @@ def test_hssm_trains_and_resumes_bit_identically(tmp_path):
     train(_hssm_config(tmp_path / "b", epochs=1), progress=False)
     resumed = train(_hssm_config(tmp_path / "b", resume=True), progress=False)
     assert resumed["params_sha256"] == full["params_sha256"] and resumed["history"] == full["history"]
-    assert full["architecture"] == {"model": "hssm", "inputs": 12, "classes": 4, "blocks": 2, "hidden": 8,
+    assert full["architecture"] == {"model": "hssm", "inputs": 6, "classes": 4, "blocks": 2, "hidden": 8,
                                     "oscillators": 6, "hru": "linear"}
     assert full["history"][-1]["loss"] < full["history"][0]["loss"]
     with np.load(tmp_path / "a" / "run" / "checkpoint.npz") as z:
