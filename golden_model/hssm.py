@@ -268,8 +268,24 @@ def _float_block_echo(hp, u, y, z, dys, hru, epsilon):
     return jax.tree.map(lambda t: t.sum(0), g), du
 
 
-_fixed_block_forward = jax.vmap(hb.forward, in_axes=(None, None, 0, None))
-_fixed_block_echo = jax.vmap(hb.echo, in_axes=(None, None, 0, 0, 0, 0, None))
+_fixed_block_forward = jax.jit(jax.vmap(hb.forward, in_axes=(None, None, 0, None)), static_argnums=(0, 3))
+_fixed_block_echo = jax.jit(jax.vmap(hb.echo, in_axes=(None, None, 0, 0, 0, 0, None)), static_argnums=(0, 6))
+
+
+@partial(jax.jit, static_argnames="width")
+def _sum_live_lanes(total, lanes, live, width: int):
+    """``total`` plus every live lane of ``lanes`` (a pytree of (G, ...) integer arrays, ``total`` the
+    same pytree without G), lane after lane in two's complement at ``width`` bits: (sum, wraps)."""
+    totals, treedef = jax.tree.flatten(total)
+
+    def add(carry, lane):
+        acc, events = carry
+        terms, is_live = lane
+        summed = [add_wrap(a, jnp.where(is_live, t, 0), width) for a, t in zip(acc, terms)]
+        return ([v for v, _ in summed], events + sum(jnp.sum(w, dtype=jnp.int64) for _, w in summed)), None
+
+    (totals, events), _ = jax.lax.scan(add, (totals, jnp.zeros((), jnp.int64)), (jax.tree.leaves(lanes), live))
+    return jax.tree.unflatten(treedef, totals), events
 
 
 # ---- where the HRU blocks run -----------------------------------------------------------------------
@@ -342,15 +358,10 @@ class FixedBlocks:
         self.clipped += clipped
         ech = _fixed_block_echo(self.arch.hru, self.bq[k], jnp.asarray(uq), y, z, jnp.asarray(nudge), self.fmt)
         self.overflow_events += int(np.sum(np.asarray(ech.overflows)[live]))
-        leaves, self.treedef = jax.tree.flatten((ech.acc, ech.kin))
-        for lane in np.flatnonzero(live):
-            terms = [jnp.asarray(leaf[lane]) for leaf in leaves]
-            if self.totals[k] is None:
-                self.totals[k] = terms
-                continue
-            summed = [add_wrap(total, term, self.base.acc_width) for total, term in zip(self.totals[k], terms)]
-            self.totals[k] = [total for total, _ in summed]
-            self.overflow_events += sum(int(np.count_nonzero(np.asarray(wrapped))) for _, wrapped in summed)
+        lanes = (ech.acc, ech.kin)
+        total = jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), lanes) if self.totals[k] is None else self.totals[k]
+        self.totals[k], wraps = _sum_live_lanes(total, lanes, jnp.asarray(live), self.base.acc_width)
+        self.overflow_events += int(wraps)
         return jnp.asarray(hb.input_gradient(self.arch.hru, ech.du, self.fmt))
 
     def finish(self) -> list[dict]:
@@ -359,7 +370,7 @@ class FixedBlocks:
             if total is None:
                 out.append({})
                 continue
-            acc, kin = jax.tree.unflatten(self.treedef, total)
+            acc, kin = total
             out.append(hb.gradients(self.arch.hru, self.bq[k], acc, kin, self.fmt))
         return out
 

@@ -67,7 +67,7 @@ class TrainConfig:
     algo: str = "rhel"
     epochs: int = 60
     batch: int = 8
-    lr: float = 0.02
+    lr: float | None = None  # None: 0.02 for the single HRU, 0.005 for an HSSM
     seed: int = 0
     oscillators: int = model.DEFAULT_OSCILLATORS
     blocks: int = 0  # 0: the single-HRU on-board model; K >= 1: an HSSM of K blocks
@@ -80,6 +80,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.features is None:
             object.__setattr__(self, "features", "raw" if self.blocks else "energy")
+        if self.lr is None:
+            object.__setattr__(self, "lr", 0.005 if self.blocks else 0.02)
 
     def out_dir(self) -> str:
         return self.out or os.path.join("runs", f"{self.dataset}-{self.algo}-{self.seed}")
@@ -488,7 +490,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              f"bptt = float64 BPTT on the host (default {d.algo})")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default {d.epochs})")
     parser.add_argument("--batch", type=int, default=d.batch, help=f"minibatch size (default {d.batch})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="Adam learning rate (default: 0.02 for the single HRU, 0.005 for an HSSM)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"init and shuffling seed (default {d.seed})")
     parser.add_argument("--oscillators", type=int, default=d.oscillators,
                         help=f"P, the number of oscillators (default {d.oscillators})")
