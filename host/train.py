@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -277,6 +278,10 @@ class SingleHRUModel:
     def project(self, params):
         return model.project(params, self.fmt)
 
+    def learning_rate(self, step: int, n_train: int) -> float:
+        """Constant: the single HRU's runs (and their digests) stay as they were."""
+        return self.cfg.lr
+
     def batch(self, params, x, lengths, labels, target):
         """(BatchResult, buffers to store in params, host-saturated values)."""
         return model.batch_gradients(params, x, lengths, labels, self.cfg.algo, self.fmt, target), {}, 0
@@ -303,6 +308,12 @@ class HSSMModel:
 
     def project(self, params):
         return hssm.project(params, self.arch, self.fmt)
+
+    def learning_rate(self, step: int, n_train: int) -> float:
+        """Cosine decay from --lr to 0 over the run's --epochs: the last epochs settle instead of
+        ending on one noisy step (the final accuracy is what a run reports)."""
+        total = self.cfg.epochs * -(-n_train // self.cfg.batch)
+        return self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
     def batch(self, params, x, lengths, labels, target):
         r = hssm.batch_gradients(params, x, lengths, labels, self.arch, self.cfg.algo, self.fmt, target)
@@ -381,7 +392,7 @@ def train_epoch(params: dict, adam: dict, rng: np.random.Generator, split, cfg: 
     for start in range(0, len(split), cfg.batch):
         idx = order[start:start + cfg.batch]
         r, buffers, saturated = net.batch(params, split.x[idx], split.lengths[idx], split.labels[idx], target)
-        params, adam = adam_step(params, r.grads, adam, cfg.lr)
+        params, adam = adam_step(params, r.grads, adam, net.learning_rate(adam["t"], len(split)))
         params, clipped = net.project({**params, **buffers})
         totals["loss"] += r.loss * len(idx)
         totals["overflow_events"] += r.overflow_events

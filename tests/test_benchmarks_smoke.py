@@ -71,3 +71,33 @@ def test_core_cycles_linear_and_nonlinear_rows(tmp_path):
         for v in r["phases"].values():
             assert v["oscillator_ideal_per_step"] == v["resource_bound_per_step"] == write_back
             assert v["cycles"] >= 8 * write_back
+
+
+def test_stack_cost_tiny_timing_memory_and_table(tmp_path):
+    from benchmarks import stack_cost
+
+    out = tmp_path / "sc.json"
+    stack_cost.main(["--lengths", "32", "--repeats", "1", "--blocks", "2", "--hidden", "4", "--oscillators", "4",
+                     "--inputs", "2", "--baseline-length", "8", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    timing = saved["timing"]["32"]
+    assert set(timing) == set(stack_cost.METHODS)
+    assert timing["rhel_float"]["min_cosine_vs_bptt"] > 1 - 1e-9 and timing["rhel_fixed"]["min_cosine_vs_bptt"] > 0.99
+    assert timing["rhel_fixed"]["overflow_events"] == 0
+    for m in stack_cost.METHODS:
+        assert saved["memory"][m]["32"]["run_peak_bytes"] > 0
+    assert "| 32 | rhel_fixed |" in stack_cost.format_table(saved)
+
+
+def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
+    """The accuracy table from a tiny grid; a second call reuses the runs (no training)."""
+    from benchmarks import hssm_accuracy
+
+    monkeypatch.setattr(hssm_accuracy, "CELLS", (("BasicMotions", "linear", 1),))
+    args = ["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "acc.json")]
+    first = hssm_accuracy.main(args)
+    assert [r["algo"] for r in first["runs"]] == ["bptt", "rhel"]
+    assert first["runs"][1]["command"].startswith("echoboard train --dataset BasicMotions --blocks 2")
+    monkeypatch.setattr(hssm_accuracy.subprocess, "run", None)  # reused: nothing may train again
+    assert hssm_accuracy.main(args)["runs"] == first["runs"]
+    assert "| BasicMotions | linear | 1 |" in hssm_accuracy.format_table(first)

@@ -1,0 +1,116 @@
+"""Test accuracy of the HSSM on aeon's sets, 5 seeds, original splits: README's table (issue 10).
+
+Every cell is one command, ``echoboard train --dataset D --blocks 2 --hru H --algo A --target
+inprocess --epochs E --seed S --out runs/accuracy/D-H-A-S`` (the architecture's defaults
+otherwise), run as its own process, ``--jobs`` at a time. A run whose summary.json exists is
+reused, so an interrupted benchmark continues where it stopped. The JSON
+(benchmarks/results/hssm_accuracy.json) keeps every run's command, accuracy, wall time and
+overflow count; ``--table`` prints README's table from it.
+
+``rhel`` is the fixed-point RHEL in process, bit-identical to the board's integers block by
+block; ``bptt`` float64 autodiff of the same architecture.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks import save_result
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hssm_accuracy.json"
+#: (data set, HRU, epochs): the sets of the issue, nonlinear blocks on JapaneseVowels
+CELLS = (("BasicMotions", "linear", 60), ("JapaneseVowels", "linear", 30), ("ACSF1", "linear", 60),
+         ("JapaneseVowels", "nonlinear", 30))
+ALGOS = ("bptt", "rhel")
+SEEDS = (0, 1, 2, 3, 4)
+
+
+def command(dataset: str, hru: str, algo: str, epochs: int, seed: int, runs: Path) -> list[str]:
+    return ["echoboard", "train", "--dataset", dataset, "--blocks", "2", "--hru", hru, "--algo", algo,
+            "--target", "inprocess", "--epochs", str(epochs), "--seed", str(seed),
+            "--out", str(runs / f"{dataset}-{hru}-{algo}-{seed}")]
+
+
+def run_cell(cmd: list[str]) -> dict:
+    """One training run (reused when its summary exists): accuracy, wall time, overflows."""
+    out = Path(cmd[cmd.index("--out") + 1])
+    summary = out / "summary.json"
+    wall = None
+    if not summary.exists():
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "host.cli", *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        wall = time.perf_counter() - t0
+        (out / "wall_s.txt").write_text(f"{wall:.1f}\n")
+    elif (out / "wall_s.txt").exists():
+        wall = float((out / "wall_s.txt").read_text())
+    s = json.loads(summary.read_text())
+    return {"command": " ".join(cmd), "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"],
+            "overflow_events": s["overflow_events"], "saturated": s.get("saturated", 0), "wall_s": wall,
+            "params_sha256": s["params_sha256"]}
+
+
+def run(cells, algos, seeds, jobs: int, runs: Path, log=print) -> dict:
+    plan = [(c, a, s) for c in cells for a in algos for s in seeds]
+    cmds = [command(d, h, a, e, s, runs) for (d, h, e), a, s in plan]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = []
+        for (cell, algo, seed), r in zip(plan, pool.map(run_cell, cmds)):
+            log(f"[hssm_accuracy] {cell[0]} {cell[1]} {algo} seed {seed}: {100 * r['test_accuracy']:.1f} %", flush=True)
+            results.append({"dataset": cell[0], "hru": cell[1], "epochs": cell[2], "algo": algo, "seed": seed, **r})
+    return {"benchmark": "hssm_accuracy", "architecture": "2 blocks, defaults of `echoboard train --blocks 2`",
+            "runs": results, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def format_table(result: dict) -> str:
+    """Mean and per-seed test accuracy per (data set, HRU, algorithm), the command of each cell."""
+    rows = {}
+    for r in result["runs"]:
+        rows.setdefault((r["dataset"], r["hru"], r["epochs"]), {}).setdefault(r["algo"], []).append(r)
+    lines = ["| data set | HRU | epochs | float BPTT, seeds 0–4 | fixed-point RHEL, seeds 0–4 | RHEL − BPTT | "
+             "overflow events (RHEL) | wall time per RHEL run |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(runs):
+        accs = [100 * r["test_accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
+        return statistics.mean(accs), f"**{statistics.mean(accs):.1f}** ({', '.join(f'{a:.1f}' for a in accs)})"
+
+    for (dataset, hru, epochs), by_algo in rows.items():
+        b_mean, b_text = cell(by_algo.get("bptt", []))
+        r_mean, r_text = cell(by_algo.get("rhel", []))
+        rhel = by_algo.get("rhel", [])
+        walls = [r["wall_s"] for r in rhel if r["wall_s"]]
+        wall = f"{min(walls) / 60:.1f}–{max(walls) / 60:.1f} min" if walls else "—"
+        lines.append(f"| {dataset} | {hru} | {epochs} | {b_text} | {r_text} | {r_mean - b_mean:+.1f} | "
+                     f"{', '.join(str(r['overflow_events']) for r in rhel)} | {wall} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.hssm_accuracy", description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=2, help="training runs at a time")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=list(SEEDS))
+    ap.add_argument("--datasets", type=lambda s: s.split(","), default=None, help="subset of the data sets")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "accuracy", help="where the runs go")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--table", action="store_true", help="print README's table from --out and exit")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(format_table(json.loads(args.out.read_text())))
+        return None
+    cells = [c for c in CELLS if args.datasets is None or c[0] in args.datasets]
+    result = run(cells, ALGOS, args.seeds, args.jobs, args.runs.resolve())
+    print(format_table(result))
+    save_result(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
