@@ -6,16 +6,18 @@
   ``<build_root>/verilog`` by a key over the configuration and the sources it is made from (so an
   unchanged tree costs no Amaranth run at all), the executable by ``sim.board_sim.build``'s key
   over the Verilog text.
-- :class:`ProtocolClient`: a minimal stop-and-wait client over a TCP socket, framing with
-  firmware/protocol.py (sim/ sits below host/ in the dependency order, so it does not use
-  host.client).
-- :func:`verify_board`: one random case through the simulated board; every reply is compared
+- :class:`ProtocolClient`: a minimal stop-and-wait client over a TCP socket (or any port with
+  pyserial's interface, which the host passes in), framing with firmware/protocol.py (sim/ sits
+  below host/ in the dependency order, so it does not use host.client).
+- :func:`verify_board`: one random case through the simulated board (or a board the host opened:
+  the golden board, ``socket://``, ``serial://``); every reply is compared
   byte for byte with the golden board (firmware/board_model.py) and every returned integer
   with golden_model.hru_fixed (via hdl.verilog.golden_expectation).
 - what ``echoboard sim-board`` and ``echoboard verify --level board`` (host/cli.py) run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -142,16 +144,20 @@ class ProtocolClient:
     (delimiter included) so callers can compare them byte for byte with the golden board.
     """
 
-    def __init__(self, address: tuple[str, int], timeout: float = 10.0):
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, address: tuple[str, int] | None = None, timeout: float = 10.0, *, port=None):
+        if (address is None) == (port is None):
+            raise ValueError("ProtocolClient takes a TCP address or a port, not both")
+        self.sock, self.port = None, port
+        if port is None:
+            self.sock = socket.create_connection(address, timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
         self._deframer = Deframer()
         self._frames: list[bytes] = []
         self._seq = 0
 
     def close(self) -> None:
-        self.sock.close()
+        (self.sock or self.port).close()
 
     def __enter__(self) -> "ProtocolClient":
         return self
@@ -165,7 +171,27 @@ class ProtocolClient:
         return Request(self._seq, cmd, payload).encode()
 
     def send(self, wire: bytes) -> None:
-        self.sock.sendall(wire)
+        if self.port is not None:
+            self.port.write(wire)
+        else:
+            self.sock.sendall(wire)
+
+    def _recv(self, seconds: float) -> bytes | None:
+        """What arrives within ``seconds`` (None: nothing); ConnectionError when the peer closed."""
+        if self.port is not None:
+            self.port.timeout = seconds
+            data = self.port.read(max(1, self.port.in_waiting))
+            if not data:
+                time.sleep(min(seconds, 0.001))  # a port that never waits (the golden board's)
+            return data or None
+        self.sock.settimeout(seconds)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        if not data:
+            raise ConnectionError("the simulated board closed the connection")
+        return data
 
     def receive(self, frames: int = 1, timeout: float | None = None) -> list[bytes]:
         """The next ``frames`` reply frames, each as wire bytes with its delimiter."""
@@ -174,13 +200,9 @@ class ProtocolClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no reply from the simulated board within {timeout or self.timeout} s")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
+            data = self._recv(left)
+            if data is None:
                 continue
-            if not data:
-                raise ConnectionError("the simulated board closed the connection")
             self._frames += [f + b"\x00" for f in self._deframer.feed(data)]
         out, self._frames = self._frames[:frames], self._frames[frames:]
         return out
@@ -193,12 +215,9 @@ class ProtocolClient:
         """Whatever arrives within ``quiet_s`` (there should be nothing: for no-reply checks)."""
         got = b"".join(self._frames)
         self._frames = []
-        self.sock.settimeout(quiet_s)
-        try:
-            while data := self.sock.recv(65536):
+        with contextlib.suppress(ConnectionError):
+            while data := self._recv(quiet_s):
                 got += data
-        except socket.timeout:
-            pass
         return got
 
 
@@ -213,8 +232,16 @@ def _decode(wire: bytes) -> Reply:
 
 def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: bool = False,
                  address: tuple[str, int] | None = None, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT,
-                 corrupt: bool = False) -> dict:
-    """One random case through the simulated board of ``config`` (started here unless ``address``).
+                 corrupt: bool = False, port=None, target: str = "sim", identify: CoreConfig | None = None) -> dict:
+    """One random case through the simulated board of ``config`` (started here unless ``address``
+    or ``port``).
+
+    ``port``: any board behind pyserial's port interface (host.transports: the golden board in
+    process, ``socket://``, ``serial://``), closed at the end; ``target`` names it in the result;
+    ``identify``: the configuration it must report (default: ``board_config(config)``, the image's;
+    the golden board model reports its own build hash). A board not started here may have been
+    used: its pass is ABORTed and the golden board takes over its link counters (from a STATUS)
+    before the case runs, so every later reply is still compared byte for byte.
 
     Random parameters, initial state, inputs and a constant nudge, or with ``per_step_nudge`` one
     nudge per step through echo STREAM mode (hdl.verilog.random_case);
@@ -229,7 +256,7 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
     from sim import board_sim
 
     image = ImageConfig.of(config)
-    core_config = board_config(image)
+    core_config = board_config(image) if identify is None else identify
     fmt, size = image.fmt, image.size
     msg = Messages(core_config)
     case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge)
@@ -238,11 +265,11 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
         expected["echo"]["acc_a"][0] += 1
     golden = GoldenBoard(core_config)
     board = None
-    if address is None:
+    if address is None and port is None:
         exe = simulated_board_executable(image, build_root)
         board = board_sim.SimulatedBoard(exe).start()
         address = board.address
-    result = {"level": "board", "target": "sim", "seed": seed, "steps": length, "compared": 0, "mismatches": 0,
+    result = {"level": "board", "target": target, "seed": seed, "steps": length, "compared": 0, "mismatches": 0,
               "first_mismatch": None, "cycles": None}
 
     def mismatch(where: str, got, want):
@@ -251,7 +278,7 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
             result["first_mismatch"] = {"where": where, "got": got, "expected": want}
 
     try:
-        with ProtocolClient(address, timeout=60.0) as client:
+        with ProtocolClient(address, timeout=60.0, port=port) as client:
             client.send(b"\x00")
 
             deferred: list = []  # (where, request, reply) of a timed pass: the golden board runs after it
@@ -311,6 +338,15 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
             result["compared"] += 1
             if identify.payload != msg.pack_identify():
                 mismatch("IDENTIFY", identify.payload.hex(), msg.pack_identify().hex())
+            errors_before = [0, 0, 0, 0]
+            if board is None:  # a board that may have been used: IDLE, and its link counters
+                call(Command.ABORT)
+                wire = client.next_request(Command.STATUS)
+                golden.receive(wire)
+                st = msg.status_reply.unpack(_decode(client.exchange(wire)).check().payload)
+                for name in ("frames_ok", "crc_errors", "framing_errors", "overruns", "command_errors"):
+                    setattr(golden, name, st[name])
+                errors_before = [st["crc_errors"], st["framing_errors"], st["overruns"], st["command_errors"]]
             call(Command.CLEAR_GRADIENTS)
             write(Region.A, case["A"])
             write(Region.B, [x for row in case["B"] for x in row])
@@ -353,7 +389,7 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
             if status.status == 0:
                 st = msg.status_reply.unpack(status.payload)
                 compare("status.errors", [st["crc_errors"], st["framing_errors"], st["overruns"],
-                                          st["command_errors"]], [0, 0, 0, 0])
+                                          st["command_errors"]], errors_before)
             if board:
                 # simulated cycles from START to the final reply (the host's round trips included)
                 result["cycles"] = {"forward": cycles_forward, "echo": cycles_echo,
