@@ -176,10 +176,14 @@ def run_verilog(args) -> int:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    from host.selftest import BOARD_TARGETS, board_target
+
     add_core_size_arguments(parser)
     parser.add_argument("--level", choices=("core", "board"), default="core",
                         help="core: the Verilated HRU core; board: the whole board image through the wire protocol")
-    parser.add_argument("--target", choices=("sim",), default="sim", help="board level: the simulated board")
+    parser.add_argument("--target", type=board_target, default="sim", metavar="URL",
+                        help=f"board level: {BOARD_TARGETS} (default sim; a board at socket:// or serial:// is "
+                             "verified at the size and lanes it reports, --core names its core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--length", "-L", type=positive_int, default=256)
     parser.add_argument("--nudge", choices=("constant", "per-step"), default="constant",
@@ -212,12 +216,12 @@ def run_verify(args) -> int:
             passed, report = verify_core(fmt, size, lanes, length=args.length, seed=args.seed, per_step_nudge=per_step,
                                          core=args.core)
         else:
-            from sim.board_image import ImageConfig, verify_board
+            from host.selftest import verify_board_at
 
-            size.check_length(args.length)
-            result = verify_board(ImageConfig(size, fmt, lanes, args.core), seed=args.seed, length=args.length,
-                                  per_step_nudge=per_step)
-            report = {k: result[k] for k in ("level", "steps", "compared", "mismatches", "first_mismatch", "cycles")}
+            result = verify_board_at(args.target, fmt, size, lanes, args.core, seed=args.seed, length=args.length,
+                                     per_step_nudge=per_step)
+            report = {k: result[k] for k in ("level", "target", "steps", "compared", "mismatches", "first_mismatch",
+                                             "cycles")}
             passed = report["mismatches"] == 0
     if args.json:
         print(json.dumps(report))
@@ -265,6 +269,9 @@ EXAMPLES = {
     "build": ["echoboard build --board icebreaker", "echoboard build --board ulx3s-85f -P 32 -N 12 --json"],
     "program": ["echoboard program --board ulx3s-85f", "echoboard program --board icebreaker --dry-run",
                 "echoboard program --board ulx3s-85f --flash build/ulx3s-85f/top.bit"],
+    "selftest": ["echoboard selftest --target sim", "echoboard selftest --target golden --json",
+                 "echoboard selftest --target 'serial:///dev/ttyUSB0?baud=3000000'",
+                 "echoboard selftest --target 'serial:///dev/ttyUSB1?baud=3000000' --core serial -P 32 -N 12"],
 }
 
 
@@ -290,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     from firmware import boards, program
+    from host import selftest
 
     subcommands = [
         ("check-gradients", add_check_gradients_arguments, "RHEL (float and fixed point) against float64 BPTT, per parameter"),
@@ -300,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("sim-board", add_sim_board_arguments, "serve the simulated board (Verilated board image) on a loopback TCP port"),
         ("build", boards.add_build_arguments, "bitstream, utilisation and Fmax for a board (ulx3s-85f, icebreaker)"),
         ("program", program.add_program_arguments, "load a bitstream onto a board with openFPGALoader"),
+        ("selftest", selftest.add_selftest_arguments,
+         "IDENTIFY against the image this checkout builds, write/read-back of every writable region, "
+         "ε = 0 echoes retracing random forward passes: one verdict line"),
     ]
     for name, add_arguments, help_text in subcommands:
         add_arguments(sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
