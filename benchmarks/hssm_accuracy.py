@@ -26,7 +26,7 @@ from benchmarks import save_result
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hssm_accuracy.json"
 #: (data set, HRU, epochs): the sets of the issue, nonlinear blocks on JapaneseVowels
-CELLS = (("BasicMotions", "linear", 60), ("JapaneseVowels", "linear", 30), ("ACSF1", "linear", 60),
+CELLS = (("BasicMotions", "linear", 60), ("JapaneseVowels", "linear", 30), ("ACSF1", "linear", 30),
          ("JapaneseVowels", "nonlinear", 30))
 ALGOS = ("bptt", "rhel")
 SEEDS = (0, 1, 2, 3, 4)

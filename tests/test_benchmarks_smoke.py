@@ -101,3 +101,15 @@ def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", None)  # reused: nothing may train again
     assert hssm_accuracy.main(args)["runs"] == first["runs"]
     assert "| BasicMotions | linear | 1 |" in hssm_accuracy.format_table(first)
+
+
+def test_check_gradients_table_names_the_command_of_each_report(tmp_path):
+    from benchmarks import check_gradients_table
+    from golden_model import report
+
+    path = tmp_path / "check_gradients_x.json"
+    path.write_text(json.dumps(report.check_stack_gradients("linear", 2, 4, 48, 4, 2)))
+    line = check_gradients_table.table([path]).splitlines()[-1]
+    assert line.startswith("| `echoboard check-gradients --hru linear --blocks 2 --hidden 4 --length 48 --oscillators 4 "
+                           "--inputs 2 --epsilon 0.125 --seed 0` | 22 | 1.000000 /")
+    assert line.endswith("| True | 0 |")
