@@ -253,10 +253,16 @@ def _encode_vjp(p, x, dh):
 
 @partial(jax.jit, static_argnames="hru")
 def _float_block_forward(hp, u, hru):
+    """Per lane: positions y_1..y_L and the final state (y_L, z_L) the echo starts from, in one scan."""
     def one(uu):
         zero = jnp.zeros(hp["B"].shape[0])
-        ys = hf.trajectory(hf.HRUS[hru], hp, uu, zero, zero)
-        return ys, ys[-1], hf.forward(hf.HRUS[hru], hp, uu, zero, zero)[1]
+
+        def step(carry, u_k):
+            y, z, *_ = hf.leapfrog_step(hf.HRUS[hru], hp, *carry, u_k)
+            return (y, z), y
+
+        (y, z), ys = jax.lax.scan(step, (zero, zero), uu)
+        return ys, y, z
 
     return jax.vmap(one)(u)
 
