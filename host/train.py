@@ -77,6 +77,8 @@ class TrainConfig:
     out: str | None = None  # default runs/<dataset>-<algo>-<seed>
     resume: bool = False
     faults: float = 0.0  # per-byte fault rate on the board link (diagnostic; results must not change)
+    boards: int | None = None  # B > 1: data-parallel over B boards with Ray (host.multiboard); not a resume key
+    ray_address: str | None = None  # HOST:PORT of a Ray cluster to join (default: a local Ray instance)
 
     def __post_init__(self):
         if self.features is None:
@@ -166,19 +168,31 @@ class BoardTarget:
         self._gradient_events = 0
 
     def run(self, uq, live, on_forward) -> int:
-        (P, N), overflows = self._shape, 0
-        pad_p, pad_n = self.board.config.size.oscillators - P, self.board.config.size.inputs - N
+        overflows = 0
         for lane in np.flatnonzero(live):
-            u = np.pad(np.asarray(uq[lane], np.int64), ((0, 0), (0, pad_n)))
-            fwd = self.board.forward(u)
-            overflows += int(fwd.overflows)
-            nudge = on_forward(lane, fwd.pos_sum[:P])
+            pos_sum, fwd_overflows = self.forward_lane(uq[lane])
+            overflows += fwd_overflows
+            nudge = on_forward(lane, pos_sum)
             if nudge is not None:
-                result = self.board.echo(u, np.pad(np.asarray(nudge, np.int64), (0, pad_p)))
-                plus, minus, self._gradient_events = (int(v) for v in result)
-                overflows += plus + minus
-                self._dirty = True
+                overflows += self.echo_lane(uq[lane], nudge)
         return overflows
+
+    def forward_lane(self, u) -> tuple[np.ndarray, int]:
+        """One sample's zero-state forward: (pos_sum (P,), forward overflow events); its final state
+        stays on the board for :meth:`echo_lane` (host.multiboard runs the two halves apart)."""
+        P, N = self._shape
+        fwd = self.board.forward(np.pad(np.asarray(u, np.int64), ((0, 0), (0, self.board.config.size.inputs - N))))
+        return fwd.pos_sum[:P], int(fwd.overflows)
+
+    def echo_lane(self, u, nudge) -> int:
+        """The echo pair of the sample just forwarded, onto the accumulators: its ±ε overflow events."""
+        P, N = self._shape
+        size = self.board.config.size
+        u = np.pad(np.asarray(u, np.int64), ((0, 0), (0, size.inputs - N)))
+        result = self.board.echo(u, np.pad(np.asarray(nudge, np.int64), (0, size.oscillators - P)))
+        plus, minus, self._gradient_events = (int(v) for v in result)
+        self._dirty = True
+        return plus + minus
 
     def finish(self):
         P, N = self._shape
@@ -235,8 +249,26 @@ def link_summary(board) -> dict:
     return stats
 
 
+def uses_ray(cfg: TrainConfig) -> bool:
+    """Several boards, or a Ray cluster: host.multiboard. One board without --ray-address: BoardTarget."""
+    return (cfg.boards or 1) > 1 or "," in cfg.target or cfg.ray_address is not None
+
+
+def _target_kind(target: str) -> str:
+    """What a resumed run must keep of ``--target``: board URLs (one or a list) may change to others."""
+    return "board URLs" if all(t.strip().startswith(URL_SCHEMES) for t in target.split(",")) else target
+
+
 def _validate(cfg: TrainConfig) -> None:
-    if cfg.target not in TARGETS and not cfg.target.startswith(URL_SCHEMES):
+    if uses_ray(cfg):
+        from host.multiboard import board_targets
+
+        board_targets(cfg.target, cfg.boards)
+        if cfg.algo != "rhel" or cfg.blocks:
+            raise ValueError("--boards and --ray-address train the single-HRU model with --algo rhel on boards")
+    elif cfg.boards is not None and cfg.boards < 1:
+        raise ValueError(f"boards must be a positive integer, got {cfg.boards}")
+    elif cfg.target not in TARGETS and not cfg.target.startswith(URL_SCHEMES):
         raise ValueError(f"unknown target {cfg.target!r}; available: {', '.join(TARGETS)}, "
                          "socket://HOST:PORT, serial:///dev/DEVICE?baud=RATE")
     if not 0.0 <= cfg.faults < 0.5:
@@ -376,6 +408,10 @@ def open_target(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int
         return None, None
     if not is_board_target(cfg.target):
         return None, model.InProcessTarget(fmt)
+    if uses_ray(cfg):  # B boards through Ray: the summary's link and boards come from the target
+        from host.multiboard import open_multiboard
+
+        return None, open_multiboard(cfg, fmt, size, n_inputs, stack)
     board = stack.enter_context(open_board(cfg, fmt, size, n_inputs))
     return board, BoardTarget(board)
 
@@ -414,7 +450,8 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
             raise ValueError(f"--resume: no checkpoint at {ckpt}")
         params, adam, rng, meta = load_checkpoint(ckpt)
         written = {**{k: getattr(TrainConfig(), k) for k in _RESUME_KEYS}, **meta["settings"]}  # older checkpoints
-        changed = {k: (written[k], v) for k, v in settings.items() if written[k] != v}
+        changed = {k: (written[k], v) for k, v in settings.items()
+                   if (written[k] != v if k != "target" else _target_kind(written[k]) != _target_kind(v))}
         if changed:
             raise ValueError(f"--resume with different settings than the checkpoint (was, now): {changed}")
         epoch, history = meta["epoch"], meta["history"]
@@ -433,7 +470,8 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
               desc=f"{cfg.dataset} {cfg.algo}", unit="batch") as bar:
         def on_batch(loss):
             bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}")
+            rate = bar.format_dict.get("rate")  # minibatches/s over all boards
+            bar.set_postfix(loss=f"{loss:.3f}", **({"samples/s": f"{rate * cfg.batch:.1f}"} if rate else {}))
 
         while epoch < cfg.epochs:
             params, adam, totals = train_epoch(params, adam, rng, train_split, cfg, net, target, on_batch)
@@ -455,7 +493,10 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
         "saturated": sum(h.get("saturated", 0) for h in history), "architecture": net.architecture(),
         "nudge_scale": net.fmt.nudge_scale, "settings": settings, "history": history,
         "link": None if board is None else link_summary(board),
+        "boards": [cfg.target] if board is not None else [], "engine": None,
     }
+    if hasattr(target, "summary"):  # host.multiboard: the boards, Ray and each board's link
+        summary.update(target.summary())
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     title = f"{cfg.dataset} · {cfg.algo} · {cfg.target} · seed {cfg.seed}"
@@ -519,6 +560,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults", type=float, default=d.faults, metavar="RATE",
                         help="diagnostic: inject byte faults (drop, corrupt, insert; RATE per byte in all, each "
                              "direction) on the board link; the retries must give the same parameters")
+    parser.add_argument("--boards", type=int, default=None, metavar="B",
+                        help="train data-parallel on B boards through Ray, bit-identically to one board: B simulated "
+                             "or golden boards (--target sim|golden), or one per URL of --target URL1,URL2,... "
+                             "(default: 1, or the number of URLs)")
+    parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                        help="join this Ray cluster (ray start --head ...) and open each board on the node that "
+                             "holds it (custom resource board:NAME); default: a local Ray instance")
     parser.set_defaults(run=_run_cli)
 
 
