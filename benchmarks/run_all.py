@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("gradient_cost", "stack_cost", "core_cycles", "sim_board_speed", "board_training")
+BENCHMARKS = ("gradient_cost", "stack_cost", "core_cycles", "sim_board_speed", "board_training", "multiboard")
 
 
 def main(argv=None) -> int:

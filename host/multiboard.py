@@ -51,6 +51,10 @@ __all__ = ["BoardActor", "BoardFailure", "MultiBoardTarget", "board_targets", "o
 LOCAL_CPUS = min(2, os.cpu_count() or 1)
 
 
+#: Seconds to wait for boards that other actors still hold (a previous run's, being torn down).
+FREE_WAIT_S = 30.0
+
+
 class BoardFailure(ConnectionError):
     """A board stopped answering mid-run (its actor died, or its link failed beyond the retries)."""
 
@@ -236,9 +240,9 @@ def _init_ray(address: str | None, resources: dict) -> bool:
         return False
     with warnings.catch_warnings():  # Ray's fork-exec of its own processes alarms JAX needlessly
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-        if address:
+        if address and address != "local":
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        else:  # the embedded default: a local instance with one resource per board
+        else:  # the embedded default ("local" too): a local instance with one resource per board
             ray.init(num_cpus=LOCAL_CPUS, resources=resources, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
     return True
@@ -259,12 +263,17 @@ def open_multiboard(cfg, fmt: FixedFormat, size: HRUSize, n_inputs: int, stack) 
         build_simulated_board(HRUSize(cfg.oscillators, n_inputs, size.max_length), fmt)
     if _init_ray(cfg.ray_address, needed):
         stack.callback(ray.shutdown)
-    available = ray.available_resources()
-    short = {k: (v, available.get(k, 0)) for k, v in needed.items() if available.get(k, 0) < v}
+    total = ray.cluster_resources()
+    short = {k: (v, total.get(k, 0)) for k, v in needed.items() if total.get(k, 0) < v}
     if short:
-        raise ValueError("the Ray cluster lacks board resources (needed, free): "
-                         + ", ".join(f"{k}: ({v}, {free:g})" for k, (v, free) in short.items())
+        raise ValueError("the Ray cluster lacks board resources (needed, declared): "
+                         + ", ".join(f"{k}: ({v}, {n:g})" for k, (v, n) in short.items())
                          + "; on each board's machine: ray start --address=HEAD:PORT --resources='{\"board:NAME\": 1}'")
+    deadline = time.monotonic() + FREE_WAIT_S  # boards a finished run's actors held are freed within moments
+    while any(ray.available_resources().get(k, 0) < v for k, v in needed.items()):
+        if time.monotonic() > deadline:
+            raise ValueError(f"the Ray cluster's boards {sorted(needed)} are held by other actors (another run?)")
+        time.sleep(0.1)
     remote = ray.remote(BoardActor)
     actors = [remote.options(num_cpus=0, resources={resource_name(url): 1}, max_restarts=0, max_task_retries=0)
               .remote(dataclasses.replace(cfg, target=url), fmt, size, n_inputs) for url in urls]

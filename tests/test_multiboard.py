@@ -84,6 +84,37 @@ def test_a_board_that_dies_stops_the_run_and_resume_on_one_board_ends_the_same(r
     assert resumed["params_sha256"] == reference["params_sha256"] and resumed["epochs"] == 2
 
 
+def test_a_link_that_gives_up_names_the_board(local_ray):
+    from host.client import LinkError
+
+    @ray.remote(num_cpus=0)
+    def fails(exc):
+        raise exc
+
+    target = multiboard.MultiBoardTarget([None, None], ["golden", "socket://10.0.0.2:5000"], None)
+    with pytest.raises(multiboard.BoardFailure,
+                       match=r"^board 1 \(socket://10.0.0.2:5000\) failed: LinkError: no reply to ECHO_DATA$"):
+        target._get({0: ray.put(0), 1: fails.remote(LinkError("no reply to ECHO_DATA"))})
+    with pytest.raises(ValueError, match=r"^board 0 \(golden\): the board has 8 oscillators"):
+        target._get({0: fails.remote(ValueError("the board has 8 oscillators"))})
+
+
+def test_benchmark_measures_one_and_two_boards_and_prints_its_table(local_ray, tmp_path, capsys):
+    from benchmarks import multiboard as bench
+
+    out = tmp_path / "mb.json"
+    result = bench.main(["--targets", "golden", "--boards", "1,2", "--samples", "8", "--warmup", "0",
+                         "--oscillators", "4", "--out", str(out)])
+    golden = result["targets"]["golden"]
+    assert golden["bit_identical"] and [(r["boards"], r["engine"]) for r in golden["rows"]] == \
+        [(1, "none"), (1, "ray"), (2, "ray")]
+    assert all(r["samples"] == 8 and r["samples_per_s"] > 0 and r["board_s"] > 0 for r in golden["rows"])
+    capsys.readouterr()
+    assert bench.main(["--table", "--out", str(out)]) == json.loads(out.read_text())
+    table = capsys.readouterr().out
+    assert "| golden boards | engine |" in table and "| 32 | ray | — |" in table
+
+
 def test_board_lists_and_resume_keys():
     assert multiboard.board_targets("golden", 3) == ["golden"] * 3
     urls = "socket://10.0.0.2:5000,serial:///dev/ttyUSB1?baud=3000000"
