@@ -101,8 +101,16 @@ class FixedFormat:
         return dataclasses.asdict(self)
 
     def for_length(self, length: int) -> "FixedFormat":
-        """This format with the loss scale raised by :func:`length_scale_log2` for ``length`` steps."""
-        return self.replace(loss_scale_log2=self.loss_scale_log2 + length_scale_log2(length))
+        """This format for ``length`` steps: from 2049 steps on, the loss scale raised by
+        :func:`length_scale_log2` and the state given ⌈that/2⌉ more integer bits.
+
+        Why the state too: a non-dissipative oscillator driven by noise gains energy linearly in
+        time, so its amplitude grows like √L (DESIGN.md's prototype: |y| ~ 1,000 at 16k); one more
+        integer bit per 4× in L keeps the same headroom. The state keeps its width (the hardware's
+        32-bit words); the bits come from the fraction, which the larger nudge makes up for.
+        """
+        shift = length_scale_log2(length)
+        return self.replace(loss_scale_log2=self.loss_scale_log2 + shift, state_frac=self.state_frac - (shift + 1) // 2)
 
 
 #: sequences up to 2^11 = 2048 steps use a format's loss scale unchanged (every aeon set we train on)

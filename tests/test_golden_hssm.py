@@ -79,10 +79,11 @@ def test_block_zero_nudge_echo_returns_the_initial_state(hru):
     assert not np.any(np.asarray(ech.du)) and not np.any(np.asarray(ech.kin))  # identical echoes: all zero
 
 
-def test_the_nudge_scale_follows_the_length_from_2048_steps():
+def test_the_nudge_scale_and_the_state_range_follow_the_length_from_2048_steps():
     assert [length_scale_log2(n) for n in (1, 29, 1460, 2048, 2049, 16000, 50000)] == [0, 0, 0, 0, 1, 3, 5]
-    assert FixedFormat().for_length(100) == FixedFormat()
+    assert FixedFormat().for_length(100) == FixedFormat() == FixedFormat().for_length(2048)
     assert FixedFormat().for_length(50000).nudge_scale == 32 * FixedFormat().nudge_scale
+    assert [FixedFormat().for_length(n).state_frac for n in (4096, 16000, 50000)] == [19, 18, 17]
 
 
 @pytest.mark.parametrize("hru, blocks", [("linear", 3), ("nonlinear", 2)])
