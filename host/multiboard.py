@@ -156,6 +156,10 @@ class MultiBoardTarget:
                 raise BoardFailure(f"board {i} ({self.urls[i]}) failed: {type(cause).__name__}: "
                                    f"{' '.join(str(cause).split())}") from exc
             except RayActorError as exc:
+                if getattr(exc, "actor_init_failed", False):  # Board.open raised in the actor: its last line
+                    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                    raise BoardFailure(f"board {i} ({self.urls[i]}) could not be opened: "
+                                       f"{lines[-1] if lines else type(exc).__name__}") from exc
                 raise BoardFailure(f"board {i} ({self.urls[i]}) failed: its Ray actor died "
                                    f"({type(exc).__name__}; the board's process or node is gone)") from exc
             except RayError as exc:
@@ -243,8 +247,9 @@ def _init_ray(address: str | None, resources: dict) -> bool:
         if address and address != "local":
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         else:  # the embedded default ("local" too): a local instance with one resource per board
+            # (quiet: not even its notice that token authentication guards this machine-local instance)
             ray.init(num_cpus=LOCAL_CPUS, resources=resources, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.ERROR)
     return True
 
 

@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 
 from host import cli  # noqa: E402
 from host import multiboard  # noqa: E402
-from host.train import CHECKPOINT, TrainConfig, load_checkpoint, train  # noqa: E402
+from host.train import CHECKPOINT, TrainConfig, _target_kind, load_checkpoint, train  # noqa: E402
 
 SMALL = ["--dataset", "BasicMotions", "--epochs", "2", "--batch", "20", "--oscillators", "4", "--seed", "2"]
 
@@ -98,6 +98,19 @@ def test_a_link_that_gives_up_names_the_board(local_ray):
     with pytest.raises(ValueError, match=r"^board 0 \(golden\): the board has 8 oscillators"):
         target._get({0: fails.remote(ValueError("the board has 8 oscillators"))})
 
+    @ray.remote(num_cpus=0)
+    class Unreachable:
+        def __init__(self):
+            raise OSError("Could not open port socket://127.0.0.1:1")
+
+        def describe(self):
+            return {}
+
+    with pytest.raises(multiboard.BoardFailure, match=r"^board 0 \(golden\) could not be opened: OSError: Could not "):
+        multiboard.MultiBoardTarget([Unreachable.remote()], ["golden"], None)._call("describe")
+    with pytest.raises(ValueError, match=r"lacks board resources \(needed, declared\): board:127.0.0.1:1: \(1, 0\)"):
+        train(TrainConfig(target="socket://127.0.0.1:1,socket://127.0.0.1:2", oscillators=4), progress=False)
+
 
 def test_benchmark_measures_one_and_two_boards_and_prints_its_table(local_ray, tmp_path, capsys):
     from benchmarks import multiboard as bench
@@ -125,6 +138,9 @@ def test_board_lists_and_resume_keys():
                                     ("golden,sim", None, "must be socket:// or serial://")):
         with pytest.raises(ValueError, match=message):
             train(TrainConfig(target=target, boards=boards), progress=False)
+    # board URLs may change on --resume (another set of boards); sim, golden and inprocess stay what they were
+    assert _target_kind("socket://a:1,socket://b:2") == _target_kind("serial:///dev/ttyUSB0") != "golden"
+    assert _target_kind("golden") != _target_kind("sim")
     with pytest.raises(ValueError, match="single-HRU model with --algo rhel"):
         train(TrainConfig(target="golden", boards=2, algo="bptt"), progress=False)
 
