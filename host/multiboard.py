@@ -138,7 +138,6 @@ class MultiBoardTarget:
     def __init__(self, actors: list, urls: list[str], fmt: FixedFormat):
         self.actors, self.urls, self.fmt = list(actors), list(urls), fmt
         self.nodes: list[dict] = []
-        self.seconds = {"remote": 0.0, "host": 0.0}  # wall time waiting on the boards, and in on_forward
 
     def _get(self, refs: dict):
         """{board index: ObjectRef} -> {board index: value}; a failed board raises BoardFailure naming it."""
@@ -175,8 +174,6 @@ class MultiBoardTarget:
         self._call("load", ray.put(q))
 
     def run(self, uq, live, on_forward) -> int:
-        t0 = time.perf_counter()
-        host = 0.0
         lanes, n = np.flatnonzero(live), len(self.actors)
         pending: dict[int, tuple] = {}  # board -> (u, nudge) of its lane forwarded last, still to echo
         overflows = 0
@@ -185,7 +182,6 @@ class MultiBoardTarget:
             refs = {b: self.actors[b].step.remote(pending.pop(b, None), uq[lane]) for b, lane in enumerate(group)}
             refs.update({b: self.actors[b].step.remote(pending.pop(b), None) for b in list(pending)})
             results = self._get(refs)
-            h0 = time.perf_counter()
             for b in sorted(results):
                 echo_overflows, pos_sum, forward_overflows = results[b]
                 overflows += echo_overflows + forward_overflows
@@ -193,13 +189,10 @@ class MultiBoardTarget:
                 nudge = on_forward(lane, results[b][1])
                 if nudge is not None:
                     pending[b] = (uq[lane], nudge)
-            host += time.perf_counter() - h0
         if pending:
             for echo_overflows, _, _ in self._get({b: self.actors[b].step.remote(e, None)
                                                    for b, e in pending.items()}).values():
                 overflows += echo_overflows
-        self.seconds["host"] += host
-        self.seconds["remote"] += time.perf_counter() - t0 - host
         return overflows
 
     def finish(self):

@@ -6,7 +6,6 @@ with one line naming it, the last checkpoint intact, and ``--resume`` on one boa
 bit-identically; a two-node Ray cluster (ray.cluster_utils.Cluster, one board per node) trains
 across both nodes.
 """
-import dataclasses
 import json
 
 import pytest
