@@ -42,16 +42,13 @@ def run_cell(cmd: list[str]) -> dict:
     """One training run (reused when its summary exists): accuracy, wall time, overflows."""
     out = Path(cmd[cmd.index("--out") + 1])
     summary = out / "summary.json"
-    wall = None
     if not summary.exists():
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "host.cli", *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-        wall = time.perf_counter() - t0
-        (out / "wall_s.txt").write_text(f"{wall:.1f}\n")
-    elif (out / "wall_s.txt").exists():
-        wall = float((out / "wall_s.txt").read_text())
+        (out / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    wall = float((out / "wall_s.txt").read_text()) if (out / "wall_s.txt").exists() else None
     s = json.loads(summary.read_text())
     return {"command": " ".join(cmd), "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"],
             "overflow_events": s["overflow_events"], "saturated": s.get("saturated", 0), "wall_s": wall,
