@@ -41,6 +41,16 @@ def run_one(length: int, algo: str, epochs: int, hidden: int, oscillators: int, 
             "peak_rss_bytes_so_far": _maxrss_bytes(), "params_sha256": s["params_sha256"]}
 
 
+def format_table(result: dict) -> str:
+    lines = ["| L | algorithm | test accuracy per epoch (%) | chance | overflow events | wall time | command |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        per_epoch = ", ".join(f"{100 * a:.1f}" for a in r["test_accuracy_per_epoch"])
+        lines.append(f"| {r['length']:,} | {r['algo']} | {per_epoch} | {100 * r['chance']:.0f} | {r['overflow_events']} | "
+                     f"{r['wall_s'] / 60:.1f} min | `{r['command']}` |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.long_range", description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 16000])
@@ -50,7 +60,11 @@ def main(argv=None):
     ap.add_argument("--oscillators", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--table", action="store_true", help="print README's table from --out and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(format_table(json.loads(args.out.read_text())))
+        return None
     runs = []
     for length in args.lengths:
         for algo in args.algos:

@@ -113,3 +113,12 @@ def test_check_gradients_table_names_the_command_of_each_report(tmp_path):
     assert line.startswith("| `echoboard check-gradients --hru linear --blocks 2 --hidden 4 --length 48 --oscillators 4 "
                            "--inputs 2 --epsilon 0.125 --seed 0` | 22 | 1.000000 /")
     assert line.endswith("| True | 0 |")
+
+
+def test_long_range_table_names_each_run():
+    from benchmarks import long_range
+
+    run = {"length": 16000, "algo": "rhel", "test_accuracy_per_epoch": [0.3, 0.5], "chance": 0.25,
+           "overflow_events": 0, "wall_s": 120.0, "command": "echoboard train --dataset DelayedRecall-16000"}
+    assert long_range.format_table({"runs": [run]}).splitlines()[-1] == (
+        "| 16,000 | rhel | 30.0, 50.0 | 25 | 0 | 2.0 min | `echoboard train --dataset DelayedRecall-16000` |")
