@@ -54,6 +54,7 @@ NORM_MOMENTUM = 0.9
 LANES = 8  # samples side by side (vmapped), as golden_model.model
 FLOAT_EPSILON = {"linear": 0.1, "nonlinear": 2.0 ** -4}  # float RHEL nudge; the nonlinear bias is O(ε²)
 DELTA_RANGE = (2.0 ** -6, 1.0)
+DELTA_INITS = ("paper", "log-uniform")
 A_MIN = 0.05
 
 
@@ -67,6 +68,7 @@ class Architecture:
     hidden: int = 32
     oscillators: int = 32
     hru: str = "linear"
+    delta_init: str = "paper"  # or "log-uniform": DELTA_INITS
 
     def __post_init__(self):
         for name in ("inputs", "classes", "blocks", "hidden", "oscillators"):
@@ -75,9 +77,11 @@ class Architecture:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.hru not in hb.HRU_KINDS:
             raise ValueError(f"unknown HRU {self.hru!r}; choose one of {', '.join(hb.HRU_KINDS)}")
+        if self.delta_init not in DELTA_INITS:
+            raise ValueError(f"unknown delta init {self.delta_init!r}; choose one of {', '.join(DELTA_INITS)}")
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("inputs", "classes", "blocks", "hidden", "oscillators", "hru")}
+        return {k: getattr(self, k) for k in ("inputs", "classes", "blocks", "hidden", "oscillators", "hru", "delta_init")}
 
     def trained(self) -> tuple[str, ...]:
         """Dotted names of every trained tensor, input side first."""
@@ -101,6 +105,19 @@ def _uniform(rng, bound, shape):
     return rng.uniform(-bound, bound, shape)
 
 
+def _delta_init(rng, arch: Architecture, P: int):
+    """The linear HRU's δ: the paper's sigmoid(U(0, 1)) ∈ (0.5, 0.73), or log-uniform over DELTA_RANGE.
+
+    Why the second: an oscillator of period T steps averages out an input that lasts much longer
+    than T. With the paper's δ every period is below ~13 steps (A ≥ 0.05), so a slow event (the
+    64-step pulse of DelayedRecall-16000) barely moves any oscillator; log-spaced timescales, as
+    S4 and LRU initialise theirs, put some periods in the hundreds of steps.
+    """
+    if arch.delta_init == "log-uniform":
+        return np.exp(rng.uniform(np.log(DELTA_RANGE[0]), np.log(DELTA_RANGE[1]), P))
+    return 1.0 / (1.0 + np.exp(-rng.uniform(0.0, 1.0, P)))
+
+
 def init_params(rng: np.random.Generator, arch: Architecture) -> dict:
     """The paper's initialisation (rhel-algorithm.md §3.2, §3.3; eqx.nn.Linear's U(±1/√fan_in))."""
     N, H, P, C = arch.inputs, arch.hidden, arch.oscillators, arch.classes
@@ -109,7 +126,7 @@ def init_params(rng: np.random.Generator, arch: Architecture) -> dict:
         b = f"block{k}."
         if arch.hru == "linear":
             p |= {b + "A": rng.uniform(0.0, 1.0, P), b + "B": _uniform(rng, 1 / np.sqrt(H), (P, H)),
-                  b + "delta": 1.0 / (1.0 + np.exp(-rng.uniform(0.0, 1.0, P)))}
+                  b + "delta": _delta_init(rng, arch, P)}
         else:
             p |= {b + "W": rng.uniform(0.5, 1.0, P), b + "b": np.zeros(P), b + "c": rng.uniform(-1.0, 1.0, P),
                   b + "alpha": rng.uniform(0.1, 1.0, P), b + "B": _uniform(rng, 1 / np.sqrt(H), (P, H)),

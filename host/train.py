@@ -57,7 +57,7 @@ TARGETS = ("sim", "golden", "inprocess")  # plus socket:// and serial:// board U
 URL_SCHEMES = ("socket://", "serial://")
 CHECKPOINT = "checkpoint.npz"
 # settings a resumed run must share with the run that wrote the checkpoint
-_RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", "oscillators", "blocks", "hidden", "hru")
+_RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", "oscillators", "blocks", "hidden", "hru", "delta_init")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class TrainConfig:
     blocks: int = 0  # 0: the single-HRU on-board model; K >= 1: an HSSM of K blocks
     hidden: int = 32  # H, the HSSM's width between blocks
     hru: str = "linear"  # the HSSM blocks' HRU
+    delta_init: str = "paper"  # the HSSM's linear δ: the paper's, or log-uniform timescales (hssm._delta_init)
     out: str | None = None  # default runs/<dataset>-<algo>-<seed>
     resume: bool = False
     faults: float = 0.0  # per-byte fault rate on the board link (diagnostic; results must not change)
@@ -327,7 +328,8 @@ class HSSMModel:
 
     def __init__(self, cfg: TrainConfig, n_inputs: int, n_classes: int, fmt):
         self.cfg, self.fmt = cfg, fmt
-        self.arch = hssm.Architecture(n_inputs, n_classes, cfg.blocks, cfg.hidden, cfg.oscillators, cfg.hru)
+        self.arch = hssm.Architecture(n_inputs, n_classes, cfg.blocks, cfg.hidden, cfg.oscillators, cfg.hru,
+                                      cfg.delta_init)
         self.trained = self.arch.trained()
 
     def architecture(self) -> dict:
@@ -343,7 +345,8 @@ class HSSMModel:
 
     def learning_rate(self, step: int, n_train: int) -> float:
         """Cosine decay from --lr to 0 over the run's --epochs: the last epochs settle instead of
-        ending on one noisy step (the final accuracy is what a run reports)."""
+        ending on one noisy step (the final accuracy is what a run reports). A run resumed with the
+        same --epochs ends bit-identically; a larger --epochs on resume stretches the schedule."""
         total = self.cfg.epochs * -(-n_train // self.cfg.batch)
         return self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
@@ -555,6 +558,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the HSSM's width between blocks (default {d.hidden})")
     parser.add_argument("--hru", default=d.hru, choices=hb.HRU_KINDS,
                         help=f"the HSSM blocks' HRU (default {d.hru})")
+    parser.add_argument("--delta-init", default=d.delta_init, choices=hssm.DELTA_INITS,
+                        help="the linear HSSM's initial δ: the paper's sigmoid(U(0, 1)), or log-uniform over "
+                             f"[2^-6, 1] for events slower than ~13 steps (default {d.delta_init})")
     parser.add_argument("--out", default=None, help="output folder (default runs/<dataset>-<algo>-<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz up to --epochs")
     parser.add_argument("--faults", type=float, default=d.faults, metavar="RATE",

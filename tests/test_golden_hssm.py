@@ -17,6 +17,7 @@ from golden_model import hssm, report
 from golden_model.formats import FixedFormat, length_scale_log2
 from golden_model.report import cosine, norm_ratio
 from host import cli
+from host import train as host_train
 from host.train import TrainConfig, train
 
 
@@ -120,13 +121,24 @@ def _hssm_config(tmp_path, **kw):
                           "blocks": 2, "hidden": 8, "oscillators": 6, "seed": 1, "out": str(tmp_path / "run"), **kw})
 
 
-def test_hssm_trains_and_resumes_bit_identically(tmp_path):
+def test_hssm_trains_and_resumes_bit_identically(tmp_path, monkeypatch):
+    """Interrupted after its first epoch's checkpoint (Ctrl-C) and resumed with the same settings, a run
+    ends as the uninterrupted one (the learning-rate schedule spans --epochs, so it must not change)."""
     full = train(_hssm_config(tmp_path / "a"), progress=False)
-    train(_hssm_config(tmp_path / "b", epochs=1), progress=False)
+    save = host_train.save_checkpoint
+
+    def save_then_interrupt(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(host_train, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_hssm_config(tmp_path / "b"), progress=False)
+    monkeypatch.setattr(host_train, "save_checkpoint", save)
     resumed = train(_hssm_config(tmp_path / "b", resume=True), progress=False)
     assert resumed["params_sha256"] == full["params_sha256"] and resumed["history"] == full["history"]
     assert full["architecture"] == {"model": "hssm", "inputs": 6, "classes": 4, "blocks": 2, "hidden": 8,
-                                    "oscillators": 6, "hru": "linear"}
+                                    "oscillators": 6, "hru": "linear", "delta_init": "paper"}
     assert full["history"][-1]["loss"] < full["history"][0]["loss"]
     with np.load(tmp_path / "a" / "run" / "checkpoint.npz") as z:
         assert "param/block1.norm.var" in z.files and "m/block1.delta" in z.files and "m/block1.norm.var" not in z.files
