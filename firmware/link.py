@@ -343,7 +343,8 @@ class FrameReceiver(wiring.Component):
 
     Input is accepted every cycle in every state. A frame that starts while the buffer is
     still busy (the host did not wait for the reply) is dropped whole, up to its delimiter,
-    and counted in ``overruns``; the host's timeout and retry recover it.
+    and counted in ``overruns`` (one that decodes to no bytes, ``01 00``, too); the host's
+    timeout and retry recover it.
 
     Latency: the header is valid the cycle after the delimiter arrives; payload follows at one
     byte per cycle from the cycle after the header is taken.
@@ -449,9 +450,12 @@ class FrameReceiver(wiring.Component):
         return m
 
     def _drop_while_busy(self, m, skip):
+        # A frame that ends here arrived whole while the buffer was busy: count it. ``skip`` marks
+        # one whose decoded bytes were seen; ``~empty`` also catches one that decoded to no bytes
+        # (``01 00``: a code byte only), which sets no ``skip``. Consecutive delimiters stay uncounted.
         with m.If(self.i.valid & ~self.i.p.end):
             m.d.sync += skip.eq(1)
-        with m.If(self.i.valid & self.i.p.end & skip):
+        with m.If(self.i.valid & self.i.p.end & (skip | ~self.i.p.empty)):
             m.d.sync += [self.overruns.eq(self.overruns + 1), skip.eq(0)]
 
 

@@ -319,6 +319,42 @@ def test_frame_arriving_while_busy_is_dropped_and_counted():
     assert counters == {"frames_ok": 2, "crc_errors": 0, "framing_errors": 0, "overruns": 1}
 
 
+def test_frame_decoding_to_no_bytes_is_counted_while_busy_and_answered_while_free():
+    """A frame of code bytes only (``01 00``, or ``02 00`` cut short) sets no ``skip``: arriving
+    while the buffer is busy it still counts as an overrun; arriving while the buffer is free it
+    is answered TRUNCATED (as before). Consecutive delimiters count nowhere in either state."""
+    rng = random.Random(7)
+    a, b = request(rng, 20), request(rng, 3)
+    dut = RxPath()
+    headers, payload, counters = [], [], {}
+
+    async def host(ctx):
+        await put(ctx, dut.i, a)  # a's header now waits: the consumer is not ready
+        await put(ctx, dut.i, b"\x01\x00" + b"\x00" + b"\x02\x00" + b)  # dropped: 3 overruns, the empty one nothing
+        await ctx.tick().repeat(5)
+        ctx.set(dut.header.ready, 1)
+        await ctx.tick().repeat(40)  # a's payload has drained: the buffer is free
+        await put(ctx, dut.i, b"\x01\x00" + b"\x00")  # answered TRUNCATED; the empty frame nothing
+        await ctx.tick().repeat(20)
+        counters.update({name: ctx.get(getattr(dut.rcv, name)) for name in COUNTERS})
+
+    async def consumer(ctx):
+        ctx.set(dut.payload.ready, 1)
+        while True:
+            _, _, hv, hr, hp, pv, pp = await ctx.tick().sample(dut.header.valid, dut.header.ready, dut.header.payload,
+                                                               dut.payload.valid, dut.payload.payload)
+            if hv and hr:
+                headers.append(hp)
+            if pv:
+                payload.append(pp)
+
+    simulate(dut, host, background=[consumer], max_cycles=3_000)
+    got = received_frames(headers, payload)
+    body = protocol.decode_frame(a)
+    assert got == [(Status.OK, body[0], body[1], body[2:], False), (Status.TRUNCATED, 0, 0, b"", False)]
+    assert counters == {"frames_ok": 1, "crc_errors": 0, "framing_errors": 1, "overruns": 3}
+
+
 # ---------------------------------------------------------------- transmit path
 
 @pytest.mark.parametrize("seed", [5, 6])
