@@ -114,15 +114,21 @@ def test_missing_serial_device_is_one_line(monkeypatch, capsys):
 def test_ctrl_c_is_one_line(tmp_path):
     """SIGINT while a command waits on a child process (`program` on a stand-in loader that
     hangs): the child is stopped, one line, exit 130."""
-    loader = tmp_path / "openFPGALoader"
-    loader.write_text('#!/bin/sh\n[ "$1" = --Version ] && echo "openFPGALoader v0" && exit 0\nexec sleep 60\n')
+    loader, started = tmp_path / "openFPGALoader", tmp_path / "loader-started"
+    loader.write_text('#!/bin/sh\n[ "$1" = --Version ] && echo "openFPGALoader v0" && exit 0\n'
+                      f'touch {started}\nexec sleep 60\n')
     loader.chmod(loader.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "top.bin").write_bytes(bytes(16))
     proc = start_cli("program", "--board", "icebreaker", str(tmp_path / "top.bin"),
                      env={"OPENFPGALOADER": str(loader)})
     first = proc.stderr.readline()
     assert first.startswith("programming the icebreaker: ")
-    time.sleep(0.5)
+    # interrupt only once the loader runs: a SIGINT while Popen is still starting it would leave
+    # the loader holding our pipes (a race of the test, not of the command)
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists()
     proc.send_signal(signal.SIGINT)
     out, rest = proc.communicate(timeout=30)
     assert proc.returncode == 130 and out == ""
