@@ -47,11 +47,10 @@ import numpy as np
 from golden_model import hru_block as hb
 from golden_model import hru_float as hf
 from golden_model.fixed import add_wrap, int_range
+from golden_model.model import ALGOS, check_batch, chunks  # noqa: F401 (ALGOS: the same three)
 
-ALGOS = ("bptt", "rhel-float", "rhel")
 NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.9
-LANES = 8  # samples side by side (vmapped), as golden_model.model
 FLOAT_EPSILON = {"linear": 0.1, "nonlinear": 2.0 ** -4}  # float RHEL nudge; the nonlinear bias is O(ε²)
 DELTA_RANGE = (2.0 ** -6, 1.0)
 DELTA_INITS = ("paper", "log-uniform")
@@ -404,19 +403,6 @@ FEED_FORWARD = ("C", "D", "glu.W1", "glu.b1", "glu.W2", "glu.b2")
 HEAD = ("head.W", "head.b")
 
 
-def _chunks(lengths):
-    """(length, sample indices, live mask): chunks of LANES samples of one true length.
-
-    A short chunk is filled with copies of its first sample that have weight zero: a zero
-    gradient of the loss gives zero nudges, identical echoes and exactly zero accumulator terms.
-    """
-    for length in np.unique(lengths):
-        idx = np.flatnonzero(lengths == length)
-        for start in range(0, len(idx), LANES):
-            part = idx[start:start + LANES]
-            yield int(length), np.concatenate([part, np.full(LANES - len(part), part[0])]), np.arange(LANES) < len(part)
-
-
 def _staged_chunk(p: dict, blocks, x, labels, live, arch: Architecture, grads: dict | None, moments: list):
     """One chunk through the stack block by block; with ``grads`` the echoes run top block first.
 
@@ -478,28 +464,13 @@ def calibrate(params: dict, x, lengths, arch: Architecture) -> dict:
     (x, lengths), block by block with the float64 forward pass: the starting point of the running
     statistics, so that no block starts on inputs many times its word's range (the skip
     connections make each block's input larger than the one below)."""
-    x, lengths = _check("rhel-float", x, lengths)
+    x, lengths = check_batch("rhel-float", x, lengths)
     for k in range(arch.blocks):
         moments = _run(params, x, lengths, None, arch, "rhel-float", None, False)[3]
         stats = updated_stats(params, moments, arch, momentum=0.0)
         params = {**params, f"block{k}.norm.mean": stats[f"block{k}.norm.mean"],
                   f"block{k}.norm.var": stats[f"block{k}.norm.var"]}
     return params
-
-
-def _check(algo: str, x, lengths, labels=None):
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
-    x, lengths = np.asarray(x), np.asarray(lengths)
-    if x.ndim != 3 or lengths.shape != (x.shape[0],):
-        raise ValueError(f"expected x (S, L_max, N) and lengths (S,), got {x.shape} and {lengths.shape}")
-    if x.shape[0] == 0:
-        raise ValueError("empty batch")
-    if np.any(lengths < 1) or np.any(lengths > x.shape[1]):
-        raise ValueError(f"lengths must be in 1..{x.shape[1]}, got {lengths.min()}..{lengths.max()}")
-    if labels is not None and np.asarray(labels).shape != lengths.shape:
-        raise ValueError(f"expected labels of shape {lengths.shape}, got {np.asarray(labels).shape}")
-    return x, lengths
 
 
 def make_blocks(algo: str, arch: Architecture, fmt, epsilon: float | None = None):
@@ -521,7 +492,7 @@ def _run(params, x, lengths, labels, arch: Architecture, algo: str, fmt, with_gr
         blocks = blocks or make_blocks(algo, arch, fmt)
         blocks.load(params)
     total = 0.0
-    for length, idx, live in _chunks(lengths):
+    for length, idx, live in chunks(lengths):
         xc, lc = jnp.asarray(x[idx, :length]), labels[idx]
         if autodiff:
             loss, lg, inputs, g = _bptt_chunk(p, xc, jnp.asarray(lc), jnp.asarray(live, jnp.float64), arch)
@@ -545,7 +516,7 @@ def _run(params, x, lengths, labels, arch: Architecture, algo: str, fmt, with_gr
 def batch_gradients(params: dict, x, lengths, labels, arch: Architecture, algo: str, fmt, blocks=None) -> BatchResult:
     """Mean loss and gradients of a minibatch (x (S, L_max, N) zero-padded, true ``lengths``) by ``algo``,
     and the norm buffers updated with the minibatch's statistics (``stats``)."""
-    x, lengths = _check(algo, x, lengths, labels)
+    x, lengths = check_batch(algo, x, lengths, labels)
     total, grads, logits, moments, overflows, clipped = _run(params, x, lengths, labels, arch, algo, fmt, True, blocks)
     n = len(lengths)
     correct = int(np.sum(np.argmax(logits, axis=1) == np.asarray(labels)))
@@ -555,6 +526,6 @@ def batch_gradients(params: dict, x, lengths, labels, arch: Architecture, algo: 
 
 def predict(params: dict, x, lengths, arch: Architecture, algo: str, fmt, blocks=None) -> tuple[np.ndarray, int]:
     """Logits (S, C) from the forward pass ``algo`` trains with (integer blocks for ``rhel``), and overflows."""
-    x, lengths = _check(algo, x, lengths)
+    x, lengths = check_batch(algo, x, lengths)
     _, _, logits, _, overflows, _ = _run(params, x, lengths, None, arch, algo, fmt, False, blocks)
     return logits, overflows

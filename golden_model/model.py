@@ -247,7 +247,8 @@ class InProcessTarget:
 
 # ---- driver --------------------------------------------------------------------------------------
 
-def _check(algo: str, x, lengths, labels=None):
+def check_batch(algo: str, x, lengths, labels=None):
+    """Clear errors for a bad algorithm or batch shape; returns (x, lengths) as arrays (HSSM too)."""
     if algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
     x, lengths = np.asarray(x), np.asarray(lengths)
@@ -262,7 +263,7 @@ def _check(algo: str, x, lengths, labels=None):
     return x, lengths
 
 
-def _chunks(lengths):
+def chunks(lengths):
     """(length, sample indices, weights) for chunks of LANES samples of one true length."""
     for length in np.unique(lengths):
         idx = np.flatnonzero(lengths == length)
@@ -296,7 +297,7 @@ def _run(params, x, lengths, labels, algo, fmt, with_grads, target: FixedTarget 
         target.load(q)
     else:
         hp = _hru(params)
-    for length, idx, w in _chunks(lengths):
+    for length, idx, w in chunks(lengths):
         u = x[idx, :length]
         if fixed:
             def on_forward(lane, pos_sum, idx=idx, length=length):
@@ -330,7 +331,7 @@ def batch_gradients(params: dict, x, lengths, labels, algo: str, fmt: FixedForma
     and the host scales once. The head always gets its exact float64 gradient. ``target``: where
     ``rhel`` runs the integer HRU (default: in process).
     """
-    x, lengths = _check(algo, x, lengths, labels)
+    x, lengths = check_batch(algo, x, lengths, labels)
     loss, grads, logits, overflows = _run(params, x, lengths, labels, algo, fmt, with_grads=True, target=target)
     correct = int(np.sum(np.argmax(logits, axis=1) == np.asarray(labels)))
     return BatchResult(loss, grads, correct, overflows)
@@ -339,6 +340,6 @@ def batch_gradients(params: dict, x, lengths, labels, algo: str, fmt: FixedForma
 def predict(params: dict, x, lengths, algo: str, fmt: FixedFormat = FixedFormat(),
             target: FixedTarget | None = None) -> tuple[np.ndarray, int]:
     """Logits (S, C) from the forward pass ``algo`` trains with (the integer model for ``rhel``), and overflows."""
-    x, lengths = _check(algo, x, lengths)
+    x, lengths = check_batch(algo, x, lengths)
     _, _, logits, overflows = _run(params, x, lengths, None, algo, fmt, with_grads=False, target=target)
     return logits, overflows
