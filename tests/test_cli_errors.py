@@ -20,10 +20,16 @@ from host import cli
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _default_sigint():
+    """A job started in the background (`cmd &`, as CI may start the suite) inherits SIGINT ignored,
+    and a Python started so never raises KeyboardInterrupt: give the CLI the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*argv, cwd=None, env=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "host.cli", *argv], cwd=cwd or ROOT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
 
 
 def run_cli(*argv, cwd=None, env=None) -> tuple[int, str, list[str], float]:
