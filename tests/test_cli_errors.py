@@ -20,16 +20,18 @@ from host import cli
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _default_sigint():
-    """A job started in the background (`cmd &`, as CI may start the suite) inherits SIGINT ignored,
-    and a Python started so never raises KeyboardInterrupt: give the CLI the default disposition."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A job started in the background (`cmd &`, as CI may start the suite) inherits SIGINT ignored, and a
+# Python started so never raises KeyboardInterrupt: the Ctrl-C test starts the CLI through this
+# one-liner, which gives SIGINT its default disposition and execs the CLI (kept across exec).
+DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.executable, [sys.executable, '-m', 'host.cli', *sys.argv[1:]])")
 
 
-def start_cli(*argv, cwd=None, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "host.cli", *argv], cwd=cwd or ROOT, text=True,
+def start_cli(*argv, cwd=None, env=None, default_sigint=False) -> subprocess.Popen:
+    launcher = ["-c", DEFAULT_SIGINT] if default_sigint else ["-m", "host.cli"]
+    return subprocess.Popen([sys.executable, *launcher, *argv], cwd=cwd or ROOT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def run_cli(*argv, cwd=None, env=None) -> tuple[int, str, list[str], float]:
@@ -126,7 +128,7 @@ def test_ctrl_c_is_one_line(tmp_path):
     loader.chmod(loader.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "top.bin").write_bytes(bytes(16))
     proc = start_cli("program", "--board", "icebreaker", str(tmp_path / "top.bin"),
-                     env={"OPENFPGALOADER": str(loader)})
+                     env={"OPENFPGALOADER": str(loader)}, default_sigint=True)
     first = proc.stderr.readline()
     assert first.startswith("programming the icebreaker: ")
     # interrupt only once the loader runs: a SIGINT while Popen is still starting it would leave
