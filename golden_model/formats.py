@@ -165,8 +165,7 @@ def quantize(x, width: int, frac: int, name: str, *, lo: float | None = None) ->
         raise ValueError(f"{name} contains NaN or infinite values")
     if lo is not None and np.any(a < lo):
         raise ValueError(f"{name} must be >= {lo}, min is {a.min():.6g}")
-    scaled = a * (2.0 ** frac)
-    q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    q = round_half_away(a * (2.0 ** frac))
     vmin, vmax = int_range(width)
     if np.any(q < vmin) or np.any(q > vmax):
         bad = a[(q < vmin) | (q > vmax)]
@@ -175,6 +174,11 @@ def quantize(x, width: int, frac: int, name: str, *, lo: float | None = None) ->
             f"([{vmin / 2**frac:.6g}, {vmax / 2**frac:.6g}]): e.g. {bad.flat[0]:.6g}"
         )
     return q.astype(np.int64)
+
+
+def round_half_away(scaled) -> np.ndarray:
+    """Round half away from zero (odd, as the hardware's R): the host's float -> word conversion."""
+    return np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
 
 
 def dequantize(q, frac: int) -> np.ndarray:

@@ -47,6 +47,7 @@ import numpy as np
 from golden_model import hru_block as hb
 from golden_model import hru_float as hf
 from golden_model.fixed import add_wrap, int_range
+from golden_model.formats import round_half_away
 from golden_model.model import ALGOS, check_batch, chunks  # noqa: F401 (ALGOS: the same three)
 
 NORM_EPS = 1e-5
@@ -339,12 +340,11 @@ class FloatBlocks:
         return [{n: np.asarray(v) for n, v in (g or {}).items()} for g in self.grads]
 
 
-def _saturate(x, width: int, frac: int):
-    """Host-side conversion of a float array into ``width``-bit words (round half away, saturate):
-    returns (int64 array, number of saturated values)."""
+def saturate(x, width: int, frac: int):
+    """Host-side conversion of a float array into ``width``-bit words (formats.quantize's rounding,
+    saturating instead of refusing): returns (int64 array, number of saturated values)."""
     lo, hi = int_range(width)
-    scaled = np.asarray(x, np.float64) * 2.0 ** frac
-    q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    q = round_half_away(np.asarray(x, np.float64) * 2.0 ** frac)
     return np.clip(q, lo, hi).astype(np.int64), int(np.count_nonzero((q < lo) | (q > hi)))
 
 
@@ -368,7 +368,7 @@ class FixedBlocks:
         self.totals = [None] * self.arch.blocks
 
     def forward(self, k: int, u, live):
-        uq, clipped = _saturate(u, self.base.input_width, self.base.input_frac)
+        uq, clipped = saturate(u, self.base.input_width, self.base.input_frac)
         fwd = _fixed_block_forward(self.arch.hru, self.bq[k], jnp.asarray(uq), self.fmt)
         self.clipped += clipped
         self.overflow_events += int(np.sum(np.asarray(fwd.overflows)[live]))
@@ -376,7 +376,7 @@ class FixedBlocks:
 
     def backward(self, k: int, saved, dys, live):
         uq, y, z = saved
-        nudge, clipped = _saturate(np.asarray(dys) * self.fmt.nudge_scale, self.base.state_width, self.base.state_frac)
+        nudge, clipped = saturate(np.asarray(dys) * self.fmt.nudge_scale, self.base.state_width, self.base.state_frac)
         self.clipped += clipped
         ech = _fixed_block_echo(self.arch.hru, self.bq[k], jnp.asarray(uq), y, z, jnp.asarray(nudge), self.fmt)
         self.overflow_events += int(np.sum(np.asarray(ech.overflows)[live]))

@@ -521,7 +521,7 @@ def _retrace_case(net, params: dict, sample):
         return None
     block0 = {k[len("block0."):]: v for k, v in params.items() if k.startswith("block0.")}
     u = hssm.normalize(block0, hssm.encode(params, sample))
-    uq, _ = hssm._saturate(u, net.fmt.input_width, net.fmt.input_frac)
+    uq, _ = hssm.saturate(u, net.fmt.input_width, net.fmt.input_frac)
     return hb.quantize_block_params("linear", {k: block0[k] for k in hb.PARAM_NAMES["linear"]}, net.fmt).q, uq
 
 
