@@ -12,7 +12,7 @@ and reports per phase:
   oscillator) per lane per clock, R = P / K, E = 1 forward / 2 echo, and no step of an
   oscillator before its previous one is written back (the W-stage pipeline: 16 linear, 24
   nonlinear); ``E·R`` alone is listed too;
-- ``resource_bound``: hdl.hru_core.cycles_per_step, max(R·N/macs, E·R, W) for the built core
+- ``resource_bound``: hdl.timing.cycles_per_step, max(R·N/macs, E·R, W) for the built core
   (nonlinear echo: also R + 16, Δt's read-back hazard; equal to the oscillator ideal with the
   default ``macs`` otherwise), and ``single_mac_budget``, the same with one B·u multiplier per
   lane (the core before ``macs``, for comparison);
@@ -94,7 +94,7 @@ def measure(p: int, n: int, k: int, length: int, seed: int = 0, hru: str = "line
     cycles and speed."""
     from golden_model.formats import FixedFormat, HRUSize
     from golden_model.hru_fixed_nonlinear import NonlinearFormat
-    from hdl.hru_core import cycles_per_step, default_macs, oscillator_bound
+    from hdl.timing import cycles_per_step, default_macs, oscillator_bound
     from hdl.verilog import TOPLEVEL, golden_expectation, random_case, run_core_case
 
     fmt = NonlinearFormat() if hru == "nonlinear" else FixedFormat()

@@ -102,7 +102,7 @@ class Status(enum.IntEnum):
 
 
 class Region(enum.IntEnum):
-    """Word-addressed stores for WRITE/READ. Numbering equals hdl.hru_core.Region (checked by a test).
+    """Word-addressed stores for WRITE/READ. Numbering equals hdl.address_map.Region (checked by a test).
 
     Index ``i`` of per-oscillator regions is oscillator ``i``; B and ACC_B are row-major
     P×N (index ``i*N + j``); COUNTERS holds the overflow counters in

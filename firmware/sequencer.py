@@ -47,7 +47,8 @@ from firmware import protocol
 from firmware.link import FrameByte, FrameHeader, ReplyByte
 from firmware.protocol import (Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState,
                                Region, Status, word_bytes)
-from hdl.hru_core import PHASES, HRUCore, Op
+from hdl.address_map import PHASES
+from hdl.hru_core import HRUCore, Op
 from hdl.memories import MemoryBus
 
 __all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "Sequencer", "core_config"]
@@ -179,7 +180,7 @@ class AddressWalker(wiring.Component):
     """The core address of word ``index`` of a region, walked one word at a time.
 
     Protocol index i of a per-oscillator region is oscillator i; of B / ACC_B it is i·N + j.
-    The core keeps oscillator i in lane i % K at row i // K (hdl.hru_core.AddressMap). Walking
+    The core keeps oscillator i in lane i % K at row i // K (hdl.address_map.AddressMap). Walking
     (column fastest, then lane, then row) needs only counters, where the direct mapping would
     need a division by K. ``load`` restarts at index 0 of ``region``; ``step`` moves on by one
     word (a READ or WRITE starting at ``start`` first steps ``start`` times). COUNTERS are

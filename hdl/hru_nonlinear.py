@@ -2,7 +2,7 @@
 
 ``HRUCore(NonlinearFormat(), size, lanes)`` builds the nonlinear core: the sequencer, commands,
 streams, MAC engine (b = W(R(B·u)); the matrix accumulator ACC_TU += R(Δt·u)), drifts, kick,
-nudges, overflow counters and host port are hdl.hru_core's; ``NonlinearLane`` replaces only
+nudges, overflow counters and host port are hdl.hru_core's and hdl.hru_lane's; ``NonlinearLane`` replaces only
 the force and the echo-pair read-out (``HRULane``'s hooks).
 
 Oscillator pipeline (stage = cycles after issue; 0-7 and 18-24 are the linear lane's):
@@ -35,7 +35,7 @@ from amaranth.hdl import Module, Mux, signed
 
 from golden_model.hru_fixed_nonlinear import NonlinearFormat
 from hdl.fixed import add_round_shift, round_shift, wrap
-from hdl.hru_core import HRULane
+from hdl.hru_lane import HRULane
 from hdl.pipeline import Pipeline
 from hdl.tanh import TanhRom, tanh_stages
 
@@ -45,7 +45,7 @@ __all__ = ["NonlinearRegion", "NonlinearLane"]
 class NonlinearRegion(enum.IntEnum):
     """The nonlinear core's host regions (5 address bits).
 
-    Every region whose meaning carries over keeps hdl.hru_core.Region's number (the shared lane
+    Every region whose meaning carries over keeps hdl.address_map.Region's number (the shared lane
     code and AddressMap rely on it: B and ACC_TU are the P×N matrices at 1 and 10, COUNTERS is
     11): α takes A's place (the spring constant), ACC_YY = Σ(yh⁺² − yh⁻²) is exactly the linear
     ACC_A, ACC_TU = Σ Δt·u takes ACC_B's. The other accumulators (P words each, acc_width):

@@ -45,8 +45,11 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden_model.formats import HRUSize
+from hdl.address_map import PHASES, AddressMap, Region
 from hdl.fixed import add_round_shift, wrap
-from hdl.hru_core import PHASES, AddressMap, HRULane, Op, Region, check_config, hru_kind
+from hdl.hru_core import Op, check_config
+from hdl.hru_lane import HRULane
+from hdl.kinds import hru_kind
 from hdl.memories import MemoryBus, SharedMemory
 
 __all__ = ["SerialHRUCore", "LIMB", "SCRATCH", "check_serial_config", "cycles_per_step", "limbs", "products"]

@@ -1,6 +1,6 @@
 """A stall-free pipeline builder: named fields registered stage by stage.
 
-The HRU lanes (hdl.hru_core, hdl.hru_nonlinear) and the tanh unit (hdl.tanh) describe their
+The HRU lanes (hdl.hru_lane, hdl.hru_nonlinear) and the tanh unit (hdl.tanh) describe their
 datapaths as a sequence of stages; an item issued at cycle c is in ``stages[k]`` at cycle c + k,
 so the latency of anything is the index of the stage it appears in, and two items issued back to
 back can meet by reading ``stages[k]`` and ``stages[k + 1]`` in the same cycle.

@@ -27,7 +27,7 @@ import numpy as np
 
 from golden_model.formats import FixedFormat, HRUSize
 from hdl.cores import check_core, make_core
-from hdl.hru_core import base_format, hru_kind
+from hdl.kinds import base_format, hru_kind
 
 __all__ = ["core_verilog", "format_to_json", "format_from_json", "random_case", "golden_expectation",
            "run_core_case", "verify_core"]

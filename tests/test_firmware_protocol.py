@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from firmware import protocol as p
 from golden_model.formats import FixedFormat, HRUSize
-from hdl import hru_core
+from hdl import address_map
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -280,7 +280,7 @@ def test_default_core_limits():
 
 
 def test_regions_match_the_core_address_map():
-    assert {r.name: int(r) for r in p.Region} == {r.name: int(r) for r in hru_core.Region}
+    assert {r.name: int(r) for r in p.Region} == {r.name: int(r) for r in address_map.Region}
 
 
 # ---------------------------------------------------------------- docs/protocol.md

@@ -9,12 +9,13 @@ import dataclasses
 import pytest
 from test_hdl_core_pysim import SMALL, check_forced_overflows_saturate, run_core, run_minibatch
 
-import hdl.hru_core
+import hdl.timing
 from golden_model.formats import FixedFormat, HRUSize
 from golden_model.hru_fixed_nonlinear import NonlinearFormat
 from golden_model.tanh_table import TanhSpec
-from hdl.hru_core import (TIMINGS, AddressMap, HRUCore, Region, SlotLengths, cycles_per_step, lane_class,
-                          oscillator_bound)
+from hdl.address_map import AddressMap, Region
+from hdl.hru_core import HRUCore, lane_class
+from hdl.timing import TIMINGS, SlotLengths, cycles_per_step, oscillator_bound
 from hdl.hru_nonlinear import NonlinearRegion
 from hdl.verilog import golden_expectation, random_case
 
@@ -110,7 +111,7 @@ def test_nonlinear_slot_minimum_is_tight(size, monkeypatch):
         osc = lengths.osc - echo
         return SlotLengths(mac=lengths.mac, osc=osc, both=max(lengths.mac, osc))
 
-    monkeypatch.setattr(hdl.hru_core.SlotLengths, "of", one_short)
+    monkeypatch.setattr(hdl.timing.SlotLengths, "of", one_short)
     got = run_core(SMALL_NL, size, 1, case)
     assert got["forward"] == want["forward"] and got["echo"] != want["echo"]
 

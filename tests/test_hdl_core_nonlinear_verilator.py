@@ -15,7 +15,7 @@ from test_hdl_core_verilator import _cases, the_only_mismatch
 
 from golden_model.formats import HRUSize
 from golden_model.hru_fixed_nonlinear import NonlinearFormat
-from hdl.hru_core import cycles_per_step
+from hdl.timing import cycles_per_step
 from hdl.verilog import golden_expectation, random_case, run_core_case
 
 CONFIGS = {  # name: (format, size, lanes)

@@ -12,7 +12,7 @@ from test_hdl_core_pysim import (SMALL, CoreDriver, check_forced_overflows_satur
 from golden_model.formats import FixedFormat, HRUSize
 from golden_model.hru_fixed_nonlinear import NonlinearFormat
 from hdl.cores import check_core
-from hdl.hru_core import Region
+from hdl.address_map import Region
 from hdl.hru_serial import SerialHRUCore, cycles_per_step, limbs
 from hdl.verilog import golden_expectation, random_case, run_core_case
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from golden_model.formats import FixedFormat, HRUSize
-from hdl.hru_core import cycles_per_step, oscillator_bound
+from hdl.timing import cycles_per_step, oscillator_bound
 from hdl.verilog import golden_expectation, random_case, run_core_case
 from sim.verilator import MISMATCH_SUFFIX, SimulationFailed
 
