@@ -51,6 +51,7 @@ ALGOS = ("bptt", "rhel-float", "rhel")
 TRAINED = ("A", "B", "W", "c")  # delta is fixed (see module docstring)
 DEFAULT_OSCILLATORS = 32
 LANES = 8  # samples run side by side (vmapped); one fixed width = one compiled shape per length
+LANE_STEPS = 1 << 16  # chunks longer than this (lanes × steps) shrink to their live samples (chunk_lanes)
 FLOAT_EPSILON = 0.1  # the paper's nudge strength; the linear HRU's echo is exact for any epsilon
 
 
@@ -263,13 +264,27 @@ def check_batch(algo: str, x, lengths, labels=None):
     return x, lengths
 
 
+def chunk_lanes(length: int, count: int) -> int:
+    """Lanes of a chunk of ``count`` samples of ``length`` steps.
+
+    Short sequences run LANES wide (one compiled shape per length; dead lanes cost little). Past
+    LANE_STEPS steps per chunk the dead lanes would hold O(L) activations each, so the width shrinks
+    to the smallest power of two that holds the live samples (at most log2(LANES) + 1 shapes per
+    length): one long sample costs one sample's memory.
+    """
+    if length * LANES <= LANE_STEPS:
+        return LANES
+    return min(LANES, 1 << max(0, int(count) - 1).bit_length())
+
+
 def chunks(lengths):
-    """(length, sample indices, weights) for chunks of LANES samples of one true length."""
+    """(length, sample indices, weights) for chunks of up to LANES samples of one true length."""
     for length in np.unique(lengths):
         idx = np.flatnonzero(lengths == length)
         for start in range(0, len(idx), LANES):
             part = idx[start:start + LANES]
-            yield int(length), np.concatenate([part, np.full(LANES - len(part), part[0])]), np.arange(LANES) < len(part)
+            lanes = chunk_lanes(length, len(part))
+            yield int(length), np.concatenate([part, np.full(lanes - len(part), part[0])]), np.arange(lanes) < len(part)
 
 
 def _run(params, x, lengths, labels, algo, fmt, with_grads, target: FixedTarget | None = None):
