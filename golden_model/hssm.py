@@ -313,6 +313,27 @@ def _sum_live_lanes(total, lanes, live, width: int):
 
 # ---- where the HRU blocks run -----------------------------------------------------------------------
 
+MAX_NUDGE_EXPONENT = 40
+
+
+def nudge_exponent(dys, live) -> int:
+    """Block floating point for one chunk's nudge stream (L, P) per lane: the power of two 2^s
+    (s >= 0) that lifts its largest live value to 1/L, the per-step size of a confidently wrong
+    prediction's nudge, which is what the formats and ε are sized for.
+
+    Why: once a sample's loss saturates (2e-6 at L = 50k is common) its nudges fall below the
+    state word's LSB and the integer echo returns zeros (float RHEL loses digits to cancellation
+    the same way). RHEL is linear in the nudge, so the echo runs with 2^s·n and its outputs are
+    scaled back by 2^-s on the host; a chunk's lanes share s, so their accumulators still add as
+    integers. s never lowers a nudge: large ones run exactly as before.
+    """
+    dys = np.asarray(dys)
+    peak = float(np.max(np.abs(dys[np.asarray(live)]))) if np.any(live) else 0.0
+    if peak == 0.0:
+        return 0
+    return int(np.clip(np.floor(np.log2(1.0 / (dys.shape[1] * peak))), 0, MAX_NUDGE_EXPONENT))
+
+
 class FloatBlocks:
     """Float64 RHEL blocks: hru_float's trajectory forward and echo pair (``rhel-float``)."""
 
@@ -324,7 +345,7 @@ class FloatBlocks:
         """New parameters for one batch; the counters start from zero."""
         self.overflow_events = self.clipped = 0
         self.hp = [_hru_params(_block(params, k), self.arch.hru) for k in range(self.arch.blocks)]
-        self.grads = [None] * self.arch.blocks
+        self.grads = [{} for _ in range(self.arch.blocks)]
 
     def forward(self, k: int, u, live):
         ys, y, z = _float_block_forward(self.hp[k], u, self.arch.hru)
@@ -332,12 +353,13 @@ class FloatBlocks:
 
     def backward(self, k: int, saved, dys, live):
         u, y, z = saved
-        g, du = _float_block_echo(self.hp[k], u, y, z, dys, self.arch.hru, self.epsilon)
-        self.grads[k] = g if self.grads[k] is None else jax.tree.map(jnp.add, self.grads[k], g)
-        return du
+        scale = 2.0 ** nudge_exponent(dys, live)
+        g, du = _float_block_echo(self.hp[k], u, y, z, jnp.asarray(dys) * scale, self.arch.hru, self.epsilon)
+        _add(self.grads[k], {n: np.asarray(v) / scale for n, v in g.items()})
+        return du / scale
 
     def finish(self) -> list[dict]:
-        return [{n: np.asarray(v) for n, v in (g or {}).items()} for g in self.grads]
+        return self.grads
 
 
 def saturate(x, width: int, frac: int):
@@ -351,8 +373,9 @@ def saturate(x, width: int, frac: int):
 class FixedBlocks:
     """The integer blocks in process (hru_block, vmapped over a chunk's lanes): ``rhel``.
 
-    Per minibatch the accumulators of each block are summed over the live lanes as integers
-    (two's-complement, wraps counted), and scaled to gradients once in ``finish``.
+    Per chunk the accumulators of each block are summed over the live lanes as integers
+    (two's-complement, wraps counted; the lanes share the chunk's nudge exponent) and scaled to
+    float64 gradients with that exponent; the host adds the chunks' gradients.
     """
 
     def __init__(self, arch: Architecture, fmt):
@@ -365,7 +388,7 @@ class FixedBlocks:
         hru = self.arch.hru
         self.bq = [hb.quantize_block_params(hru, _hru_params(_block(params, k), hru), self.fmt)
                    for k in range(self.arch.blocks)]
-        self.totals = [None] * self.arch.blocks
+        self.grads = [{} for _ in range(self.arch.blocks)]
 
     def forward(self, k: int, u, live):
         uq, clipped = saturate(u, self.base.input_width, self.base.input_frac)
@@ -376,25 +399,22 @@ class FixedBlocks:
 
     def backward(self, k: int, saved, dys, live):
         uq, y, z = saved
-        nudge, clipped = saturate(np.asarray(dys) * self.fmt.nudge_scale, self.base.state_width, self.base.state_frac)
+        scale = 2.0 ** nudge_exponent(dys, live)
+        nudge, clipped = saturate(np.asarray(dys) * (self.fmt.nudge_scale * scale), self.base.state_width,
+                                  self.base.state_frac)
         self.clipped += clipped
         ech = _fixed_block_echo(self.arch.hru, self.bq[k], jnp.asarray(uq), y, z, jnp.asarray(nudge), self.fmt)
         self.overflow_events += int(np.sum(np.asarray(ech.overflows)[live]))
         lanes = (ech.acc, ech.kin)
-        total = jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), lanes) if self.totals[k] is None else self.totals[k]
-        self.totals[k], wraps = _sum_live_lanes(total, lanes, jnp.asarray(live), self.base.acc_width)
+        zero = jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), lanes)
+        (acc, kin), wraps = _sum_live_lanes(zero, lanes, jnp.asarray(live), self.base.acc_width)
         self.overflow_events += int(wraps)
-        return jnp.asarray(hb.input_gradient(self.arch.hru, ech.du, self.fmt))
+        grads = hb.gradients(self.arch.hru, self.bq[k], acc, kin, self.fmt)
+        _add(self.grads[k], {n: np.asarray(v) / scale for n, v in grads.items()})
+        return jnp.asarray(hb.input_gradient(self.arch.hru, ech.du, self.fmt) / scale)
 
     def finish(self) -> list[dict]:
-        out = []
-        for k, total in enumerate(self.totals):
-            if total is None:
-                out.append({})
-                continue
-            acc, kin = total
-            out.append(hb.gradients(self.arch.hru, self.bq[k], acc, kin, self.fmt))
-        return out
+        return self.grads
 
 
 # ---- the driver -----------------------------------------------------------------------------------
@@ -444,7 +464,7 @@ def _moments(h, live) -> np.ndarray:
 
 def _add(total: dict, part: dict):
     for k, v in part.items():
-        total[k] = total[k] + np.asarray(v)
+        total[k] = total.get(k, 0.0) + np.asarray(v)
 
 
 def updated_stats(params: dict, moments: list, arch: Architecture, momentum: float = NORM_MOMENTUM) -> dict:

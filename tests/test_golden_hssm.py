@@ -116,6 +116,38 @@ def test_stack_check_catches_a_corrupted_input_gradient(monkeypatch):
     assert r["params"]["block1.A"]["rhel_fixed_cos"] >= 0.999  # the top block's own nudge is right
 
 
+def test_nudge_exponent_lifts_small_nudges_to_one_over_length():
+    L = 100
+    dys = np.zeros((2, L, 3))
+    dys[0, 5, 1] = 1.0 / L / 8  # 2^3 below 1/L
+    dys[1, 0, 0] = 1.0  # a dead lane's value does not count
+    live = np.array([True, False])
+    assert hssm.nudge_exponent(dys, live) == 3
+    assert hssm.nudge_exponent(dys * 8, live) == 0  # at 1/L: unchanged
+    assert hssm.nudge_exponent(dys * 1e3, live) == 0  # never lowered
+    assert hssm.nudge_exponent(np.zeros((1, L, 3)), np.array([True])) == 0
+
+
+@pytest.mark.parametrize("algo", ["rhel", "rhel-float"])
+def test_a_saturated_loss_still_gets_its_gradient(algo):
+    """A confident prediction (loss ~1e-9) has nudges far below the state word's LSB: without the
+    chunk's nudge exponent the integer echo returns zeros. With it, RHEL agrees with BPTT."""
+    arch = hssm.Architecture(3, 4, 2, 8, 6, "linear")
+    fmt = hb.default_format("linear").for_length(400)
+    rng = np.random.default_rng(2)
+    params, _ = hssm.project(hssm.init_params(rng, arch), arch, fmt)
+    params["head.b"] = np.array([0.0, 25.0, 0.0, 0.0])
+    x, lengths, labels = rng.normal(size=(1, 400, 3)), np.array([400]), np.array([1])
+    params = hssm.calibrate(params, x, lengths, arch)
+    ref = hssm.batch_gradients(params, x, lengths, labels, arch, "bptt", fmt)
+    assert ref.loss < 1e-9
+    est = hssm.batch_gradients(params, x, lengths, labels, arch, algo, fmt)
+    floor = 0.999 if algo == "rhel" else 0.999999
+    for name in ("block0.A", "block0.B", "block0.delta", "block1.A", "encoder.W"):
+        assert cosine(ref.grads[name], est.grads[name]) >= floor, name
+        assert abs(norm_ratio(ref.grads[name], est.grads[name]) - 1) <= 0.02, name
+
+
 def _hssm_config(tmp_path, **kw):
     return TrainConfig(**{"dataset": "BasicMotions", "algo": "rhel", "target": "inprocess", "epochs": 2, "batch": 16,
                           "blocks": 2, "hidden": 8, "oscillators": 6, "seed": 1, "out": str(tmp_path / "run"), **kw})
