@@ -315,47 +315,72 @@ class Sequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        core, c, msg = self._core, self.config, self.messages
+        fsm = _SequencerFSM(self, m)
+        with m.FSM(name="seq"):
+            fsm.receive()
+            fsm.decode()
+            fsm.read_write()
+            fsm.pass_start()
+            fsm.pass_data()
+            fsm.pass_end()
+            fsm.send_reply()
+        return m
+
+
+class _SequencerFSM:
+    """One elaboration of a :class:`Sequencer`: its datapath, then its FSM, one method per
+    command group (each adds its states to the FSM open in ``m``).
+
+    The datapath (``__init__``) holds the registers, the helper components, the per-region
+    constants and the reply tables that every group shares; the small methods below it
+    (``error``, ``reply``, ``read_field`` …) are the steps the groups are written in.
+    """
+
+    def __init__(self, sequencer: Sequencer, m: Module):
+        s = sequencer
+        core, c, msg = s._core, s.config, s.messages
         fmt, P, N = c.fmt, c.size.oscillators, c.size.inputs
-        regions = self._region_words()
+        self.m, self.s, self.c, self.msg, self.fmt, self.P, self.N = m, s, c, msg, fmt, P, N
+        regions = s._region_words()
         wn = word_bytes(fmt.counter_width)
-        wu = word_bytes(fmt.input_width)
-        ws = word_bytes(fmt.state_width)
-        counter_addr = [core.address_map.address(core_region, p) for core_region, p in
-                        ((Region.COUNTERS, p) for p in range(len(PHASES)))]
+        self.wu = wu = word_bytes(fmt.input_width)
+        self.ws = ws = word_bytes(fmt.state_width)
+        self.counter_addr = [core.address_map.address(core_region, p) for core_region, p in
+                             ((Region.COUNTERS, p) for p in range(len(PHASES)))]
 
         # the widest request field: a u32, or a word of a writable region / of a DATA step
         in_bytes = max(4, wu, ws, *(word_bytes(bits) for bits, _, _, max_write, _ in regions.values() if max_write))
-        m.submodules.asm = asm = FieldAssembler(in_bytes)
+        m.submodules.asm = self.asm = asm = FieldAssembler(in_bytes)
         # payload bytes of the request: the receiver's frame buffer bounds them, so not the header's
         # 16 bits (cell budget, here and in the divider)
-        length = Signal(range(protocol.RX_BUFFER_BYTES))
-        m.submodules.ser = ser = FieldSerializer()
-        m.submodules.div = div = Divider(len(length))
-        m.submodules.walker = walker = AddressWalker(core)
-        m.submodules.feeder = feeder = NudgeFeeder(fmt, P, core.lanes)
+        self.length = length = Signal(range(protocol.RX_BUFFER_BYTES))
+        m.submodules.ser = self.ser = ser = FieldSerializer()
+        m.submodules.div = self.div = Divider(len(length))
+        m.submodules.walker = self.walker = walker = AddressWalker(core)
+        m.submodules.feeder = self.feeder = feeder = NudgeFeeder(fmt, P, core.lanes)
         # ECHO_START's nudge in STREAM mode: the core's stream overwrites the NUDGE store during the
         # pass (it double-buffers the streamed vectors there), and NUDGE must hold it afterwards
         m.submodules.start_nudge = start_nudge = memory.Memory(shape=fmt.state_width, depth=P, init=[])
         copy_wr, copy_rd = start_nudge.write_port(), start_nudge.read_port()
-        m.d.comb += [self.core_nudge.valid.eq(feeder.o.valid), self.core_nudge.payload.eq(feeder.o.payload),
-                     feeder.o.ready.eq(self.core_nudge.ready)]
-        wiring.connect(m, wiring.flipped(self.payload), asm.i)
-        wiring.connect(m, ser.o, wiring.flipped(self.reply))
-        bus = self.core_bus
+        self.copy_wr, self.copy_rd = copy_wr, copy_rd
+        m.d.comb += [s.core_nudge.valid.eq(feeder.o.valid), s.core_nudge.payload.eq(feeder.o.payload),
+                     feeder.o.ready.eq(s.core_nudge.ready)]
+        wiring.connect(m, wiring.flipped(s.payload), asm.i)
+        wiring.connect(m, ser.o, wiring.flipped(s.reply))
+        self.bus = bus = s.core_bus
 
         # ---- registers ---------------------------------------------------------------------
-        seq, cmd = Signal(8), Signal(8)
-        got_last = Signal()  # the request's last payload byte has been taken
-        status = Signal(8)  # of the reply being made
-        body = Signal(range(6))
-        pass_state = Signal(2)  # PassState
+        self.seq, self.cmd = Signal(8), Signal(8)
+        self.got_last = got_last = Signal()  # the request's last payload byte has been taken
+        self.status = Signal(8)  # of the reply being made
+        self.body = body = Signal(range(6))
+        self.pass_state = pass_state = Signal(2)  # PassState
         # pass lengths and step counts are at most max_length: 17 bits, not the protocol's 32
         # (cell budget); ``arg`` saturates a u32 to all ones, which is above max_length
         arg_bits = (c.size.max_length + 1).bit_length()
-        pass_length = Signal(range(c.size.max_length + 1))
-        steps_done = Signal(range(c.size.max_length + 1))
-        command_errors = Signal(32)
+        self.pass_length = pass_length = Signal(range(c.size.max_length + 1))
+        self.steps_done = steps_done = Signal(range(c.size.max_length + 1))
+        self.command_errors = command_errors = Signal(32)
         # the copy of the core's overflow counters (PHASES order), in a block RAM rather than
         # 4 × 32 flip-flops and their muxes (cell budget; ram_style, or yosys would make so small a
         # memory of flip-flops): written by COUNTERS, zeroed at a pass's start, read one cycle
@@ -363,24 +388,27 @@ class Sequencer(wiring.Component):
         m.submodules.overflow = overflow = memory.Memory(shape=fmt.counter_width, depth=4, init=[],
                                                           attrs={"ram_style": "block"})
         overflow_wr, overflow_rd = overflow.write_port(), overflow.read_port()
-        region = Signal(8)
-        start = Signal(16)
-        count = Signal(max(16, arg_bits))  # words (a u16), or steps (ABORT: up to max_length), still to move
-        arg = Signal(arg_bits)  # a pass length or a DATA offset (a u32), saturated
-        arg8 = Signal(8)  # FORWARD_START flags, ECHO_START mode
+        self.overflow_wr = overflow_wr
+        self.region = region = Signal(8)
+        self.start = Signal(16)
+        self.count = Signal(max(16, arg_bits))  # words (a u16), or steps (ABORT: up to max_length), still to move
+        self.arg = Signal(arg_bits)  # a pass length or a DATA offset (a u32), saturated
+        self.arg8 = Signal(8)  # FORWARD_START flags, ECHO_START mode
         identify = msg.pack_identify()
-        index = Signal(range(max(len(identify), N + P, 4) + 1))  # field / word index in a reply part or a step
-        op = Signal(Op)
-        u_shift = Signal(N * fmt.input_width)
-        u_full = Signal()
-        stream_mode = Signal()  # the echo pass in progress has per-step nudges
-        aborting = Signal()  # DATA_STEPS feeds zeros for the rest of the pass (ABORT)
+        self.index = index = Signal(range(max(len(identify), N + P, 4) + 1))  # field / word index in a reply part or a step
+        self.op = op = Signal(Op)
+        self.u_shift = u_shift = Signal(N * fmt.input_width)
+        self.u_full = u_full = Signal()
+        self.stream_mode = stream_mode = Signal()  # the echo pass in progress has per-step nudges
+        self.aborting = Signal()  # DATA_STEPS feeds zeros for the rest of the pass (ABORT)
 
         # ---- per-region constants, selected by ``region`` -----------------------------------
         r_known, r_bits_bytes, r_depth, r_max_write, r_max_read, r_read_only = (
             Signal(), Signal(4), Signal(17), Signal(16), Signal(16), Signal())
-        r_value = Signal(FIELD_BITS)  # bus read data, sign-extended from the region's width
-        r_word = Signal(FIELD_BITS)  # r_value, registered
+        self.r_known, self.r_bits_bytes, self.r_depth = r_known, r_bits_bytes, r_depth
+        self.r_max_write, self.r_max_read, self.r_read_only = r_max_write, r_max_read, r_read_only
+        self.r_value = r_value = Signal(FIELD_BITS)  # bus read data, sign-extended from the region's width
+        self.r_word = Signal(FIELD_BITS)  # r_value, registered
         read_region = Signal(4)  # the region of the bus read in flight (walker's)
         with m.Switch(region):
             for code, (bits, signed_, depth, max_write, max_read) in regions.items():
@@ -405,7 +433,7 @@ class Sequencer(wiring.Component):
         counters_of = [(_OverflowCopy(p), wn) for p in range(len(PHASES))]
         tables = {
             _IDENTIFY: [(b, 1) for b in identify],
-            _STATUS: [(self.frames_ok, 4), (self.crc_errors, 4), (self.framing_errors, 4), (self.overruns, 4),
+            _STATUS: [(s.frames_ok, 4), (s.crc_errors, 4), (s.framing_errors, 4), (s.overruns, 4),
                       (command_errors, 4), (pass_state, 1), (Mux(pass_state == PassState.IDLE, 0, pass_length), 4),
                       (Mux(pass_state == PassState.IDLE, 0, steps_done), 4), *counters_of],
             _FORWARD: [counters_of[0]],
@@ -413,6 +441,7 @@ class Sequencer(wiring.Component):
         }
         assert msg.status_reply.size() == sum(n for _, n in tables[_STATUS])
         t_value, t_nbytes, t_end = Signal(FIELD_BITS), Signal(4), Signal()  # t_end: the table's last field
+        self.t_value, self.t_nbytes, self.t_end = t_value, t_nbytes, t_end
         with m.Switch(body):
             for kind, fields in tables.items():
                 with m.Case(kind):
@@ -430,380 +459,416 @@ class Sequencer(wiring.Component):
         m.d.sync += read_region.eq(walker.addr >> (core.address_map.addr_width - 4))
         with m.If(asm.o.valid & asm.o.ready & asm.o.p.last):
             m.d.sync += got_last.eq(1)
-        field = asm.o.p.value
+        self.field = asm.o.p.value
 
         # ---- core command and input --------------------------------------------------------
-        m.d.comb += [self.core_cmd.p.op.eq(op), self.core_cmd.p.length.eq(pass_length),
-                     self.core_cmd.p.nudge_stream.eq(stream_mode), self.core_u.p.eq(u_shift),
-                     self.core_u.valid.eq(u_full), copy_rd.addr.eq(index)]
-        with m.If(self.core_u.valid & self.core_u.ready):
+        m.d.comb += [s.core_cmd.p.op.eq(op), s.core_cmd.p.length.eq(pass_length),
+                     s.core_cmd.p.nudge_stream.eq(stream_mode), s.core_u.p.eq(u_shift),
+                     s.core_u.valid.eq(u_full), copy_rd.addr.eq(index)]
+        with m.If(s.core_u.valid & s.core_u.ready):
             m.d.sync += u_full.eq(0)
 
-        def error(code):
-            m.d.sync += [status.eq(code), body.eq(_NONE), command_errors.eq(command_errors + 1)]
-            m.next = "DRAIN"
-
-        def proceed_if(length_ok, next_state):
-            """Go on to ``next_state`` when the payload length fits the command, else BAD_LENGTH."""
-            with m.If(length_ok):
-                m.next = next_state
-            with m.Else():
-                error(Status.BAD_LENGTH)
-
-        def reply(kind=_NONE):
-            m.d.sync += [status.eq(Status.OK), body.eq(kind), index.eq(0)]
-            m.next = "DRAIN"
-
-        def read_field(nbytes):
-            """Take the next payload field of ``nbytes`` bytes; yields inside m.If(field taken)."""
-            m.d.comb += [asm.en.eq(1), asm.nbytes.eq(nbytes), asm.o.ready.eq(1)]
-            return m.If(asm.o.valid)
-
-        def field_state(name, nbytes, register, next_state, saturate=False):
-            """A state that only stores the next ``nbytes``-byte field in ``register``, then moves on
-            (``saturate``: all ones in ``register`` when the field does not fit in it)."""
-            with m.State(name):
-                with read_field(nbytes):
-                    value = field
-                    if saturate:
-                        value = Mux(field[len(register):].any(), (1 << len(register)) - 1, field)
-                    m.d.sync += register.eq(value)
-                    m.next = next_state
-
-        def start_division(dividend, divisor):
-            m.d.comb += [div.start.eq(1), div.dividend.eq(dividend), div.divisor.eq(divisor)]
-
-        def count_from_division(next_state):
-            """Once the divider is done: a remainder means a partial word or step (BAD_LENGTH)."""
-            with m.If(~div.busy):
-                with m.If(div.remainder != 0):
-                    error(Status.BAD_LENGTH)
-                with m.Else():
-                    m.d.sync += count.eq(div.quotient)
-                    m.next = next_state
-
-        data_layout = {Command.FORWARD_DATA: msg.forward_data, Command.ECHO_DATA: msg.echo_data(EchoMode.CONSTANT),
-                       EchoMode.STREAM: msg.echo_data(EchoMode.STREAM)}
+        self.data_layout = {Command.FORWARD_DATA: msg.forward_data,
+                            Command.ECHO_DATA: msg.echo_data(EchoMode.CONSTANT),
+                            EchoMode.STREAM: msg.echo_data(EchoMode.STREAM)}
         assert msg.forward_data.step_bytes == N * wu and msg.echo_data(EchoMode.STREAM).step_bytes == N * wu + P * ws
 
-        with m.FSM(name="seq"):
-            with m.State("IDLE"):
-                m.d.comb += self.header.ready.eq(1)
-                with m.If(self.header.valid):
-                    h = self.header.p
-                    m.d.sync += [seq.eq(h.seq), cmd.eq(h.cmd), length.eq(h.length),
-                                 got_last.eq(0), index.eq(0), body.eq(_NONE), aborting.eq(0)]
-                    with m.If(h.status != Status.OK):  # a link error: answered, not counted here
-                        m.d.sync += [status.eq(h.status), body.eq(_NONE)]
-                        m.next = "HEAD"
-                    with m.Elif(h.repeat):
-                        m.next = "REPLAY"
-                    with m.Else():
-                        m.next = "DECODE"
+    # ---- the steps every group is written in --------------------------------------------------
 
-            with m.State("REPLAY"):  # a host retry: take its payload, resend the cached reply
-                with m.If(got_last | (length == 0)):
-                    m.d.comb += [ser.i.valid.eq(1), ser.i.p.replay.eq(1)]
-                    with m.If(ser.i.ready):
-                        m.next = "IDLE"
-                with m.Else():
-                    read_field(1)
+    def error(self, code):
+        self.m.d.sync += [self.status.eq(code), self.body.eq(_NONE), self.command_errors.eq(self.command_errors + 1)]
+        self.m.next = "DRAIN"
 
-            with m.State("DECODE"):
-                allowed_in_pass = Signal()
-                m.d.comb += allowed_in_pass.eq(
-                    (cmd == Command.IDENTIFY) | (cmd == Command.STATUS) | (cmd == Command.ABORT) |
-                    ((cmd == Command.FORWARD_DATA) & (pass_state == PassState.FORWARD)) |
-                    ((cmd == Command.ECHO_DATA) & (pass_state == PassState.ECHO)))
-                is_data = (cmd == Command.FORWARD_DATA) | (cmd == Command.ECHO_DATA)
-                known = Cat(*(cmd == code for code in Command)).any()
-                with m.If(~known):
-                    error(Status.UNKNOWN_COMMAND)
-                with m.Elif(Mux(pass_state == PassState.IDLE, is_data, ~allowed_in_pass)):
-                    error(Status.WRONG_STATE)
-                with m.Else():
-                    with m.Switch(cmd):
-                        with m.Case(Command.IDENTIFY, Command.STATUS, Command.ABORT, Command.CLEAR_GRADIENTS):
-                            with m.If(length != 0):
-                                error(Status.BAD_LENGTH)
-                            with m.Elif(cmd == Command.IDENTIFY):
-                                reply(_IDENTIFY)
-                            with m.Elif(cmd == Command.STATUS):
-                                reply(_STATUS)
-                            with m.Elif(cmd == Command.CLEAR_GRADIENTS):
-                                m.d.sync += op.eq(Op.CLEAR)
-                                m.next = "CORE_CMD"
-                            with m.Elif(pass_state == PassState.IDLE):  # ABORT with nothing to abort
-                                reply()
-                            with m.Else():  # zeros (inputs and nudges) for the remaining steps
-                                m.d.sync += [count.eq(pass_length - steps_done), steps_done.eq(pass_length),
-                                             aborting.eq(1), index.eq(0)]
-                                m.next = "DATA_STEPS"
-                        with m.Case(Command.READ):
-                            proceed_if(length == msg.read_request.size(), "READ_REGION")
-                        with m.Case(Command.WRITE):
-                            proceed_if(length != 0, "WRITE_REGION")
-                        with m.Case(Command.FORWARD_START):
-                            proceed_if(length == msg.forward_start.size(), "START_LENGTH")
-                        with m.Case(Command.ECHO_START):
-                            proceed_if(length == msg.echo_start.size(), "START_LENGTH")
-                        with m.Case(Command.FORWARD_DATA, Command.ECHO_DATA):
-                            fixed = data_layout[Command.FORWARD_DATA].fixed_bytes
-                            assert {layout.fixed_bytes for layout in data_layout.values()} == {fixed}
-                            step_bytes = Mux(stream_mode & (cmd == Command.ECHO_DATA),
-                                             data_layout[EchoMode.STREAM].step_bytes,
-                                             data_layout[Command.FORWARD_DATA].step_bytes)
-                            with m.If(length < fixed + step_bytes):
-                                error(Status.BAD_LENGTH)
-                            with m.Else():
-                                start_division(length - fixed, step_bytes)
-                                m.next = "DATA_LENGTH"
+    def proceed_if(self, length_ok, next_state):
+        """Go on to ``next_state`` when the payload length fits the command, else BAD_LENGTH."""
+        with self.m.If(length_ok):
+            self.m.next = next_state
+        with self.m.Else():
+            self.error(Status.BAD_LENGTH)
 
-            # ---- READ region:u8 start:u16 count:u16 --------------------------------------
-            field_state("READ_REGION", 1, region, "READ_START")
-            field_state("READ_START", 2, start, "READ_COUNT")
-            field_state("READ_COUNT", 2, count, "READ_CHECK")
-            with m.State("READ_CHECK"):
-                with m.If(~r_known | (count == 0) | (start + count > r_depth) | (count > r_max_read)):
-                    error(Status.BAD_ARGUMENT)
-                with m.Else():
-                    m.d.comb += walker.load.eq(1)
-                    m.d.sync += [body.eq(_READ), status.eq(Status.OK)]
-                    m.next = "SEEK"
+    def reply(self, kind=_NONE):
+        self.m.d.sync += [self.status.eq(Status.OK), self.body.eq(kind), self.index.eq(0)]
+        self.m.next = "DRAIN"
 
-            # ---- WRITE region:u8 start:u16 k×value ----------------------------------------
-            field_state("WRITE_REGION", 1, region, "WRITE_LENGTH")
-            with m.State("WRITE_LENGTH"):
-                with m.If(~r_known):
-                    error(Status.BAD_ARGUMENT)
-                with m.Elif(length < 3 + r_bits_bytes):
-                    error(Status.BAD_LENGTH)
-                with m.Else():
-                    start_division(length - 3, r_bits_bytes)
-                    m.next = "WRITE_DIVIDE"
-            with m.State("WRITE_DIVIDE"):
-                count_from_division("WRITE_START")
-            field_state("WRITE_START", 2, start, "WRITE_CHECK")
-            with m.State("WRITE_CHECK"):
-                with m.If(r_read_only | (start + count > r_depth) | (count > r_max_write)):
-                    error(Status.BAD_ARGUMENT)
-                with m.Else():
-                    m.d.comb += walker.load.eq(1)
-                    m.d.sync += body.eq(_NONE)
-                    m.next = "SEEK"
+    def read_field(self, nbytes):
+        """Take the next payload field of ``nbytes`` bytes; yields inside m.If(field taken)."""
+        asm = self.asm
+        self.m.d.comb += [asm.en.eq(1), asm.nbytes.eq(nbytes), asm.o.ready.eq(1)]
+        return self.m.If(asm.o.valid)
 
-            with m.State("SEEK"):  # step the walker to word ``start``
-                with m.If(start != 0):
-                    m.d.comb += walker.step.eq(1)
-                    m.d.sync += start.eq(start - 1)
-                with m.Elif(body == _READ):
+    def field_state(self, name, nbytes, register, next_state, saturate=False):
+        """A state that only stores the next ``nbytes``-byte field in ``register``, then moves on
+        (``saturate``: all ones in ``register`` when the field does not fit in it)."""
+        m, field = self.m, self.field
+        with m.State(name):
+            with self.read_field(nbytes):
+                value = field
+                if saturate:
+                    value = Mux(field[len(register):].any(), (1 << len(register)) - 1, field)
+                m.d.sync += register.eq(value)
+                m.next = next_state
+
+    def start_division(self, dividend, divisor):
+        self.m.d.comb += [self.div.start.eq(1), self.div.dividend.eq(dividend), self.div.divisor.eq(divisor)]
+
+    def count_from_division(self, next_state):
+        """Once the divider is done: a remainder means a partial word or step (BAD_LENGTH)."""
+        m, div = self.m, self.div
+        with m.If(~div.busy):
+            with m.If(div.remainder != 0):
+                self.error(Status.BAD_LENGTH)
+            with m.Else():
+                m.d.sync += self.count.eq(div.quotient)
+                m.next = next_state
+
+    # ---- the command groups -------------------------------------------------------------------
+
+    def receive(self):
+        """IDLE takes a header: a link error is answered at once, a retry replayed from the cache."""
+        m, s, h = self.m, self.s, self.s.header.p
+        with m.State("IDLE"):
+            m.d.comb += s.header.ready.eq(1)
+            with m.If(s.header.valid):
+                m.d.sync += [self.seq.eq(h.seq), self.cmd.eq(h.cmd), self.length.eq(h.length),
+                             self.got_last.eq(0), self.index.eq(0), self.body.eq(_NONE), self.aborting.eq(0)]
+                with m.If(h.status != Status.OK):  # a link error: answered, not counted here
+                    m.d.sync += [self.status.eq(h.status), self.body.eq(_NONE)]
                     m.next = "HEAD"
+                with m.Elif(h.repeat):
+                    m.next = "REPLAY"
                 with m.Else():
-                    m.next = "WRITE_WORDS"
-            with m.State("WRITE_WORDS"):
-                with read_field(r_bits_bytes):
-                    m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(field), walker.step.eq(1)]
-                    m.d.sync += count.eq(count - 1)
-                    with m.If(count == 1):
-                        reply()
+                    m.next = "DECODE"
 
-            # ---- FORWARD_START length:u32 flags:u8 / ECHO_START length:u32 mode:u8 nudge×P -----
-            field_state("START_LENGTH", 4, arg, "START_FLAGS", saturate=True)
-            field_state("START_FLAGS", 1, arg8, "START_CHECK")
-            with m.State("START_CHECK"):
-                bad_length = (arg == 0) | (arg > c.size.max_length)
-                with m.If(cmd == Command.FORWARD_START):
-                    reserved = ~sum(int(f) for f in ForwardFlags) & 0xFF
-                    with m.If(bad_length | ((arg8 & reserved) != 0)):
-                        error(Status.BAD_ARGUMENT)
-                    with m.Else():
-                        m.d.sync += [op.eq(Op.FORWARD), pass_length.eq(arg), count.eq(P), region.eq(Region.Y0),
-                                     stream_mode.eq(0)]
-                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.Y0),
-                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("forward"))]  # := 0
-                        with m.If(arg8 & ForwardFlags.ZERO_STATE):
-                            m.next = "ZERO_STATE"
-                        with m.Else():
+        with m.State("REPLAY"):  # a host retry: take its payload, resend the cached reply
+            with m.If(self.got_last | (self.length == 0)):
+                m.d.comb += [self.ser.i.valid.eq(1), self.ser.i.p.replay.eq(1)]
+                with m.If(self.ser.i.ready):
+                    m.next = "IDLE"
+            with m.Else():
+                self.read_field(1)
+
+    def decode(self):
+        """DECODE: the checks made from the header alone (UNKNOWN_COMMAND, WRONG_STATE, BAD_LENGTH
+        of the fixed layouts), then the commands without a payload, and each other group's entry."""
+        m, cmd, length, pass_state, msg = self.m, self.cmd, self.length, self.pass_state, self.msg
+        with m.State("DECODE"):
+            allowed_in_pass = Signal()
+            m.d.comb += allowed_in_pass.eq(
+                (cmd == Command.IDENTIFY) | (cmd == Command.STATUS) | (cmd == Command.ABORT) |
+                ((cmd == Command.FORWARD_DATA) & (pass_state == PassState.FORWARD)) |
+                ((cmd == Command.ECHO_DATA) & (pass_state == PassState.ECHO)))
+            is_data = (cmd == Command.FORWARD_DATA) | (cmd == Command.ECHO_DATA)
+            known = Cat(*(cmd == code for code in Command)).any()
+            with m.If(~known):
+                self.error(Status.UNKNOWN_COMMAND)
+            with m.Elif(Mux(pass_state == PassState.IDLE, is_data, ~allowed_in_pass)):
+                self.error(Status.WRONG_STATE)
+            with m.Else():
+                with m.Switch(cmd):
+                    with m.Case(Command.IDENTIFY, Command.STATUS, Command.ABORT, Command.CLEAR_GRADIENTS):
+                        with m.If(length != 0):
+                            self.error(Status.BAD_LENGTH)
+                        with m.Elif(cmd == Command.IDENTIFY):
+                            self.reply(_IDENTIFY)
+                        with m.Elif(cmd == Command.STATUS):
+                            self.reply(_STATUS)
+                        with m.Elif(cmd == Command.CLEAR_GRADIENTS):
+                            m.d.sync += self.op.eq(Op.CLEAR)
                             m.next = "CORE_CMD"
-                with m.Else():
-                    with m.If(bad_length | (arg8 > max(EchoMode))):
-                        error(Status.BAD_ARGUMENT)
-                    with m.Else():
-                        m.d.sync += [op.eq(Op.ECHO), pass_length.eq(arg), count.eq(P), region.eq(Region.NUDGE),
-                                     stream_mode.eq(arg8 == EchoMode.STREAM)]
-                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE),
-                                     overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("echo_plus"))]  # := 0
-                        m.next = "NUDGE_WORDS"
-            with m.State("ZERO_STATE"):  # Y0 then Z0 := 0
-                m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(0), walker.step.eq(1)]
+                        with m.Elif(pass_state == PassState.IDLE):  # ABORT with nothing to abort
+                            self.reply()
+                        with m.Else():  # zeros (inputs and nudges) for the remaining steps
+                            m.d.sync += [self.count.eq(self.pass_length - self.steps_done),
+                                         self.steps_done.eq(self.pass_length), self.aborting.eq(1), self.index.eq(0)]
+                            m.next = "DATA_STEPS"
+                    with m.Case(Command.READ):
+                        self.proceed_if(length == msg.read_request.size(), "READ_REGION")
+                    with m.Case(Command.WRITE):
+                        self.proceed_if(length != 0, "WRITE_REGION")
+                    with m.Case(Command.FORWARD_START):
+                        self.proceed_if(length == msg.forward_start.size(), "START_LENGTH")
+                    with m.Case(Command.ECHO_START):
+                        self.proceed_if(length == msg.echo_start.size(), "START_LENGTH")
+                    with m.Case(Command.FORWARD_DATA, Command.ECHO_DATA):
+                        data_layout = self.data_layout
+                        fixed = data_layout[Command.FORWARD_DATA].fixed_bytes
+                        assert {layout.fixed_bytes for layout in data_layout.values()} == {fixed}
+                        step_bytes = Mux(self.stream_mode & (cmd == Command.ECHO_DATA),
+                                         data_layout[EchoMode.STREAM].step_bytes,
+                                         data_layout[Command.FORWARD_DATA].step_bytes)
+                        with m.If(length < fixed + step_bytes):
+                            self.error(Status.BAD_LENGTH)
+                        with m.Else():
+                            self.start_division(length - fixed, step_bytes)
+                            m.next = "DATA_LENGTH"
+
+    def read_write(self):
+        """READ ``region:u8 start:u16 count:u16`` and WRITE ``region:u8 start:u16 k×value``: the
+        region's checks, the walker stepped to word ``start``, then the words (a READ's go out
+        with the reply, ``send_reply``)."""
+        m, walker, count, start = self.m, self.walker, self.count, self.start
+        self.field_state("READ_REGION", 1, self.region, "READ_START")
+        self.field_state("READ_START", 2, start, "READ_COUNT")
+        self.field_state("READ_COUNT", 2, count, "READ_CHECK")
+        with m.State("READ_CHECK"):
+            with m.If(~self.r_known | (count == 0) | (start + count > self.r_depth) | (count > self.r_max_read)):
+                self.error(Status.BAD_ARGUMENT)
+            with m.Else():
+                m.d.comb += walker.load.eq(1)
+                m.d.sync += [self.body.eq(_READ), self.status.eq(Status.OK)]
+                m.next = "SEEK"
+
+        self.field_state("WRITE_REGION", 1, self.region, "WRITE_LENGTH")
+        with m.State("WRITE_LENGTH"):
+            with m.If(~self.r_known):
+                self.error(Status.BAD_ARGUMENT)
+            with m.Elif(self.length < 3 + self.r_bits_bytes):
+                self.error(Status.BAD_LENGTH)
+            with m.Else():
+                self.start_division(self.length - 3, self.r_bits_bytes)
+                m.next = "WRITE_DIVIDE"
+        with m.State("WRITE_DIVIDE"):
+            self.count_from_division("WRITE_START")
+        self.field_state("WRITE_START", 2, start, "WRITE_CHECK")
+        with m.State("WRITE_CHECK"):
+            with m.If(self.r_read_only | (start + count > self.r_depth) | (count > self.r_max_write)):
+                self.error(Status.BAD_ARGUMENT)
+            with m.Else():
+                m.d.comb += walker.load.eq(1)
+                m.d.sync += self.body.eq(_NONE)
+                m.next = "SEEK"
+
+        with m.State("SEEK"):  # step the walker to word ``start``
+            with m.If(start != 0):
+                m.d.comb += walker.step.eq(1)
+                m.d.sync += start.eq(start - 1)
+            with m.Elif(self.body == _READ):
+                m.next = "HEAD"
+            with m.Else():
+                m.next = "WRITE_WORDS"
+        with m.State("WRITE_WORDS"):
+            with self.read_field(self.r_bits_bytes):
+                m.d.comb += [self.bus.w_en.eq(1), self.bus.w_data.eq(self.field), walker.step.eq(1)]
                 m.d.sync += count.eq(count - 1)
                 with m.If(count == 1):
-                    with m.If(region == Region.Y0):
-                        m.d.sync += [count.eq(P), region.eq(Region.Z0)]
-                        m.d.comb += [walker.step.eq(0), walker.load.eq(1), walker.region.eq(Region.Z0)]
+                    self.reply()
+
+    def pass_start(self):
+        """FORWARD_START ``length:u32 flags:u8`` / ECHO_START ``length:u32 mode:u8 nudge×P``, and
+        CLEAR_GRADIENTS: their checks, the stores they clear or write, then the core's command."""
+        m, c, P, walker, bus = self.m, self.c, self.P, self.walker, self.bus
+        count, region, arg, arg8 = self.count, self.region, self.arg, self.arg8
+        overflow_wr, op, stream_mode = self.overflow_wr, self.op, self.stream_mode
+        self.field_state("START_LENGTH", 4, arg, "START_FLAGS", saturate=True)
+        self.field_state("START_FLAGS", 1, arg8, "START_CHECK")
+        with m.State("START_CHECK"):
+            bad_length = (arg == 0) | (arg > c.size.max_length)
+            with m.If(self.cmd == Command.FORWARD_START):
+                reserved = ~sum(int(f) for f in ForwardFlags) & 0xFF
+                with m.If(bad_length | ((arg8 & reserved) != 0)):
+                    self.error(Status.BAD_ARGUMENT)
+                with m.Else():
+                    m.d.sync += [op.eq(Op.FORWARD), self.pass_length.eq(arg), count.eq(P), region.eq(Region.Y0),
+                                 stream_mode.eq(0)]
+                    m.d.comb += [walker.load.eq(1), walker.region.eq(Region.Y0),
+                                 overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("forward"))]  # := 0
+                    with m.If(arg8 & ForwardFlags.ZERO_STATE):
+                        m.next = "ZERO_STATE"
                     with m.Else():
                         m.next = "CORE_CMD"
-            with m.State("NUDGE_WORDS"):  # to NUDGE; in STREAM mode also the first streamed vector
-                with m.If(~stream_mode | feeder.i.ready):
-                    with read_field(ws):
-                        m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(field), walker.step.eq(1),
-                                     copy_wr.en.eq(1), copy_wr.addr.eq(P - count), copy_wr.data.eq(field),
-                                     feeder.i.valid.eq(stream_mode), feeder.i.payload.eq(field)]
-                        m.d.sync += count.eq(count - 1)
-                        with m.If(count == 1):
-                            m.next = "CORE_CMD"
-
-            with m.State("CORE_CMD"):
-                m.d.comb += self.core_cmd.valid.eq(1)
-                # the running pass's overflow counters read 0: FORWARD's and echo_plus's were zeroed
-                # by START_CHECK (one write port), echo_minus is here
-                with m.If(op == Op.ECHO):
-                    m.d.comb += [overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("echo_minus"))]
-                with m.If(self.core_cmd.ready):
-                    with m.If(op == Op.CLEAR):
-                        m.next = "CORE_WAIT"
-                    with m.Elif(op == Op.FORWARD):
-                        m.d.sync += [pass_state.eq(PassState.FORWARD), steps_done.eq(0)]
-                        reply()
-                    with m.Else():
-                        m.d.sync += [pass_state.eq(PassState.ECHO), steps_done.eq(0)]
-                        reply()
-
-            # ---- FORWARD_DATA / ECHO_DATA offset:u32 k×[u×N] ------------------------------
-            with m.State("DATA_LENGTH"):
-                count_from_division("DATA_OFFSET")
-            field_state("DATA_OFFSET", 4, arg, "DATA_CHECK", saturate=True)
-            with m.State("DATA_CHECK"):
-                with m.If((arg != steps_done) | (steps_done + count > pass_length)):
-                    error(Status.BAD_ARGUMENT)
+            with m.Else():
+                with m.If(bad_length | (arg8 > max(EchoMode))):
+                    self.error(Status.BAD_ARGUMENT)
                 with m.Else():
-                    m.d.sync += [steps_done.eq(steps_done + count), index.eq(0)]
-                    m.next = "DATA_STEPS"
-            with m.State("DATA_STEPS"):
-                # a step is N input words (one u beat), in STREAM echoes then P nudge words (to the
-                # feeder; the pass's last step's nudge is dropped: the core takes L vectors, the
-                # first of which came with ECHO_START). ABORT feeds zeros instead of payload words.
-                is_u = index < N
-                last_word = Mux(stream_mode & (pass_state == PassState.ECHO), N + P - 1, N - 1)
-                last_step = (count == 1) & (steps_done == pass_length)
-                next_is_u = (index == last_word) | (index < N - 1)  # the word after this one
-                with m.If(Mux(is_u, ~u_full, last_step | feeder.i.ready)):
-                    # chained: while word ``index`` is taken, the next byte starts word index + 1
-                    m.d.comb += [asm.en.eq(~aborting), asm.chain.eq(1), asm.o.ready.eq(~aborting),
-                                 asm.nbytes.eq(Mux(asm.o.valid, Mux(next_is_u, wu, ws), Mux(is_u, wu, ws)))]
-                    with m.If(aborting | asm.o.valid):
-                        word = Mux(aborting, 0, field)
-                        with m.If(is_u):
-                            m.d.sync += u_shift.eq(Cat(u_shift[fmt.input_width:], word[:fmt.input_width]))
-                            with m.If(index == N - 1):
-                                m.d.sync += u_full.eq(1)
-                        with m.Else():
-                            m.d.comb += [feeder.i.valid.eq(~last_step), feeder.i.payload.eq(word)]
-                        m.d.sync += index.eq(index + 1)
-                        with m.If(index == last_word):
-                            m.d.sync += [index.eq(0), count.eq(count - 1)]
-                            with m.If(count == 1):
-                                m.next = "DATA_FLUSH"
-            with m.State("DATA_FLUSH"):  # the chunk's last input reaches the core: reply
-                with m.If(~u_full):
-                    with m.If(steps_done == pass_length):
-                        m.d.sync += body.eq(Mux(aborting, _NONE, Mux(pass_state == PassState.FORWARD, _FORWARD, _ECHO)))
-                        m.next = "CORE_WAIT"
-                    with m.Else():
-                        reply()
-
-            # ---- the end of a pass or CLEAR: wait for the core, copy its counters ---------
-            with m.State("CORE_WAIT"):
-                with m.If(~self.core_busy):
-                    m.d.sync += [index.eq(0), pass_state.eq(PassState.IDLE), stream_mode.eq(0), count.eq(P)]
-                    with m.If(stream_mode):
-                        m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE)]
-                        m.next = "RESTORE_READ"
-                    with m.Else():
-                        m.next = "COUNTERS"
-            with m.State("RESTORE_READ"):  # NUDGE := ECHO_START's nudge again (copy_rd.addr = index)
-                m.next = "RESTORE_WRITE"
-            with m.State("RESTORE_WRITE"):
-                m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(copy_rd.data.as_signed()), walker.step.eq(1)]
-                m.d.sync += [index.eq(index + 1), count.eq(count - 1)]
-                with m.If(count == 1):
-                    m.d.sync += index.eq(0)
-                    m.next = "COUNTERS"
+                    m.d.sync += [op.eq(Op.ECHO), self.pass_length.eq(arg), count.eq(P), region.eq(Region.NUDGE),
+                                 stream_mode.eq(arg8 == EchoMode.STREAM)]
+                    m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE),
+                                 overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("echo_plus"))]  # := 0
+                    m.next = "NUDGE_WORDS"
+        with m.State("ZERO_STATE"):  # Y0 then Z0 := 0
+            m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(0), walker.step.eq(1)]
+            m.d.sync += count.eq(count - 1)
+            with m.If(count == 1):
+                with m.If(region == Region.Y0):
+                    m.d.sync += [count.eq(P), region.eq(Region.Z0)]
+                    m.d.comb += [walker.step.eq(0), walker.load.eq(1), walker.region.eq(Region.Z0)]
                 with m.Else():
-                    m.next = "RESTORE_READ"
-            with m.State("COUNTERS"):  # 4 reads, r_data one cycle after addr
-                with m.Switch(index):
-                    for k, address in enumerate(counter_addr):
-                        with m.Case(k):
-                            m.d.comb += bus.addr.eq(address)
-                with m.If(index != 0):
-                    m.d.comb += [overflow_wr.en.eq(1), overflow_wr.addr.eq(index - 1),
-                                 overflow_wr.data.eq(bus.r_data)]
-                m.d.sync += index.eq(index + 1)
-                with m.If(index == 4):
-                    m.d.sync += [status.eq(Status.OK), index.eq(0), region.eq(Region.POS_SUM), start.eq(0),
-                                 count.eq(P)]
-                    m.d.comb += [walker.load.eq(1), walker.region.eq(Region.POS_SUM)]
-                    m.next = "HEAD"
-
-            # ---- drain what is left of the payload, then reply ---------------------------
-            with m.State("DRAIN"):
-                with m.If(got_last | (length == 0)):
-                    m.d.sync += index.eq(0)
-                    m.next = "HEAD"
-                with m.Else():
-                    read_field(1)
-
-            # ---- the reply: [seq][cmd][status], then the body ----------------------------
-            with m.State("HEAD"):
-                head_value = Signal(8)
-                with m.Switch(index):
-                    with m.Case(0):
-                        m.d.comb += head_value.eq(seq)
-                    with m.Case(1):
-                        m.d.comb += head_value.eq(cmd)
-                    with m.Default():
-                        m.d.comb += head_value.eq(status)
-                m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(head_value), ser.i.p.nbytes.eq(1),
-                             ser.i.p.last.eq((index == 2) & (body == _NONE))]
-                with m.If(ser.i.ready):
-                    m.d.sync += index.eq(index + 1)
-                    with m.If(index == 2):
-                        m.d.sync += index.eq(0)
-                        with m.If(body == _NONE):
-                            m.next = "IDLE"
-                        with m.Elif(body == _READ):
-                            m.next = "BUS_ISSUE"
-                        with m.Else():
-                            m.next = "TABLE_FETCH"
-            with m.State("TABLE_FETCH"):  # the field's overflow counter (if any) is read
-                m.next = "TABLE"
-            with m.State("TABLE"):
-                is_last = t_end & (body != _FORWARD)
-                m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(t_value), ser.i.p.nbytes.eq(t_nbytes),
-                             ser.i.p.last.eq(is_last)]
-                with m.If(ser.i.ready):
-                    m.d.sync += index.eq(index + 1)
-                    with m.If(t_end):
-                        with m.If(body == _FORWARD):
-                            m.next = "BUS_ISSUE"
-                        with m.Else():
-                            m.next = "IDLE"
-                    with m.Else():
-                        m.next = "TABLE_FETCH"
-            with m.State("BUS_ISSUE"):  # the walker's address is on the bus: data next cycle
-                m.next = "BUS_LATCH"
-            with m.State("BUS_LATCH"):  # a register after the core's read mux: it is the critical path
-                m.d.sync += r_word.eq(r_value)
-                m.next = "BUS_WORD"
-            with m.State("BUS_WORD"):
-                m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(r_word), ser.i.p.nbytes.eq(r_bits_bytes),
-                             ser.i.p.last.eq(count == 1)]
-                with m.If(ser.i.ready):
-                    m.d.comb += walker.step.eq(1)
+                    m.next = "CORE_CMD"
+        with m.State("NUDGE_WORDS"):  # to NUDGE; in STREAM mode also the first streamed vector
+            feeder = self.feeder
+            with m.If(~stream_mode | feeder.i.ready):
+                with self.read_field(self.ws):
+                    m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(self.field), walker.step.eq(1),
+                                 self.copy_wr.en.eq(1), self.copy_wr.addr.eq(P - count),
+                                 self.copy_wr.data.eq(self.field),
+                                 feeder.i.valid.eq(stream_mode), feeder.i.payload.eq(self.field)]
                     m.d.sync += count.eq(count - 1)
                     with m.If(count == 1):
-                        m.next = "IDLE"
+                        m.next = "CORE_CMD"
+
+        with m.State("CORE_CMD"):
+            m.d.comb += self.s.core_cmd.valid.eq(1)
+            # the running pass's overflow counters read 0: FORWARD's and echo_plus's were zeroed
+            # by START_CHECK (one write port), echo_minus is here
+            with m.If(op == Op.ECHO):
+                m.d.comb += [overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("echo_minus"))]
+            with m.If(self.s.core_cmd.ready):
+                with m.If(op == Op.CLEAR):
+                    m.next = "CORE_WAIT"
+                with m.Elif(op == Op.FORWARD):
+                    m.d.sync += [self.pass_state.eq(PassState.FORWARD), self.steps_done.eq(0)]
+                    self.reply()
+                with m.Else():
+                    m.d.sync += [self.pass_state.eq(PassState.ECHO), self.steps_done.eq(0)]
+                    self.reply()
+
+    def pass_data(self):
+        """FORWARD_DATA / ECHO_DATA ``offset:u32 k×[u×N]`` (STREAM echoes: ``k×[u×N, nudge×P]``),
+        and ABORT's zero steps: the offset check, then every step's words to the core."""
+        m, N, P, asm, feeder = self.m, self.N, self.P, self.asm, self.feeder
+        count, index, steps_done, pass_length = self.count, self.index, self.steps_done, self.pass_length
+        u_full, aborting, pass_state = self.u_full, self.aborting, self.pass_state
+        with m.State("DATA_LENGTH"):
+            self.count_from_division("DATA_OFFSET")
+        self.field_state("DATA_OFFSET", 4, self.arg, "DATA_CHECK", saturate=True)
+        with m.State("DATA_CHECK"):
+            with m.If((self.arg != steps_done) | (steps_done + count > pass_length)):
+                self.error(Status.BAD_ARGUMENT)
+            with m.Else():
+                m.d.sync += [steps_done.eq(steps_done + count), index.eq(0)]
+                m.next = "DATA_STEPS"
+        with m.State("DATA_STEPS"):
+            # a step is N input words (one u beat), in STREAM echoes then P nudge words (to the
+            # feeder; the pass's last step's nudge is dropped: the core takes L vectors, the
+            # first of which came with ECHO_START). ABORT feeds zeros instead of payload words.
+            is_u = index < N
+            last_word = Mux(self.stream_mode & (pass_state == PassState.ECHO), N + P - 1, N - 1)
+            last_step = (count == 1) & (steps_done == pass_length)
+            next_is_u = (index == last_word) | (index < N - 1)  # the word after this one
+            wu, ws = self.wu, self.ws
+            with m.If(Mux(is_u, ~u_full, last_step | feeder.i.ready)):
+                # chained: while word ``index`` is taken, the next byte starts word index + 1
+                m.d.comb += [asm.en.eq(~aborting), asm.chain.eq(1), asm.o.ready.eq(~aborting),
+                             asm.nbytes.eq(Mux(asm.o.valid, Mux(next_is_u, wu, ws), Mux(is_u, wu, ws)))]
+                with m.If(aborting | asm.o.valid):
+                    word = Mux(aborting, 0, self.field)
+                    with m.If(is_u):
+                        m.d.sync += self.u_shift.eq(Cat(self.u_shift[self.fmt.input_width:],
+                                                        word[:self.fmt.input_width]))
+                        with m.If(index == N - 1):
+                            m.d.sync += u_full.eq(1)
                     with m.Else():
+                        m.d.comb += [feeder.i.valid.eq(~last_step), feeder.i.payload.eq(word)]
+                    m.d.sync += index.eq(index + 1)
+                    with m.If(index == last_word):
+                        m.d.sync += [index.eq(0), count.eq(count - 1)]
+                        with m.If(count == 1):
+                            m.next = "DATA_FLUSH"
+        with m.State("DATA_FLUSH"):  # the chunk's last input reaches the core: reply
+            with m.If(~u_full):
+                with m.If(steps_done == pass_length):
+                    m.d.sync += self.body.eq(Mux(aborting, _NONE,
+                                                 Mux(pass_state == PassState.FORWARD, _FORWARD, _ECHO)))
+                    m.next = "CORE_WAIT"
+                with m.Else():
+                    self.reply()
+
+    def pass_end(self):
+        """The end of a pass or CLEAR: wait for the core, restore NUDGE after a STREAM echo, copy
+        the core's overflow counters, then the reply (the position sums follow a forward's)."""
+        m, P, walker, bus, index, count = self.m, self.P, self.walker, self.bus, self.index, self.count
+        with m.State("CORE_WAIT"):
+            with m.If(~self.s.core_busy):
+                m.d.sync += [index.eq(0), self.pass_state.eq(PassState.IDLE), self.stream_mode.eq(0), count.eq(P)]
+                with m.If(self.stream_mode):
+                    m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE)]
+                    m.next = "RESTORE_READ"
+                with m.Else():
+                    m.next = "COUNTERS"
+        with m.State("RESTORE_READ"):  # NUDGE := ECHO_START's nudge again (copy_rd.addr = index)
+            m.next = "RESTORE_WRITE"
+        with m.State("RESTORE_WRITE"):
+            m.d.comb += [bus.w_en.eq(1), bus.w_data.eq(self.copy_rd.data.as_signed()), walker.step.eq(1)]
+            m.d.sync += [index.eq(index + 1), count.eq(count - 1)]
+            with m.If(count == 1):
+                m.d.sync += index.eq(0)
+                m.next = "COUNTERS"
+            with m.Else():
+                m.next = "RESTORE_READ"
+        with m.State("COUNTERS"):  # 4 reads, r_data one cycle after addr
+            with m.Switch(index):
+                for k, address in enumerate(self.counter_addr):
+                    with m.Case(k):
+                        m.d.comb += bus.addr.eq(address)
+            with m.If(index != 0):
+                m.d.comb += [self.overflow_wr.en.eq(1), self.overflow_wr.addr.eq(index - 1),
+                             self.overflow_wr.data.eq(bus.r_data)]
+            m.d.sync += index.eq(index + 1)
+            with m.If(index == 4):
+                m.d.sync += [self.status.eq(Status.OK), index.eq(0), self.region.eq(Region.POS_SUM),
+                             self.start.eq(0), count.eq(P)]
+                m.d.comb += [walker.load.eq(1), walker.region.eq(Region.POS_SUM)]
+                m.next = "HEAD"
+
+    def send_reply(self):
+        """Drain what is left of the payload, then the reply: [seq][cmd][status], then the body
+        (a reply table's fields, then for READ and a forward's final chunk the bus's words)."""
+        m, ser, index, body, count = self.m, self.ser, self.index, self.body, self.count
+        with m.State("DRAIN"):
+            with m.If(self.got_last | (self.length == 0)):
+                m.d.sync += index.eq(0)
+                m.next = "HEAD"
+            with m.Else():
+                self.read_field(1)
+
+        with m.State("HEAD"):
+            head_value = Signal(8)
+            with m.Switch(index):
+                with m.Case(0):
+                    m.d.comb += head_value.eq(self.seq)
+                with m.Case(1):
+                    m.d.comb += head_value.eq(self.cmd)
+                with m.Default():
+                    m.d.comb += head_value.eq(self.status)
+            m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(head_value), ser.i.p.nbytes.eq(1),
+                         ser.i.p.last.eq((index == 2) & (body == _NONE))]
+            with m.If(ser.i.ready):
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == 2):
+                    m.d.sync += index.eq(0)
+                    with m.If(body == _NONE):
+                        m.next = "IDLE"
+                    with m.Elif(body == _READ):
                         m.next = "BUS_ISSUE"
-        return m
+                    with m.Else():
+                        m.next = "TABLE_FETCH"
+        with m.State("TABLE_FETCH"):  # the field's overflow counter (if any) is read
+            m.next = "TABLE"
+        with m.State("TABLE"):
+            is_last = self.t_end & (body != _FORWARD)
+            m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(self.t_value), ser.i.p.nbytes.eq(self.t_nbytes),
+                         ser.i.p.last.eq(is_last)]
+            with m.If(ser.i.ready):
+                m.d.sync += index.eq(index + 1)
+                with m.If(self.t_end):
+                    with m.If(body == _FORWARD):
+                        m.next = "BUS_ISSUE"
+                    with m.Else():
+                        m.next = "IDLE"
+                with m.Else():
+                    m.next = "TABLE_FETCH"
+        with m.State("BUS_ISSUE"):  # the walker's address is on the bus: data next cycle
+            m.next = "BUS_LATCH"
+        with m.State("BUS_LATCH"):  # a register after the core's read mux: it is the critical path
+            m.d.sync += self.r_word.eq(self.r_value)
+            m.next = "BUS_WORD"
+        with m.State("BUS_WORD"):
+            m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(self.r_word), ser.i.p.nbytes.eq(self.r_bits_bytes),
+                         ser.i.p.last.eq(count == 1)]
+            with m.If(ser.i.ready):
+                m.d.comb += self.walker.step.eq(1)
+                m.d.sync += count.eq(count - 1)
+                with m.If(count == 1):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "BUS_ISSUE"
