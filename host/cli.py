@@ -189,6 +189,9 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nudge", choices=("constant", "per-step"), default="constant",
                         help="constant nudge vector (NUDGE store) or one per step through the nudge stream")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--waves", action="store_true",
+                        help="write a VCD of the simulation (core, or the simulated board) and, on a core-level "
+                             "mismatch, a short VCD around the first one; prints their paths (JSON: \"waves\")")
     parser.set_defaults(run=run_verify)
 
 
@@ -207,9 +210,14 @@ def stdout_to_stderr():
 
 
 def run_verify(args) -> int:
+    from sim import waves
+
     fmt, size, lanes = core_config(args, nonlinear_ok=args.level == "core")
+    if args.waves and args.level == "board" and args.target != "sim":
+        raise ValueError(f"--waves records a simulation: --level core, or --level board --target sim "
+                         f"(not {args.target})")
     per_step = args.nudge == "per-step"
-    with stdout_to_stderr():  # the Verilator build and the cocotb log
+    with stdout_to_stderr(), (waves.recording() if args.waves else contextlib.nullcontext()) as traces:
         if args.level == "core":
             from hdl.verilog import verify_core
 
@@ -223,6 +231,8 @@ def run_verify(args) -> int:
             report = {k: result[k] for k in ("level", "target", "steps", "compared", "mismatches", "first_mismatch",
                                              "cycles")}
             passed = report["mismatches"] == 0
+    if args.waves:
+        report["waves"] = [str(path) for path in traces]
     if args.json:
         print(json.dumps(report))
     else:
@@ -230,6 +240,8 @@ def run_verify(args) -> int:
               f"mismatches, first {report['first_mismatch']}; cycles {report['cycles']}")
         if "error" in report:
             print(report["error"], file=sys.stderr)
+        for path in report.get("waves", []):
+            print(f"{'mismatch window' if waves.is_window(path) else 'waveform'}: {path}")
     return 0 if passed else 1
 
 

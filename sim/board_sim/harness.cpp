@@ -35,8 +35,15 @@
 //     --idle-sleep-ms N     see --idle-cycles (default 20)
 //     --max-cycles N        stop after N cycles (0 = run until stopped; default 0)
 //     --exit-on-stdin-eof   stop when stdin reaches end of file
+//     --trace FILE          write a VCD of every cycle to FILE (one time unit per half clock cycle:
+//                           rising edges at odd times). Only in an executable built with tracing
+//                           (sim/board_sim build(trace=True): Verilator --trace and -DECHOBOARD_TRACE),
+//                           a separate build, so the normal one keeps its speed.
 #include "Vboard.h"
 #include "verilated.h"
+#ifdef ECHOBOARD_TRACE
+#include "verilated_vcd_c.h"
+#endif
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -123,6 +130,7 @@ struct Options {
     uint64_t idle_sleep_ms = 20;
     uint64_t max_cycles = 0;
     bool exit_on_stdin_eof = false;
+    std::string trace;
 };
 
 Options parse_options(int argc, char** argv) {
@@ -133,12 +141,20 @@ Options parse_options(int argc, char** argv) {
         if (a == "--exit-on-stdin-eof") { o.exit_on_stdin_eof = true; continue; }
         if (a == "-h" || a == "--help") {
             std::printf("usage: %s [--port N] [--poll-cycles N] [--reset-cycles N] [--idle-cycles N] "
-                        "[--idle-sleep-ms N] [--max-cycles N] [--exit-on-stdin-eof]\n", argv[0]);
+                        "[--idle-sleep-ms N] [--max-cycles N] [--exit-on-stdin-eof] [--trace FILE]\n", argv[0]);
             std::exit(0);
         }
         if (i + 1 >= argc) {
             std::fprintf(stderr, "board_sim: unknown option or missing value: '%s'\n", a.c_str());
             std::exit(2);
+        }
+        if (a == "--trace") {
+#ifndef ECHOBOARD_TRACE
+            std::fprintf(stderr, "board_sim: --trace needs an executable built with tracing\n");
+            std::exit(2);
+#endif
+            o.trace = argv[++i];
+            continue;
         }
         uint64_t v = parse_u64(a.c_str(), argv[++i]);
         if (a == "--port") o.port = v;
@@ -206,15 +222,30 @@ int main(int argc, char** argv) {
     auto ctx = std::make_unique<VerilatedContext>();
     ctx->commandArgs(argc, argv);
     auto top = std::make_unique<Vboard>(ctx.get(), "board");
+#ifdef ECHOBOARD_TRACE
+    std::unique_ptr<VerilatedVcdC> vcd;
+    if (!opt.trace.empty()) {
+        ctx->traceEverOn(true);
+        vcd = std::make_unique<VerilatedVcdC>();
+        top->trace(vcd.get(), 99);
+        vcd->open(opt.trace.c_str());
+        if (!vcd->isOpen()) die(("--trace " + opt.trace).c_str());
+    }
+#define TRACE_DUMP(t) do { if (vcd) vcd->dump(t); } while (0)
+#else
+#define TRACE_DUMP(t) do {} while (0)
+#endif
+    uint64_t now = 0;  // half clock cycles since the start (the trace's time)
     top->RX_VALID = 0;
     top->RX_PAYLOAD = 0;
     top->TX_READY = 0;
     top->rst = 1;
     for (uint64_t i = 0; i < opt.reset_cycles; ++i) {
-        top->clk = 0; top->eval(); ctx->timeInc(1);
-        top->clk = 1; top->eval(); ctx->timeInc(1);
+        top->clk = 0; top->eval(); TRACE_DUMP(now++);
+        top->clk = 1; top->eval(); TRACE_DUMP(now++);
     }
     top->rst = 0;
+    ctx->time(now);
 
     std::printf("PORT %u\n", unsigned(ntohs(addr.sin_port)));
     std::fflush(stdout);
@@ -250,18 +281,21 @@ int main(int argc, char** argv) {
             top->TX_READY = tr;
             top->clk = 0;
             top->eval();
+            TRACE_DUMP(now + 2 * i);
             const bool rx_fire = rv && top->RX_READY;
             const bool tx_fire = tr && top->TX_VALID;
             const uint8_t byte = top->TX_PAYLOAD;
             top->clk = 1;
             top->eval();
+            TRACE_DUMP(now + 2 * i + 1);
             rx_head += rx_fire;
             if (tx_fire) {
                 if (sink) ++st.dropped;
                 else tx.buf[tx_tail++ & tx.MASK] = byte;
             }
         }
-        ctx->timeInc(2 * batch);
+        now += 2 * batch;
+        ctx->time(now);
         const uint64_t moved = (rx_head - rx.head) + (tx_tail - tx.tail);
         st.rx_bytes += rx_head - rx.head;
         st.tx_bytes += tx_tail - tx.tail;
@@ -353,6 +387,9 @@ int main(int argc, char** argv) {
     }
 
     top->final();
+#ifdef ECHOBOARD_TRACE
+    if (vcd) vcd->close();
+#endif
     if (cfd >= 0) close(cfd);
     close(lfd);
     print_stats(st, t0, "STATS");
