@@ -173,7 +173,19 @@ def build(verilog_path: os.PathLike | str, toplevel: str, build_root: os.PathLik
                 get_runner("verilator").build(sources=[verilog_path], hdl_toplevel=toplevel, build_dir=build_dir,
                                               parameters=parameters, build_args=build_args, waves=waves)
             (build_dir / _BUILD_STAMP).write_text(key)
+        drop_precompiled_headers(build_dir)
     return build_dir
+
+
+def drop_precompiled_headers(build_dir: os.PathLike | str) -> None:
+    """Delete Verilator's precompiled headers (``*.gch``) from a finished build directory.
+
+    They speed up compiling the model's C++ files (~74 MB each, two per build: 95 % of a build
+    directory) and are useless afterwards: a finished build is never recompiled (a changed design
+    or option hashes to a new directory). Also run on a cache hit, which cleans older caches.
+    """
+    for pch in Path(build_dir).glob("*.gch"):
+        pch.unlink(missing_ok=True)
 
 
 def build_and_test(verilog_path: os.PathLike | str, toplevel: str, test_module: os.PathLike | str,

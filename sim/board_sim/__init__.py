@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import waves
+from ..verilator import drop_precompiled_headers
 
 __all__ = ["HARNESS", "BuildError", "BoardStartError", "build", "SimulatedBoard", "serve_forever", "parse_stats"]
 
@@ -133,6 +134,7 @@ def build(verilog_path: os.PathLike | str, top_name: str, build_root: os.PathLik
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (build_dir / _STAMP).is_file() and exe.is_file():
+            drop_precompiled_headers(exe.parent)
             return exe
         verilator_exe = _verilator_bin()
         env = _tool_env(verilator_exe)
@@ -157,6 +159,7 @@ def build(verilog_path: os.PathLike | str, top_name: str, build_root: os.PathLik
             raise BuildError(f"Verilator build of {top_name} failed (exit {proc.returncode}); "
                              f"full log: {build_dir / 'build.log'}\n{tail}")
         (build_dir / _STAMP).write_text(key)
+        drop_precompiled_headers(obj)
         if not quiet:
             print(f"built {exe} in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     return exe
