@@ -156,6 +156,14 @@ def core_config(args, nonlinear_ok: bool = False):
     return NonlinearFormat(), size, args.lanes
 
 
+def add_build_root_argument(parser: argparse.ArgumentParser) -> None:
+    from sim.paths import DEFAULT, ENV
+
+    parser.add_argument("--build-dir", dest="build_root", type=Path, default=None, metavar="DIR",
+                        help=f"folder for generated Verilog, Verilator builds, runs and waves (default ${ENV}, "
+                             f"else ./{DEFAULT})")
+
+
 def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
     add_core_size_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, default=Path("core.v"), help="Verilog file to write")
@@ -192,6 +200,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--waves", action="store_true",
                         help="write a VCD of the simulation (core, or the simulated board) and, on a core-level "
                              "mismatch, a short VCD around the first one; prints their paths (JSON: \"waves\")")
+    add_build_root_argument(parser)
     parser.set_defaults(run=run_verify)
 
 
@@ -248,6 +257,7 @@ def run_verify(args) -> int:
 def add_sim_board_arguments(parser: argparse.ArgumentParser) -> None:
     add_core_size_arguments(parser, default_lanes=1)
     parser.add_argument("--port", type=port_number, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    add_build_root_argument(parser)
     parser.set_defaults(run=run_sim_board)
 
 
@@ -315,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = [
         ("check-gradients", add_check_gradients_arguments, "RHEL (float and fixed point) against float64 BPTT, per parameter"),
         ("sweep-formats", add_sweep_arguments, "fixed-point format sweep (state bits x coefficient bits x ε x loss scale)"),
-        ("train", train.add_train_arguments, "train the on-board model (HRU -> mean pool -> linear head) or an HSSM (--blocks) on a real data set"),
+        ("train", lambda p: (train.add_train_arguments(p), add_build_root_argument(p)), "train the on-board model (HRU -> mean pool -> linear head) or an HSSM (--blocks) on a real data set"),
         ("verilog", add_verilog_arguments, "write the HRU core as Verilog"),
         ("verify", add_verify_arguments, "one random case through the Verilated core and the golden model"),
         ("sim-board", add_sim_board_arguments, "serve the simulated board (Verilated board image) on a loopback TCP port"),
@@ -341,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = f"echoboard {args.command}"
+        if getattr(args, "build_root", None) is not None:
+            from sim.paths import set_build_root
+
+            set_build_root(args.build_root)
         return int(args.run(args) or 0)
     except ValueError as exc:  # bad input
         return _fail(command, exc, 2)
