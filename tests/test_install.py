@@ -1,0 +1,115 @@
+"""The built wheel, installed into a fresh venv and run from an empty folder, as a user would.
+
+The wheel is built (``pip wheel --no-deps``, with build isolation: setuptools from PyPI, as for a
+user) from a copy of this checkout's files, so the working tree is neither built in nor written
+to, and installed with ``--no-deps`` into a new venv; the dependencies come from this test's own
+environment through a ``.pth`` line (a path line only: the editable install's finder in that
+environment is not activated, so ``echoboard``'s own modules can only come from the wheel, which
+the first test checks). Slow: the wheel, the venv and two Verilator builds take minutes.
+"""
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["-P", "4", "-N", "2", "-K", "1", "--max-length", "64"]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict:
+    """{"bin": the venv's bin folder, "site": its site-packages, "env": the environment to run in}."""
+    tmp = tmp_path_factory.mktemp("install")
+    source = tmp / "source"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp / "dist"), str(source)], check=True, capture_output=True, text=True)
+    [wheel] = (tmp / "dist").glob("echoboard-*.whl")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "dependencies-of-the-test-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                   check=True, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ECHOBOARD_BUILD_DIR", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+    return {"bin": venv / "bin", "site": site, "env": env}
+
+
+def echoboard(installed, cwd: Path, *argv, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(installed["bin"] / "echoboard"), *argv], cwd=cwd, env=installed["env"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_the_modules_and_their_data_come_from_the_wheel(installed, tmp_path):
+    import firmware
+    import hdl
+    import host.cli
+
+    code = (f"import importlib.resources, {host.cli.__name__} as m; print(m.__file__); "
+            f"print(*(len(list((importlib.resources.files(p) / 'baselines').glob('*.json'))) "
+            f"for p in {[firmware.__name__, hdl.__name__]}))")
+    where, baselines = subprocess.run([str(installed["bin"] / "python"), "-c", code], cwd=tmp_path,
+                                      env=installed["env"], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert Path(where).is_relative_to(installed["site"]), where
+    assert all(int(n) > 0 for n in baselines.split()), baselines  # echoboard build compares against them
+    version = echoboard(installed, tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.split() == ["echoboard", "0.1.0"], version
+
+
+def test_sim_board_serves_from_an_empty_folder(installed, tmp_path):
+    """``echoboard sim-board`` builds the board image and listens (the smoke test: a PORT line, then Ctrl-C)."""
+    proc = subprocess.Popen([str(installed["bin"] / "echoboard"), "sim-board", *SMALL], cwd=tmp_path,
+                            env=installed["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            deadline, line = time.monotonic() + 600, ""
+            while not line.startswith("PORT ") and time.monotonic() < deadline and proc.poll() is None:
+                if sel.select(5):
+                    line = proc.stdout.readline()
+        assert line.startswith("PORT "), (line, proc.poll())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped after" in out
+
+
+@pytest.mark.xfail(strict=True, reason="hdl/verilog.py loads its testbench from tests/ (not in the wheel) and "
+                                       "writes under the package folder, not sim.paths.build_root()")
+def test_verify_core_runs_from_an_empty_folder_and_writes_only_there(installed, tmp_path):
+    before = files_under(installed["site"])
+    run = echoboard(installed, tmp_path, "verify", "--level", "core", *SMALL, "-L", "8", "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["mismatches"] == 0
+    assert files_under(installed["site"]) == before
+    assert (tmp_path / "build").is_dir()
+
+
+@pytest.mark.xfail(strict=True, reason="sim/board_image.py builds under the package folder, not sim.paths.build_root()")
+def test_sim_board_writes_nothing_into_the_installed_packages(installed, tmp_path):
+    before = files_under(installed["site"])
+    test_sim_board_serves_from_an_empty_folder(installed, tmp_path)
+    assert files_under(installed["site"]) == before
+    assert (tmp_path / "build").is_dir()
