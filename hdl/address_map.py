@@ -12,7 +12,7 @@ from amaranth.utils import ceil_log2
 
 from hdl.memories import addr_width
 
-__all__ = ["PHASES", "Region", "AddressMap", "region_width"]
+__all__ = ["PHASES", "Region", "LinearRegion", "AddressMap", "region_width"]
 
 PHASES = ("forward", "echo_plus", "echo_minus", "gradient")  # order of golden_model.hru_fixed.PHASES
 
@@ -33,6 +33,12 @@ class Region(enum.IntEnum):
     ACC_B = 10
     COUNTERS = 11  # index = position in PHASES; read-only
 
+
+#: The linear core's regions: Region plus KIN, δ's kinetic accumulator of an HSSM block
+#: (docs/numerics.md B3; P words, acc_width, read-only). Region stays the numbering the board's
+#: protocol uses (firmware.protocol.Region equals it) until the board reads KIN; 12 is the first
+#: free 4-bit number (the nonlinear core's 12..17 were taken before, so its KIN is 18).
+LinearRegion = enum.IntEnum("LinearRegion", {**{r.name: r.value for r in Region}, "KIN": 12})
 
 _MATRIX_REGIONS = (Region.B, Region.ACC_B)  # the nonlinear core's B and ACC_TU share these numbers
 _REGION_WIDTH = 4  # the linear core's; a larger region enum (the nonlinear core's) gets more bits

@@ -37,6 +37,27 @@ Host interface
 ``bus``  ``MemoryBus`` (addr, w_en, w_data, r_data one cycle after addr), usable while idle:
          writes while busy are dropped, reads return unspecified data. See ``AddressMap``.
 
+HSSM block mode (``block`` set in the command; golden_model.hru_block, docs/numerics.md B1–B5):
+the same integers and state, plus per-step output streams (amaranth.lib.stream, valid/ready)
+and δ's kinetic accumulator (region KIN, P words, added until CLEAR like the others):
+
+``y``    FORWARD: y_k after every step k = 1..L, R beats per step in the ``nudge`` stream's order
+         (beat r = the K words ``signed(state_width)`` of oscillators r·K .. r·K + K − 1), the first
+         ``yz_write`` + 3 cycles after step 1's first issue (``TIMINGS``: 16 linear, 24 nonlinear).
+``du``   ECHO: du_j = W(R(Σ_i B_ij·e_i, Fb)) for every echo step, in echo order (j = L−1 .. 0),
+         one beat of N words ``signed(state_width)``, about ``HRULane.DU_LATENCY`` + 4 cycles after
+         the MAC engine's pass over the step's rows (a slot after its OSC pass).
+Both come through FIFOs; a slot starts only when they have room for its output (credits taken
+at the slot's start, returned when a beat leaves), so a slow reader stalls the core between
+steps and nothing is lost. With a reader that is always ready no slot waits: cycles per step
+are those without ``block``. The block's wraps (e, du, kin's differences, sums and total, and
+d counted a second time, as golden_model.hru_block counts them) go to the gradient counter.
+Without ``block`` the streams stay idle and nothing need be connected to them: the plain HRU.
+
+``trace`` (valid and payload, no ready: a monitor tap for testbenches; the board leaves it open) shows
+every write-back: {echo, slot, row, y, z} of the K lanes' items, forward and both echoes, so a
+testbench can check every step's state, not only the memories after a pass.
+
 Overflow counters (region COUNTERS, in golden_model.hru_fixed.PHASES order, saturating at
 counter_width): forward, echo_plus and echo_minus count the wraps of their pass exactly as the
 golden model does; gradient counts the wraps of d, S and of the running acc_a / acc_b sums since
@@ -47,13 +68,14 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib import enum as hdl_enum
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden_model.formats import HRUSize
 from hdl.address_map import PHASES, AddressMap, Region
-from hdl.fixed import saturating_add
+from hdl.fixed import round_shift, saturating_add, wrap
 from hdl.hru_lane import HRULane
 from hdl.kinds import base_format, hru_kind
 from hdl.memories import MemoryBus, addr_width
@@ -130,7 +152,13 @@ class HRUCore(wiring.Component):
         self.command_layout = data.StructLayout({
             "op": Op, "length": unsigned(ceil_log2(size.max_length + 1)),
             "nudge_stream": 1,  # ECHO: per-step nudges from the ``nudge`` stream, not the NUDGE store
+            "block": 1,  # HSSM block mode: the ``y`` / ``du`` streams and the block's wraps (module docstring)
         })
+        self.block_parameter_regions = self.lane_class.BLOCK_PARAMETERS
+        self.block_accumulator_regions = self.lane_class.BLOCK_ACCUMULATORS
+        ws, rows = base.state_width, self.address_map.rows
+        self.y_depth = rows + TIMINGS[self.hru].yz_write + 8  # a slot's beats + those still in flight
+        self.du_depth = 4
         super().__init__({
             "cmd": In(stream.Signature(self.command_layout)),
             "u": In(stream.Signature(data.ArrayLayout(signed(base.input_width), size.inputs))),
@@ -138,6 +166,12 @@ class HRUCore(wiring.Component):
             "bus": In(MemoryBus(self.address_map.addr_width, self.data_width)),
             "busy": Out(1),
             "done": Out(1),
+            "y": Out(stream.Signature(data.ArrayLayout(signed(ws), lanes))),
+            "du": Out(stream.Signature(data.ArrayLayout(signed(ws), size.inputs))),
+            # a stream's valid and payload without ready (a monitor tap: it never waits)
+            "trace": Out(wiring.Signature({"valid": Out(1), "payload": Out(data.StructLayout({
+                "echo": 1, "slot": 1, "row": addr_width(rows),
+                "y": data.ArrayLayout(signed(ws), lanes), "z": data.ArrayLayout(signed(ws), lanes)}))})),
         })
 
     def elaborate(self, platform):
@@ -175,6 +209,7 @@ class HRUCore(wiring.Component):
         vectors, nudge_row = Signal.like(length), Signal(addr_width(rows))
         lead = Signal(range(-2, 3))  # vectors − s: a vector may arrive when <= 0, slot s+1 needs >= 1
         echo, clear = op == Op.ECHO, op == Op.CLEAR
+        block, reserve_y, reserve_du = Signal(), Signal(), Signal()
         flags = ("drive", "grad", "osc", "mac", "nudge", "first_step", "last", "next_drive")
         slot = {name: Signal(name=f"slot_{name}") for name in flags}
 
@@ -184,6 +219,8 @@ class HRUCore(wiring.Component):
             grad = echo & (s_early == 2)  # MAC: acc_b of step s − 2
             osc = ~clear & (s_early != 0) & (rem >= 0)  # OSC: step s − 1
             mac = drive | grad | clear
+            # an HSSM block's outputs of this slot: the forward's y (R beats), an echo step's du (1)
+            m.d.comb += [reserve_y.eq(block & ~echo & osc), reserve_du.eq(block & grad)]
             m.d.sync += [
                 remaining.eq(rem), early.eq(s_early), t.eq(0),
                 mac_row.eq(0), mac_col.eq(0), mac_idx.eq(0), osc_row.eq(0), osc_slot.eq(0),
@@ -215,7 +252,7 @@ class HRUCore(wiring.Component):
                 lane.mac.row.eq(mac_row), lane.mac.col.eq(mac_col), lane.mac.idx.eq(mac_idx),
                 lane.mac.first.eq(mac_col == 0), lane.mac.last.eq(mac_col == groups - 1),
                 lane.mac.drive.eq(slot["drive"]), lane.mac.grad.eq(slot["grad"]), lane.mac.clear.eq(clear),
-                lane.mac.parity.eq(parity),
+                lane.mac.parity.eq(parity), lane.mac.block.eq(block), lane.osc.block.eq(block),
                 lane.osc.valid.eq(running & osc_valid), lane.osc.echo.eq(echo),
                 lane.osc.row.eq(osc_row), lane.osc.slot.eq(osc_slot),
                 lane.osc.flip.eq(echo & slot["first_step"]), lane.osc.nudge.eq(slot["nudge"]),
@@ -223,12 +260,40 @@ class HRUCore(wiring.Component):
                 lane.osc.nudge_buffer.eq(nudge_stream & ~parity),
             ]
 
+        # ---- HSSM block outputs: y_k (the forward's write-back), du_j (the lanes' column sums) --
+        ws, lane0 = fmt.state_width, lanes[0]  # the lanes run in lockstep: lane 0's flags are everyone's
+        m.submodules.y_fifo = y_fifo = SyncFIFOBuffered(width=ws * self.lanes, depth=self.y_depth)
+        m.d.comb += [y_fifo.w_en.eq(block & lane0.wb.valid & ~lane0.wb.echo),
+                     y_fifo.w_data.eq(Cat(lane.wb.y for lane in lanes)),
+                     self.y.valid.eq(y_fifo.r_rdy), self.y.payload.eq(y_fifo.r_data), y_fifo.r_en.eq(self.y.ready)]
+        # du_j = W(R(Σ_lanes Σ_rows B_ij·e_i, Fb)): the exact sum over the lanes, registered, then one rounding
+        du_total = Signal(data.ArrayLayout(signed(len(lane0.du.sum[0]) + ceil_log2(self.lanes)), inputs))
+        du_total_valid, du_events = Signal(), Signal(range(inputs + 1))
+        m.d.sync += [du_total_valid.eq(lane0.du.valid),
+                     *(du_total[j].eq(sum(lane.du.sum[j] for lane in lanes)) for j in range(inputs))]
+        du_words = [wrap(round_shift(du_total[j], fmt.coef_b_frac), ws) for j in range(inputs)]
+        m.d.sync += du_events.eq(Mux(du_total_valid, sum(ovf for _, ovf in du_words), 0))
+        m.submodules.du_fifo = du_fifo = SyncFIFOBuffered(width=ws * inputs, depth=self.du_depth)
+        m.d.comb += [du_fifo.w_en.eq(du_total_valid), du_fifo.w_data.eq(Cat(word for word, _ in du_words)),
+                     self.du.valid.eq(du_fifo.r_rdy), self.du.payload.eq(du_fifo.r_data), du_fifo.r_en.eq(self.du.ready)]
+        # credits: beats reserved when a slot that makes them starts, returned when they leave
+        y_credit, du_credit = Signal(range(self.y_depth + 1)), Signal(range(self.du_depth + 1))
+        m.d.sync += [y_credit.eq(y_credit + Mux(reserve_y, rows, 0) - (self.y.valid & self.y.ready)),
+                     du_credit.eq(du_credit + reserve_du - (self.du.valid & self.du.ready))]
+        room = ~block | ((y_credit <= self.y_depth - rows) & (du_credit <= self.du_depth - 1))
+        m.d.comb += [self.trace.valid.eq(lane0.wb.valid), self.trace.payload.echo.eq(lane0.wb.echo),
+                     self.trace.payload.slot.eq(lane0.wb.slot), self.trace.payload.row.eq(lane0.wb.row),
+                     *(self.trace.payload.y[k].eq(lane.wb.y) for k, lane in enumerate(lanes)),
+                     *(self.trace.payload.z[k].eq(lane.wb.z) for k, lane in enumerate(lanes))]
+
         # ---- overflow counters --------------------------------------------------------------
         counters = [Signal(unsigned(fmt.counter_width), name=f"ovf_{p}") for p in PHASES]
         clear_counters = Signal(len(PHASES))
         for p, counter in enumerate(counters):
-            events = Signal(range(self.lane_class.max_events(macs) * self.lanes + 1), name=f"events_{PHASES[p]}")
-            m.d.sync += [events.eq(sum(lane.events[p] for lane in lanes)),
+            core_events = du_events if PHASES[p] == "gradient" else 0
+            events = Signal(range(self.lane_class.max_events(macs) * self.lanes + inputs + 1),
+                            name=f"events_{PHASES[p]}")
+            m.d.sync += [events.eq(sum(lane.events[p] for lane in lanes) + core_events),
                          counter.eq(Mux(clear_counters[p], 0, saturating_add(counter, events, fmt.counter_width)))]
 
         # ---- input stream: prefetched into u_next whenever it is free ------------------------
@@ -270,7 +335,7 @@ class HRUCore(wiring.Component):
         # cleared in the cycle a slot starts, so neither holds a stale decision; a slot of one
         # cycle then takes two, and otherwise (the input stream ahead) they cost no cycle.
         starting, ending, may_start = Signal(), Signal(), Signal()
-        m.d.sync += [may_start.eq((~slot["next_drive"] | have_u) & next_has_nudge & ~starting),
+        m.d.sync += [may_start.eq((~slot["next_drive"] | have_u) & next_has_nudge & room & ~starting),
                      ending.eq((t + 2 >= slot_len) & ~starting)]
 
         def start_slot(rem, s_early, takes_u):
@@ -286,7 +351,7 @@ class HRUCore(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     cmd = self.cmd.payload
-                    m.d.sync += [op.eq(cmd.op), length.eq(cmd.length), beats.eq(0), have_u.eq(0),
+                    m.d.sync += [op.eq(cmd.op), length.eq(cmd.length), beats.eq(0), have_u.eq(0), block.eq(cmd.block),
                                  more_beats.eq(cmd.length != 0), more_vectors.eq(cmd.length != 0),
                                  nudge_stream.eq(cmd.nudge_stream & (cmd.op == Op.ECHO)),
                                  vectors.eq(0), nudge_row.eq(0), lead.eq(0)]

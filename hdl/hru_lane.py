@@ -27,7 +27,8 @@ Multipliers (all with registered inputs and outputs, split into 18×18 signed pa
 for ECP5 MULT18X18D; for iCE40 SB_MAC16 the limb would be 16 bits): per lane four
 ``coef × state`` (2 DSPs each by default), M ``coef × input`` (B·u, 1 each), M
 ``state × input`` (d·u, 2 each) and one ``state × state`` (d·S, 4): 12 + 3·M MULT18X18D per
-lane (36 with the default N = M = 8).
+lane (36 with the default N = M = 8); an HSSM block's read-outs add g·Δ (2), M B·e (2 each) and
+kin's two ``state × state`` products (8): 22 + 5·M (62).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hdl.address_map import PHASES, Region, region_width
+from hdl.address_map import PHASES, LinearRegion, Region, region_width
 from hdl.fixed import add_round_shift, round_shift, sub_round_shift, wrap
 from hdl.kinds import base_format
 from hdl.memories import AccumulatorMemory, MemoryBus, SharedMemory, addr_width
@@ -56,6 +57,7 @@ def mac_layout(rows: int, groups: int) -> data.StructLayout:
         "grad": 1,  # acc_b += R(d·u_grad) (the echo step before the previous one)
         "clear": 1,  # write zeros to acc_b (every idx) and acc_a (first column)
         "parity": 1,  # b buffer written = d buffer read (time-slot parity, see HRUCore)
+        "block": 1,  # HSSM block: the du_j read-out of this echo step (``du``) and its wraps
     })
 
 
@@ -68,6 +70,7 @@ def osc_layout(rows: int) -> data.StructLayout:
         "pos_first": 1,  # forward step 0: the position sum starts from zero
         "nudge_buffer": 1,  # which half of the nudge store (per-step nudge stream) holds this step's n
         "parity": 1,  # b buffer read = d buffer written
+        "block": 1,  # HSSM block: δ's kinetic accumulator (KIN) and the block's extra wraps
     })
 
 
@@ -93,6 +96,20 @@ class HRULane(wiring.Component):
     The gradient tap takes yh of the −ε item and of the +ε item one stage ahead, so the echoes
     of one oscillator must be issued back to back; d·S is a ``state × state`` product.
 
+    HSSM block read-outs (docs/numerics.md B2–B5; only while ``block`` is set, so the plain HRU's
+    integers and counts are unchanged otherwise):
+
+    - ``du``: the MAC engine's echo pass over step j's rows also forms e_i = W(R(g_i·Δ_i, s_g))
+      (g from the ``GAIN`` store, Δ the diff word it reads for acc_b) and the exact column sums
+      Σ_i B_ij·e_i over the lane's rows (coef × state products, one register per column);
+      ``du.valid`` pulses for one cycle ``DU_LATENCY`` cycles after the pass's last item, the
+      core adds the lanes' sums and rounds once.
+    - KIN: kin_i += R(Δzin·Σzin + Δzout·Σzout, acc_a_shift) from the ±ε items' momenta entering
+      the step (z at the gradient tap, before the kick) and after the kick (before the nudge),
+      two ``state × state`` products; its update lands one cycle after the position sum's.
+    - ``wb``: the write-back (y, z of every item, forward and both echoes) as an output, for the
+      core's y_k stream and its trace port.
+
     Overflow flags are summed per phase into ``events``, registered (the core adds them up).
 
     What differs between the HRUs is confined to the class attributes and three hooks, which
@@ -103,26 +120,38 @@ class HRULane(wiring.Component):
     """
 
     kind = "linear"
-    regions = Region
+    regions = LinearRegion
     #: case / host names of the parameters and of the accumulators -> their regions
     PARAMETERS = {"A": Region.A, "delta": Region.DELTA, "B": Region.B}
     ACCUMULATORS = {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B}
+    #: what only an HSSM block adds: the input-gradient gain g (linear: g = δ, the DELTA word
+    #: itself, golden_model.hru_block) and δ's kinetic accumulator
+    BLOCK_PARAMETERS: dict = {}
+    BLOCK_ACCUMULATORS = {"kin": LinearRegion.KIN}
+    GAIN = Region.DELTA  # the region the MAC engine's copy of g is written through
     #: per-oscillator coefficient stores besides δ, read with the state: pipeline field -> region
     COEFFICIENTS = {"a": Region.A}
     STEP_WRAPS = 5  # wrapping operations of one step (flip/nudge, drift 1, force, kick, drift 2)
     READ_OUT_FLAGS = 3  # gradient wraps per cycle besides the matrix banks: d, S, acc_a
+    #: an HSSM block's gradient wraps per cycle: Δzin, Σzin, Δzout, Σzout, kin, e and a second
+    #: count of d (golden_model.hru_block forms d again for e and counts its wrap again)
+    BLOCK_FLAGS = 7
 
     @classmethod
     def max_events(cls, macs: int) -> int:
         """Overflow events of one lane, one phase, one cycle: forward b + step wraps + position
-        sum; gradient: the read-out's flags and one matrix-accumulator bank per B·u column."""
-        return max(cls.STEP_WRAPS + 2, cls.READ_OUT_FLAGS + macs)
+        sum; gradient: the read-out's flags, the block's and one matrix-accumulator bank per B·u column."""
+        return max(cls.STEP_WRAPS + 2, cls.READ_OUT_FLAGS + cls.BLOCK_FLAGS + macs)
+
+    @classmethod
+    def du_width(cls, fmt, rows: int) -> int:
+        """Bits of a lane's exact column sum Σ_i B_ij·e_i over its ``rows`` (coef × state products)."""
+        base = base_format(fmt)
+        return base.coef_width + base.state_width + ceil_log2(rows) + 1
 
     @property
     def timing(self) -> LaneTiming:
         return TIMINGS[self.kind]
-
-
 
     def __init__(self, fmt, rows: int, inputs: int, data_width: int, index_width: int, macs: int = 1):
         self._fmt, self._rows, self._inputs, self._macs = fmt, rows, inputs, macs
@@ -136,6 +165,10 @@ class HRULane(wiring.Component):
             "nudge_wr": In(data.StructLayout({"en": 1, "row": addr_width(rows), "buffer": 1,
                                               "data": signed(base.state_width)})),
             "events": Out(data.ArrayLayout(unsigned(ceil_log2(self.max_events(macs) + 1)), len(PHASES))),
+            "wb": Out(data.StructLayout({"valid": 1, "echo": 1, "slot": 1, "row": addr_width(rows),
+                                         "y": signed(base.state_width), "z": signed(base.state_width)})),
+            "du": Out(data.StructLayout({"valid": 1,
+                                         "sum": data.ArrayLayout(signed(self.du_width(fmt, rows)), inputs)})),
             "host": In(MemoryBus(region_width(self.regions) + index_width, data_width)),
             "host_sel": In(1),
         })
@@ -145,6 +178,10 @@ class HRULane(wiring.Component):
     def _diff_shape(self):
         """The diff word the MAC engine multiplies by u for the matrix accumulator: d = yh⁺ − yh⁻."""
         return signed(base_format(self._fmt).state_width)
+
+    def _gain_shift(self) -> int:
+        """e = W(R(g·d, Fd)): the rounding shift of the input-gradient gain's product (g = δ)."""
+        return base_format(self._fmt).delta_frac
 
     def _datapath_stores(self, m: Module):
         """Stores used by ``_force`` and ``_read_out`` besides the shared ones: none."""
@@ -168,12 +205,71 @@ class HRULane(wiring.Component):
         minus, plus = op.stages[tap], op.stages[tap + 1]
         d, d_ovf = wrap(plus["yh"] - minus["yh"], fmt.state_width)
         ssum, s_ovf = wrap(plus["yh"] + minus["yh"], fmt.state_width)
-        g = gp.advance(d=d, ssum=ssum, ev=d_ovf + s_ovf)
+        # an HSSM block counts d's wrap twice (golden_model.hru_block forms d again for e)
+        g = gp.advance(d=d, ssum=ssum, ev=d_ovf + s_ovf + (d_ovf & gp.f["block"]))
         flag_events = Mux(g["valid"], g["ev"], 0)
         g = gp.multiply(drop=("d", "ssum", "ev"), prod=(g["d"], g["ssum"]))
         return d, {Region.ACC_A: (g["valid"], g["row"], round_shift(g["prod"], fmt.acc_a_shift))}, flag_events
 
     # ---- the shared lane ----------------------------------------------------------------------
+
+    #: MAC issue -> ``du.valid`` after a pass's last item: read (2), g·Δ (2), e (1), B·e (2), the sums (1)
+    DU_LATENCY = 8
+
+    def _input_gradient(self, m: Module, s: dict, groups: int):
+        """An HSSM block's e_i = W(R(g_i·Δ_i, s_g)) and the lane's exact column sums Σ_i B_ij·e_i
+        (docs/numerics.md B4/B4'/B5), on the MAC engine's echo pass (stage ``s``: Δ, g and the
+        row's B words just read). Drives ``du``; returns e's wrap events (one per row and step)."""
+        fmt, rows, inputs, macs = base_format(self._fmt), self._rows, self._inputs, self._macs
+        ks = range(macs)
+        dp = Pipeline(m, "du", valid=s["valid"] & s["grad"] & s["block"], row=s["row"], col=s["col"],
+                      first=s["first"], last=s["last"], **{f"coef{k}": s[f"coef{k}"] for k in ks})
+        t = dp.multiply(prod=(s["gain"], s["d"]))
+        e, e_ovf = wrap(round_shift(t["prod"], self._gain_shift()), fmt.state_width)
+        t = dp.advance(drop=("prod",), e=e, e_ovf=e_ovf & t["first"])  # a row's e: once, with its first group
+        events = Mux(t["valid"], t["e_ovf"], 0)  # registered: the rounding chain ends in a register
+        t = dp.multiply(drop=("e", "e_ovf", *(f"coef{k}" for k in ks)),
+                        **{f"term{k}": (t[f"coef{k}"], t["e"]) for k in ks})
+        sums = [Signal(signed(self.du_width(self._fmt, rows)), name=f"du_sum{j}") for j in range(inputs)]
+        with m.If(t["valid"]):
+            for g in range(groups):  # group g holds the columns g·macs + k
+                with m.If(t["col"] == g):
+                    m.d.sync += [sums[g * macs + k].eq(Mux(t["row"] == 0, 0, sums[g * macs + k]) + t[f"term{k}"])
+                                 for k in ks]
+        done = Signal()
+        m.d.sync += done.eq(t["valid"] & (t["row"] == rows - 1) & t["last"])
+        m.d.comb += [self.du.valid.eq(done), *(self.du.sum[j].eq(v) for j, v in enumerate(sums))]
+        assert len(dp.stages) + 2 == self.DU_LATENCY  # + the MAC pipeline's two read stages
+        return events
+
+    def _kinetic(self, m: Module, op: Pipeline, tap: int, kick: int):
+        """δ's kinetic accumulator (docs/numerics.md B2/B3) from the back-to-back ±ε items (−ε at
+        stage k, +ε at k + 1): Δzin, Σzin of the momenta entering the step (z before ``kick``),
+        Δzout, Σzout after the kick, kin += R(Δzin·Σzin + Δzout·Σzout, acc_a_shift); the two
+        products are exact (< 2^62 each, the sum < 2^63). Returns (stages after the tap,
+        (valid, row, addend), wrap events of the four differences and sums)."""
+        fmt = base_format(self._fmt)
+        ws = fmt.state_width
+
+        def pair(stage):  # W(z⁺ − z⁻), W(z⁺ + z⁻) of the items at ``stage`` (−ε) and ``stage + 1`` (+ε)
+            minus, plus = op.stages[stage]["z"], op.stages[stage + 1]["z"]
+            (dz, o1), (sz, o2) = wrap(plus - minus, ws), wrap(plus + minus, ws)
+            return {"dz": dz, "sz": sz, "ev": o1 + o2}
+
+        minus = op.stages[tap]
+        kp = Pipeline(m, "kin", valid=minus["valid"] & minus["echo"] & minus["slot"] & minus["block"],
+                      row=minus["row"])
+        assert kick - tap >= 3  # z entering the step is still there at tap + 1; p_in is ready by the kick
+        k = kp.advance(**pair(tap))
+        events = Mux(k["valid"], k["ev"], 0)
+        kp.multiply(drop=("dz", "sz", "ev"), p_in=(k["dz"], k["sz"]))
+        while len(kp.stages) - 1 < kick - tap:
+            kp.advance()
+        k = kp.advance(**pair(kick))
+        events = events + Mux(k["valid"], k["ev"], 0)
+        k = kp.multiply(drop=("dz", "sz", "ev"), p_out=(k["dz"], k["sz"]))
+        k = kp.advance(drop=("p_in", "p_out"), total=k["p_in"] + k["p_out"])
+        return len(kp.stages) - 1, (k["valid"], k["row"], round_shift(k["total"], fmt.acc_a_shift)), events
 
     def elaborate(self, platform):
         fmt, rows, inputs, macs = base_format(self._fmt), self._rows, self._inputs, self._macs
@@ -200,6 +296,7 @@ class HRULane(wiring.Component):
         coef_mems = {field: shared(region, coef, rows) for field, region in self.COEFFICIENTS.items()}
         b_banks = [shared(Region.B, coef, rows * groups, name=f"b{k}") for k in range(macs)]
         delta_mem = shared(Region.DELTA, coef, rows)
+        gain_mem = shared(self.GAIN, coef, rows, name="gain")  # g for the MAC engine (linear: δ's copy)
         nudge_mem = shared(Region.NUDGE, signed(ws), 2 << row_bits)  # {buffer, row}; the host sees buffer 0
         y_mem, z_mem = (shared(r, signed(ws), 2 << row_bits) for r in (Region.Y0, Region.Z0))
         drive_rd, drive_wr = double_buffer("drive", signed(ws))  # b = W(R(B·u)) of the current and next step
@@ -214,15 +311,17 @@ class HRULane(wiring.Component):
             return u[k] if groups == 1 else u[Cat(Const(k, bank_bits), mac.col[:ceil_log2(groups)])]
 
         m.d.comb += [bank.rd_addr.eq(mac.idx) for bank in b_banks]
-        m.d.comb += diff_rd.addr.eq(Cat(mac.row[:row_bits], mac.parity))
-        mp = Pipeline(m, "mac", valid=mac.valid, echo=mac.echo, row=mac.row, idx=mac.idx, parity=mac.parity,
-                      first=mac.first, last=mac.last, drive=mac.drive, grad=mac.grad, clear=mac.clear,
+        m.d.comb += [diff_rd.addr.eq(Cat(mac.row[:row_bits], mac.parity)), gain_mem.rd_addr.eq(mac.row)]
+        mp = Pipeline(m, "mac", valid=mac.valid, echo=mac.echo, row=mac.row, col=mac.col, idx=mac.idx,
+                      parity=mac.parity, first=mac.first, last=mac.last, drive=mac.drive, grad=mac.grad,
+                      clear=mac.clear, block=mac.block,
                       **{f"u_drive{k}": column(self.u_drive, k) for k in ks},
                       **{f"u_grad{k}": column(self.u_grad, k) for k in ks})
         s = mp.advance()
         # every store's output is registered
-        s = mp.advance(d=diff_rd.data, **{f"coef{k}": b_banks[k].rd_data for k in ks})
-        s = mp.multiply(drop=("d", *(f"{f}{k}" for f in ("u_drive", "u_grad", "coef") for k in ks)),
+        s = mp.advance(d=diff_rd.data, gain=gain_mem.rd_data, **{f"coef{k}": b_banks[k].rd_data for k in ks})
+        du_events = self._input_gradient(m, s, groups)
+        s = mp.multiply(drop=("d", "gain", *(f"{f}{k}" for f in ("u_drive", "u_grad", "coef") for k in ks)),
                         **{f"drive_prod{k}": (s[f"coef{k}"], s[f"u_drive{k}"]) for k in ks},
                         **{f"grad_prod{k}": (s["d"], s[f"u_grad{k}"]) for k in ks})
         matrix_acc = self.regions(Region.ACC_B)
@@ -271,7 +370,7 @@ class HRULane(wiring.Component):
             nudge_mem.wr_addr.eq(Cat(self.nudge_wr.row[:row_bits], self.nudge_wr.buffer)),
         ]
         op = Pipeline(m, "osc", valid=osc.valid, echo=osc.echo, row=osc.row, slot=osc.slot, parity=osc.parity,
-                      flip=osc.flip, nudge=osc.nudge, pos_first=osc.pos_first)
+                      flip=osc.flip, nudge=osc.nudge, pos_first=osc.pos_first, block=osc.block)
         s = op.advance()
         s = op.advance(y=y_mem.rd_data, z=z_mem.rd_data, **{f: mem.rd_data for f, mem in coef_mems.items()},
                        delta=delta_mem.rd_data, n=nudge_mem.rd_data)  # every store's output is registered
@@ -291,6 +390,7 @@ class HRULane(wiring.Component):
         s = op.multiply(drop=("f", *drop_after_force), prod=(op.f["delta"], op.f["f"]))
         z_kick, ovf = wrap(sub_round_shift(s["z"], s["prod"], fmt.delta_frac), ws)  # kick
         s = op.advance(drop=("prod",), z=z_kick, ev=s["ev"] + ovf)
+        kick = len(op.stages) - 1  # z: entering the step before this stage, after the kick from it on
         s = op.multiply(drop=("delta",), prod=(s["delta"], s["z"]))
         y_new, y_ovf = wrap(add_round_shift(s["yh"], s["prod"], fmt.delta_frac + 1), ws)  # drift 2
         s = op.advance(drop=("prod", "yh"), y=y_new, ev=s["ev"] + y_ovf)
@@ -301,6 +401,8 @@ class HRULane(wiring.Component):
             y_mem.wr_en.eq(s["valid"]), y_mem.wr_addr.eq(yz_write), y_mem.wr_data.eq(s["y"]),
             z_mem.wr_en.eq(s["valid"]), z_mem.wr_addr.eq(yz_write), z_mem.wr_data.eq(s["z"]),
         ]
+        m.d.comb += [self.wb.valid.eq(s["valid"]), self.wb.echo.eq(s["echo"]), self.wb.slot.eq(s["slot"]),
+                     self.wb.row.eq(s["row"]), self.wb.y.eq(s["y"]), self.wb.z.eq(s["z"])]
         step_events = Mux(s["valid"], s["ev"], 0)
         osc_echo, osc_slot = s["echo"], s["slot"]
         pos_sum = accumulator(Region.POS_SUM, rows, s["y"])
@@ -312,9 +414,12 @@ class HRULane(wiring.Component):
         # ---- echo-pair read-out at the tap: the diff word for the MAC engine, the accumulators ----
         minus = op.stages[tap]
         gp = Pipeline(m, "grad", valid=minus["valid"] & minus["echo"] & minus["slot"],
-                      row=minus["row"], parity=minus["parity"])
+                      row=minus["row"], parity=minus["parity"], block=minus["block"])
         tap_valid, tap_row, tap_parity = gp.f["valid"], gp.f["row"], gp.f["parity"]
         diff, updates, grad_events = self._read_out(m, op, tap, gp, extra)
+        kin_stages, kin_update, kin_events = self._kinetic(m, op, tap, kick)
+        updates[self.BLOCK_ACCUMULATORS["kin"]] = kin_update
+        grad_events = grad_events + kin_events
         # the diff word goes to its store straight from the tap (the next MAC pass reads it a
         # cycle earlier, which keeps its hazard within max(E·R, 16) in the linear lane)
         m.d.comb += [diff_wr.en.eq(tap_valid), diff_wr.data.eq(diff),
@@ -329,7 +434,7 @@ class HRULane(wiring.Component):
                 acc.clear.eq(clear_row),
             ]
             grad_events = grad_events + acc.overflow
-        assert max(len(gp.stages) - 1 + tap, timing.yz_write) == timing.last_update
+        assert max(len(gp.stages) - 1 + tap, kin_stages + tap, timing.yz_write) == timing.last_update
 
         # ---- overflow events per phase, registered ------------------------------------------
         fwd, plus_ev, minus_ev, grad_ev = self.events
@@ -337,15 +442,18 @@ class HRULane(wiring.Component):
             fwd.eq(Mux(drive_echo, 0, drive_event) + Mux(osc_echo, 0, step_events) + pos_sum.overflow),
             plus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & ~osc_slot, step_events, 0)),
             minus_ev.eq(Mux(drive_echo, drive_event, 0) + Mux(osc_echo & osc_slot, step_events, 0)),
-            grad_ev.eq(grad_events + sum(acc_b.overflow for acc_b in acc_b_banks)),
+            grad_ev.eq(grad_events + du_events + sum(acc_b.overflow for acc_b in acc_b_banks)),
         ]
 
         # ---- host port: {region, index} -----------------------------------------------------
         stores = {**{self.COEFFICIENTS[f]: mem for f, mem in coef_mems.items()}, Region.DELTA: delta_mem,
                   Region.POS_SUM: pos_sum, **accumulators}
+        # g: its own region (read back from its store), or δ's (written with δ, read back from δ's)
+        gain_writes = {self.GAIN: gain_mem} if self.GAIN in stores else {}
+        stores.setdefault(self.GAIN, gain_mem)
         index_width = len(self.host.addr) - region_width(self.regions)
         index, region = self.host.addr[:index_width], self.host.addr[index_width:]
-        for reg, store in stores.items():
+        for reg, store in (*stores.items(), *gain_writes.items()):
             m.d.comb += [
                 store.host_sel.eq(self.host_sel),
                 store.host.addr.eq(index),

@@ -25,7 +25,8 @@ acc_yy and acc_lc at stage 23; t·yh of both items meet at stages 17/18 for acc_
 
 Multipliers per lane (18×18 partial products, default widths): δ·z ×2, δ·f, W·yh, α·yh: 2 each;
 σc·t 2 (t has T + 2 = 19 bits); t·yh 4; the two interpolations 1 each; d·S 4; tanh(ā)·Δa 4;
-B·u 1 and Δt·u 2 per MAC column: 26 + 3·M (50 with M = 8).
+B·u 1 and Δt·u 2 per MAC column: 26 + 3·M (50 with M = 8); an HSSM block adds 10 + 2·M
+(hdl.hru_lane).
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ class NonlinearRegion(enum.IntEnum):
     ACC_T = 15
     ACC_LC = 16
     ACC_TY = 17
+    KIN = 18  # an HSSM block's δ kinetic accumulator (hdl.address_map.LinearRegion.KIN; 12 is W here)
+    GAIN = 19  # an HSSM block's input-gradient gain g = δσc/W (coef_width, delta_frac; host-written)
 
 
 class NonlinearLane(HRULane):
@@ -85,6 +88,9 @@ class NonlinearLane(HRULane):
                     "acc_ty": NonlinearRegion.ACC_TY}
     COEFFICIENTS = {"alpha": NonlinearRegion.ALPHA, "w": NonlinearRegion.W, "bias": NonlinearRegion.BIAS,
                     "sigma": NonlinearRegion.SIGMA}
+    BLOCK_PARAMETERS = {"gain": NonlinearRegion.GAIN}
+    BLOCK_ACCUMULATORS = {"kin": NonlinearRegion.KIN}
+    GAIN = NonlinearRegion.GAIN
     STEP_WRAPS = 6  # flip/nudge, drift 1, argument, force, kick, drift 2
     READ_OUT_FLAGS = 7  # d, S, Δa, acc_yy, acc_t, acc_lc, acc_ty
 
@@ -92,6 +98,14 @@ class NonlinearLane(HRULane):
     def check_format(fmt) -> None:
         if not isinstance(fmt, NonlinearFormat):
             raise TypeError(f"the nonlinear lane needs a NonlinearFormat, got {type(fmt).__name__}")
+        if fmt.base.delta_frac + fmt.tanh.out_frac < fmt.base.state_frac:
+            raise ValueError("the nonlinear core needs delta_frac + tanh.out_frac >= state_frac "
+                             "(e = g·Δt is rounded down to the state)")
+
+    def _gain_shift(self) -> int:
+        """e = W(R(g·Δt, Fd + T − Fs)) (docs/numerics.md B4')."""
+        fmt = self._fmt
+        return fmt.base.delta_frac + fmt.tanh.out_frac - fmt.base.state_frac
 
     def _diff_shape(self):
         """Δt = t⁺ − t⁻: |Δt| <= 2^(T+1), T + 3 bits."""

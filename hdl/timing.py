@@ -12,7 +12,7 @@ them general). The default M is the largest power of two dividing N — M = N, G
 power-of-two N — so the MAC engine never sets the pace and a step costs the oscillator bound
 max(E·R, 16) (``oscillator_bound``): one oscillator (echo) update per lane per clock, II = 1;
 the 16 is the oscillator pipeline's write-back latency, so II = 1 with no idle issue slots needs
-E·R ≥ 16 items per lane. A command adds its first and last slot and 23 cycles of settling (the
+E·R ≥ 16 items per lane. A command adds its first and last slot and 24 cycles of settling (the
 last writes and overflow counts land before ``done``). M must be a power of two dividing N
 (``check_config``) so that the host index row·N + j of B / ACC_B splits into {bank address,
 bank} by bit slicing; a smaller M trades DSPs for MAC cycles.
@@ -51,10 +51,11 @@ class LaneTiming:
 
 
 TIMINGS = {
-    "linear": LaneTiming(yz_write=16, diff_write=7, b_read=6, last_update=16),
+    # last_update: δ's kinetic accumulator (an HSSM block's), a stage after the position sum
+    "linear": LaneTiming(yz_write=16, diff_write=7, b_read=6, last_update=17),
     # tanh: W·yh (2), the argument (1), the tanh unit (5), σc·t (2), the force (1) between drift 1 and
-    # the kick; the gradient's second tanh and tanh(ā)·Δa end at stage 23, the position sum at 24
-    "nonlinear": LaneTiming(yz_write=24, diff_write=15, b_read=6, last_update=24),
+    # the kick; the gradient's second tanh and tanh(ā)·Δa end at stage 23, the position sum at 24, kin at 25
+    "nonlinear": LaneTiming(yz_write=24, diff_write=15, b_read=6, last_update=25),
 }
 
 

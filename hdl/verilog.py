@@ -72,7 +72,9 @@ def random_case(fmt, size: HRUSize, length: int, seed: int, *, wild: bool = Fals
     constant nudge (P,); ``per_step_nudge``: one nudge per forward state, (L, P) as in
     golden_model.hru_fixed.echo. ``wild``: every word uniformly random over its full width, so
     most operations overflow. Nonlinear (a NonlinearFormat): W in (0, 2), |bias| < 1, σc in
-    [0, 1), α in [0, 2) per oscillator in place of A, drawn after δ (the linear draws unchanged).
+    [0, 1), α in [0, 2) per oscillator in place of A, drawn after δ (the linear draws unchanged),
+    and an HSSM block's input-gradient gain g in (−1, 1), drawn last (the other draws unchanged;
+    the linear block's g is δ).
     """
     full_fmt, fmt = fmt, base_format(fmt)
     size.check_length(length)
@@ -102,6 +104,8 @@ def random_case(fmt, size: HRUSize, length: int, seed: int, *, wild: bool = Fals
         "nudge": (np.zeros(p, np.int64) if zero_nudge
                   else words(fmt.state_width, (length, p) if per_step_nudge else p, fmt.state_frac - 3)),
     }
+    if hru_kind(full_fmt) == "nonlinear":
+        case["gain"] = words(fmt.coef_width, p, fmt.delta_frac)
     return {k: np.asarray(v, np.int64).tolist() for k, v in case.items()}
 
 
@@ -116,10 +120,13 @@ def _nonlinear_coefficients(fmt, p: int, rng, words, wild: bool) -> dict:
             "sigma_c": rng.integers(0, min(1 << fmt.coef_sigma_frac, top + 1), size=p)}
 
 
-def golden_expectation(fmt, case: dict) -> dict:
+def golden_expectation(fmt, case: dict, block: bool = False, steps: bool | None = None) -> dict:
     """What the core must hold after CLEAR, FORWARD (from y0, z0) and ECHO, per golden_model.hru_fixed
     (linear) or golden_model.hru_fixed_nonlinear (nonlinear: the five accumulators).
 
+    ``block``: the core in HSSM block mode (golden_model.hru_block): the echo also holds ``kin``
+    and the block's gradient count. ``steps`` (default: ``block``): also every step's state under
+    "steps" (``block_steps``: what the core's trace shows), with the du stream when ``block``.
     Lists are indexed by oscillator first, so a scoreboard reports the oscillator of a mismatch.
     """
     import jax.numpy as jnp
@@ -138,14 +145,124 @@ def golden_expectation(fmt, case: dict) -> dict:
     ech = model.echo(q, arrays["u"], fwd.y, fwd.z, arrays["nudge"], fmt)
     accumulators = ({"acc_a": ech.acc_a, "acc_b": ech.acc_b} if hru_kind(fmt) == "linear"
                     else {f"acc_{k}": v for k, v in ech.acc._asdict().items()})
-    return {
+    overflows, steps = ech.overflows, block if steps is None else steps
+    if steps or block:
+        per_step, kin, block_overflows = block_steps(fmt, case, fwd.y, fwd.z)
+        if block:
+            accumulators["kin"], overflows = kin, block_overflows
+        else:
+            del per_step["du"]
+    want = {
         "forward": {"y": ints(fwd.y), "z": ints(fwd.z), "pos_sum": ints(fwd.pos_sum),
                     "overflows": {"forward": int(fwd.overflows)}},
         "echo": {"plus": {"y": ints(ech.y[0]), "z": ints(ech.z[0])},
                  "minus": {"y": ints(ech.y[1]), "z": ints(ech.z[1])},
                  **{k: ints(v) for k, v in accumulators.items()},
-                 "overflows": dict(zip(hru_fixed.PHASES[1:], ints(ech.overflows)))},
+                 "overflows": dict(zip(hru_fixed.PHASES[1:], ints(overflows)))},
     }
+    return {**want, "steps": per_step} if steps else want
+
+
+def block_params(fmt, case: dict):
+    """The case's words as a golden_model.hru_block.BlockParamsInt (linear: g = δ; nonlinear: the case's gain)."""
+    import jax.numpy as jnp
+
+    from golden_model import hru_block, hru_fixed
+
+    a = {k: jnp.asarray(v, jnp.int64) for k, v in case.items()}
+    if hru_kind(fmt) == "linear":
+        q = hru_fixed.LinearParamsInt(a["A"], a["B"], a["delta"])
+        return hru_block.BlockParamsInt(q, q.delta)
+    from golden_model import hru_fixed_nonlinear as nl
+
+    return hru_block.BlockParamsInt(nl.NonlinearParamsInt(*(a[k] for k in ("W", "bias", "sigma_c", "alpha", "B", "delta"))),
+                                    a["gain"])
+
+
+def block_steps(fmt, case: dict, y_final, z_final) -> tuple[dict, list, list]:
+    """Every step's outputs of golden_model.hru_block from (y0, z0) and the echo pair from the
+    forward's final state: ({"forward": [{"y", "z"}] for k = 1..L, "echo": [{"plus", "minus":
+    {"y", "z"}}] and "du": [N words] per echo step m = 1..L (consuming u_{L−m}), z before the
+    nudge}, kin, the echo's overflows).
+
+    The golden scans themselves run (golden_model.hru_fixed.run_forward / run_echo with the
+    block's step and read-out); only what they already compute is let out: forward, z rides
+    under y so that the per-step positions carry both; in the echo the step hands its new y to
+    the read-out beside its own read-out values.
+    """
+    import jax.numpy as jnp
+
+    from golden_model import hru_block
+    from golden_model import hru_fixed as hx
+
+    hru, base = hru_kind(fmt), base_format(fmt)
+    bq = block_params(fmt, case)
+    u, y0, z0, nudge = (jnp.asarray(case[k], jnp.int64) for k in ("u", "y0", "z0", "nudge"))
+    step = hru_block._step(hru, bq.q, fmt)
+
+    def stacked(yz, z, b):
+        y, z, *_, events = step(yz[0], z, b)
+        return jnp.stack([y, z]), z, events
+
+    _, states = hx.run_forward(stacked, bq.q, u, jnp.stack([y0, z0]), z0, base, emit_positions=True)
+
+    def with_y(y, z, b):
+        y, z, *read_out, events = step(y, z, b)
+        return (y, z, *read_out, y, events)
+
+    def accumulate(acc, read_out, u_j, z_in, z_out):
+        *read_out, y = read_out
+        acc, events, du = hru_block._accumulate(hru, bq, fmt, acc, tuple(read_out), u_j, z_in, z_out)
+        return acc, events, (du, y, z_out)
+
+    p, n = bq.q.B.shape
+    acc0 = (hru_block._zero_accumulators(hru, p, n), jnp.zeros(p, jnp.int64))
+    _, _, (_, kin), overflows, (du, ys, zs) = hx.run_echo(with_y, accumulate, acc0, bq.q, u, y_final, z_final,
+                                                         nudge, base)
+    states, ys, zs, du = (np.asarray(v).tolist() for v in (states, ys[::-1], zs[::-1], du[::-1]))
+    steps = {"forward": [{"y": y, "z": z} for y, z in states],
+             "echo": [{"plus": {"y": y[0], "z": z[0]}, "minus": {"y": y[1], "z": z[1]}} for y, z in zip(ys, zs)],
+             "du": du}
+    return steps, np.asarray(kin).tolist(), np.asarray(overflows).tolist()
+
+
+class StepAssembler:
+    """A core's per-item outputs -> per-step vectors in ``block_steps``' layout (index = oscillator).
+
+    ``kind``: "forward" / "echo" (HRUCore's ``trace`` write-backs of that pass, in order: R resp. 2R
+    items per step, placed by their row and slot: a wrong row leaves a hole, None, that compares
+    unequal), "y" (the ``y`` stream: R beats per step, beat r = oscillators r·K .. r·K + K − 1) or
+    "du" (the ``du`` stream: one beat of N words per step).
+    """
+
+    def __init__(self, oscillators: int, lanes: int, kind: str):
+        self._p, self._lanes, self._kind = oscillators, lanes, kind
+        self._per_step = 1 if kind == "du" else oscillators // lanes * (2 if kind == "echo" else 1)
+        self._items: list = []
+
+    def feed(self, item):
+        """Take one item; returns the step it completes, else None."""
+        self._items.append(item)
+        if len(self._items) < self._per_step:
+            return None
+        items, self._items = self._items, []
+        if self._kind == "du":
+            return items[0]
+        if self._kind == "y":
+            return [word for beat in items for word in beat]
+        halves: dict = {}
+        for it in items:
+            half = halves.setdefault("minus" if it["slot"] else "plus", {"y": [None] * self._p, "z": [None] * self._p})
+            for k in range(self._lanes):
+                for field in ("y", "z"):
+                    if it["row"] * self._lanes + k < self._p:
+                        half[field][it["row"] * self._lanes + k] = it[field][k]
+        return halves if self._kind == "echo" else halves.get("plus")
+
+    @property
+    def pending(self) -> list:
+        """Items of a step not completed (a pass that ended early or ran long)."""
+        return self._items
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,7 +7,7 @@ counter; small sizes and short sequences (amaranth.sim), the long runs are under
 import dataclasses
 
 import pytest
-from test_hdl_core_pysim import SMALL, check_forced_overflows_saturate, run_core, run_minibatch
+from test_hdl_core_pysim import SMALL, check_block_mode, check_forced_overflows_saturate, run_core, run_minibatch
 
 import hdl.timing
 from golden_model.formats import FixedFormat, HRUSize
@@ -15,8 +15,8 @@ from golden_model.hru_fixed_nonlinear import NonlinearFormat
 from golden_model.tanh_table import TanhSpec
 from hdl.address_map import AddressMap, Region
 from hdl.hru_core import HRUCore, lane_class
-from hdl.timing import TIMINGS, SlotLengths, cycles_per_step, oscillator_bound
 from hdl.hru_nonlinear import NonlinearRegion
+from hdl.timing import TIMINGS, SlotLengths, cycles_per_step, oscillator_bound
 from hdl.verilog import golden_expectation, random_case
 
 # 16-bit state, a 128-entry tanh table (T = 10): every product still spans two DSP limbs somewhere
@@ -146,3 +146,20 @@ def test_nonlinear_core_rejects_bad_formats():
         HRUCore(NonlinearFormat(base=FixedFormat(drift_rounding="floor")), HRUSize(oscillators=2, inputs=2), 1)
     with pytest.raises(ValueError, match="must divide"):
         HRUCore(NonlinearFormat(), HRUSize(oscillators=6, inputs=2), lanes=4)
+
+
+@pytest.mark.parametrize("fmt,size,lanes,macs", [CONFIGS[1], CONFIGS[2], CONFIGS[3]])
+def test_nonlinear_block_mode_matches_golden_at_every_step(fmt, size, lanes, macs):
+    """HSSM block mode (golden_model.hru_block): every step's write-back, y_k, du_j (g = the GAIN
+    words), kin and the counters, at the cycles of the plain core (test_hdl_core_pysim.check_block_mode)."""
+    case = random_case(fmt, size, length=8, seed=size.oscillators * 13 + lanes, per_step_nudge=True)
+    want = check_block_mode(fmt, size, lanes, case, macs)
+    assert any(want["echo"]["kin"]) and any(v for du in want["steps"]["du"] for v in du)
+
+
+def test_nonlinear_block_mode_counts_the_blocks_wraps():
+    size = HRUSize(oscillators=4, inputs=2, max_length=64)
+    fmt = dataclasses.replace(SMALL_NL, base=SMALL.replace(counter_width=12))
+    case = random_case(fmt, size, length=6, seed=4, wild=True)
+    want, plain = check_block_mode(fmt, size, 2, case), golden_expectation(fmt, case)
+    assert want["echo"]["overflows"]["gradient"] > plain["echo"]["overflows"]["gradient"] > 0

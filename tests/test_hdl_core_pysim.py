@@ -3,6 +3,8 @@
 Small sizes and short sequences only (amaranth.sim runs ~10-35 k cycles/s); the long and wide
 runs are in test_hdl_core_verilator.py.
 """
+import random
+
 import pytest
 from amaranth.sim import Simulator
 
@@ -10,7 +12,7 @@ from golden_model.formats import FixedFormat, HRUSize
 from hdl.address_map import PHASES, Region
 from hdl.hru_core import HRUCore, Op
 from hdl.timing import SlotLengths, cycles_per_step, default_macs, oscillator_bound
-from hdl.verilog import golden_expectation, random_case
+from hdl.verilog import StepAssembler, golden_expectation, random_case
 
 SMALL = FixedFormat(state_width=16, state_frac=8, input_width=8, input_frac=5, coef_width=10,
                     coef_a_frac=6, coef_b_frac=7, delta_frac=8, acc_width=24, acc_a_shift=4,
@@ -22,6 +24,7 @@ class CoreDriver:
 
     def __init__(self, core: HRUCore, ctx):
         self.core, self.ctx, self.amap = core, ctx, core.address_map
+        self.streams, self.trace = {}, []
 
     async def write(self, region, value, osc=0, col=0):
         bus = self.core.bus
@@ -60,12 +63,18 @@ class CoreDriver:
         p, n = self.core.size.oscillators, self.core.size.inputs
         return await (self.read_matrix(region, p, n) if self.amap.is_matrix(region) else self.read_vector(region, p))
 
-    async def command(self, op: Op, length: int = 0, inputs=(), nudges=None) -> int:
+    async def command(self, op: Op, length: int = 0, inputs=(), nudges=None, block: bool = False,
+                      ready=None) -> int:
         """Issue one command, stream ``inputs`` (one row per beat) and, for an echo with per-step
         nudges (``nudges``: (L, P), golden order), their vectors in reverse, R beats each; wait for
-        ``done``. Returns the cycles from the command to ``done``."""
+        ``done``. Returns the cycles from the command to ``done``.
+
+        ``block``: HSSM block mode; the ``y`` / ``du`` beats go to ``self.streams``, the trace's
+        write-backs to ``self.trace`` (both kept until the caller takes them). ``ready()``: the
+        streams' ready per cycle (default always), e.g. random back-pressure."""
         ctx, core = self.ctx, self.core
-        ctx.set(core.cmd.payload, {"op": op, "length": length, "nudge_stream": int(nudges is not None)})
+        ctx.set(core.cmd.payload, {"op": op, "length": length, "nudge_stream": int(nudges is not None),
+                                   **({"block": 1} if block else {})})
         ctx.set(core.cmd.valid, 1)
         await ctx.tick()
         ctx.set(core.cmd.valid, 0)
@@ -74,14 +83,24 @@ class CoreDriver:
         if nudges is not None:
             pending.append((core.nudge, [[vector[r * lanes + k] for k in range(lanes)]
                                          for vector in nudges[::-1] for r in range(rows)]))
-        cycles = 1
-        while not ctx.get(core.done):  # done comes with the first idle cycle: the port is usable now
+        cycles, outputs, done = 1, [(name, getattr(core, name)) for name in ("y", "du") if block], None
+        # done comes with the first idle cycle (the port is usable now); the streams may still hold beats
+        while done is None or any(ctx.get(port.valid) for _, port in outputs):
+            if done is None and ctx.get(core.done):
+                done = cycles
             moved = []
             for port, items in pending:
                 ctx.set(port.valid, bool(items))
                 if items:
                     ctx.set(port.payload, items[0])
                 moved.append(bool(items) and ctx.get(port.ready))
+            for name, port in outputs:
+                ctx.set(port.ready, ready() if ready else 1)
+                if ctx.get(port.valid) and ctx.get(port.ready):
+                    self.streams.setdefault(name, []).append(list(ctx.get(port.payload)))
+            if hasattr(core, "trace") and ctx.get(core.trace.valid):
+                t = ctx.get(core.trace.payload)
+                self.trace.append({"echo": t.echo, "slot": t.slot, "row": t.row, "y": list(t.y), "z": list(t.z)})
             await ctx.tick()
             cycles += 1
             for (_, items), transferred in zip(pending, moved):
@@ -89,21 +108,24 @@ class CoreDriver:
                     items.pop(0)
         for port, _ in pending:
             ctx.set(port.valid, 0)
-        return cycles
+        return done
 
 
-def run_core(fmt, size: HRUSize, lanes: int, case: dict, macs: int | None = None, core=None) -> dict:
+def run_core(fmt, size: HRUSize, lanes: int, case: dict, macs: int | None = None, core=None, **kwargs) -> dict:
     """Load the case, run CLEAR, FORWARD, ECHO; read back the fields of hdl.verilog.golden_expectation."""
-    return run_minibatch(fmt, size, lanes, [case], macs, core)[0]
+    return run_minibatch(fmt, size, lanes, [case], macs, core, **kwargs)[0]
 
 
 def run_minibatch(fmt, size: HRUSize, lanes: int, cases: list[dict],
-                  macs: int | None = None, core=None) -> list[dict]:
+                  macs: int | None = None, core=None, block: bool = False, ready=None) -> list[dict]:
     """CLEAR once, then per case: load it, FORWARD, read back, ECHO, read back (the accumulators sum up).
 
     ``fmt`` a FixedFormat (linear core) or a NonlinearFormat (nonlinear core): the stores written
     and read are the core's ``parameter_regions`` and ``accumulator_regions``. ``core``: a core
-    to drive instead of ``HRUCore(fmt, size, lanes, macs)`` (hdl.hru_serial's has the same ports)."""
+    to drive instead of ``HRUCore(fmt, size, lanes, macs)`` (hdl.hru_serial's has the same ports).
+    ``block``: HSSM block mode (its parameters and accumulators too); each output then also has
+    ``steps`` (every step's write-back and du, as golden_expectation's) and ``y_stream`` (the y
+    beats per step); ``ready``: the streams' ready per cycle (CoreDriver.command)."""
     core = core or HRUCore(fmt, size, lanes, macs)
     p = size.oscillators
     outs = []
@@ -113,24 +135,35 @@ def run_minibatch(fmt, size: HRUSize, lanes: int, cases: list[dict],
         clear_cycles = await drv.command(Op.CLEAR)
         for case in cases:
             length, per_step = len(case["u"]), isinstance(case["nudge"][0], list)
-            for region, key in (*((r, k) for k, r in core.parameter_regions.items()), (Region.Y0, "y0"),
-                                (Region.Z0, "z0"), *(() if per_step else ((Region.NUDGE, "nudge"),))):
+            block_parameters = core.block_parameter_regions.items() if block else ()
+            for region, key in (*((r, k) for k, r in (*core.parameter_regions.items(), *block_parameters)),
+                                (Region.Y0, "y0"), (Region.Z0, "z0"),
+                                *(() if per_step else ((Region.NUDGE, "nudge"),))):
                 await drv.write_store(region, case[key])
             out = {"clear_cycles": clear_cycles}
-            out["forward_cycles"] = await drv.command(Op.FORWARD, length, case["u"])
+            drv.streams, drv.trace = {}, []
+            out["forward_cycles"] = await drv.command(Op.FORWARD, length, case["u"], block=block, ready=ready)
+            forward_trace, y_beats = drv.trace, drv.streams.get("y", [])
             out["forward"] = {
                 "y": await drv.read_vector(Region.Y0, p), "z": await drv.read_vector(Region.Z0, p),
                 "pos_sum": await drv.read_vector(Region.POS_SUM, p),
                 "overflows": {"forward": await drv.read(Region.COUNTERS, 0)},
             }
+            drv.streams, drv.trace = {}, []
             out["echo_cycles"] = await drv.command(Op.ECHO, length, case["u"][::-1],
-                                                   case["nudge"] if per_step else None)
+                                                   case["nudge"] if per_step else None, block=block, ready=ready)
+            accumulators = {**core.accumulator_regions, **(core.block_accumulator_regions if block else {})}
             out["echo"] = {
                 "plus": {"y": await drv.read_vector(Region.Y0, p), "z": await drv.read_vector(Region.Z0, p)},
                 "minus": {"y": await drv.read_vector(Region.Y1, p), "z": await drv.read_vector(Region.Z1, p)},
-                **{name: await drv.read_store(region) for name, region in core.accumulator_regions.items()},
+                **{name: await drv.read_store(region) for name, region in accumulators.items()},
                 "overflows": {phase: await drv.read(Region.COUNTERS, k) for k, phase in enumerate(PHASES) if k},
             }
+            if block:
+                out["steps"] = {kind: steps(p, lanes, kind, items) for kind, items in
+                                (("forward", forward_trace), ("echo", drv.trace))}
+                out["steps"]["du"] = drv.streams.get("du", [])
+                out["y_stream"] = steps(p, lanes, "y", y_beats)
             outs.append(out)
 
     sim = Simulator(core)
@@ -138,6 +171,13 @@ def run_minibatch(fmt, size: HRUSize, lanes: int, cases: list[dict],
     sim.add_testbench(bench)
     sim.run()
     return outs
+
+
+def steps(p: int, lanes: int, kind: str, items: list) -> list:
+    """Items of one pass -> its steps (hdl.verilog.StepAssembler); a partial last step is kept as is."""
+    assembler = StepAssembler(p, lanes, kind)
+    done = [step for step in map(assembler.feed, items) if step is not None]
+    return done + ([assembler.pending] if assembler.pending else [])
 
 
 CONFIGS = [  # (format, size, lanes, macs: None = the default)
@@ -317,3 +357,51 @@ def test_slot_lengths_follow_the_mac_groups():
     assert SlotLengths.of(rows=16, inputs=8, echo=False, macs=1) == SlotLengths(mac=128, osc=16, both=128)
     assert SlotLengths.of(rows=4, inputs=8, echo=True, macs=4) == SlotLengths(mac=8, osc=16, both=16)
     assert SlotLengths.of(rows=8, inputs=1, echo=True, macs=1).osc == 16  # d's hazard R + 8 = the write-back bound
+
+
+# ---------------------------------------------------------------- HSSM block mode (golden_model.hru_block)
+
+def check_block_mode(fmt, size: HRUSize, lanes: int, case: dict, macs: int | None = None, ready=None) -> dict:
+    """Block mode: every step's write-back (forward and both echoes), the y_k and du_j streams,
+    kin and the counters equal golden_model.hru_block's (hdl.verilog.golden_expectation with
+    block=True); with an always-ready reader each command takes the cycles it takes without
+    ``block`` (the streams cost no cycle). Returns the expectation."""
+    want = golden_expectation(fmt, case, block=True)
+    got = run_core(fmt, size, lanes, case, macs, block=True, ready=ready)
+    assert got["forward"] == want["forward"]
+    assert got["echo"] == want["echo"]
+    assert got["steps"] == want["steps"]
+    assert got["y_stream"] == [step["y"] for step in want["steps"]["forward"]]
+    if ready is None:
+        plain = run_core(fmt, size, lanes, case, macs)
+        assert (got["forward_cycles"], got["echo_cycles"]) == (plain["forward_cycles"], plain["echo_cycles"])
+    return want
+
+
+BLOCK_CONFIGS = [CONFIGS[0], CONFIGS[1], CONFIGS[2], CONFIGS[7]]  # 1 row; 3 groups; 3 lanes; 4 groups of 2
+
+
+@pytest.mark.parametrize("fmt,size,lanes,macs", BLOCK_CONFIGS)
+def test_block_mode_matches_golden_at_every_step(fmt, size, lanes, macs):
+    case = random_case(fmt, size, length=9, seed=size.oscillators * 11 + lanes, per_step_nudge=True)
+    want = check_block_mode(fmt, size, lanes, case, macs)
+    assert any(want["echo"]["kin"]) and any(v for du in want["steps"]["du"] for v in du)
+
+
+def test_block_mode_counts_the_blocks_wraps():
+    """A wild case: e, du and kin wrap too, and the gradient counter holds the block's count
+    (more than the plain HRU's); the forward and echo counts are the plain ones."""
+    size = HRUSize(oscillators=4, inputs=2, max_length=64)
+    fmt = SMALL.replace(counter_width=12)
+    case = random_case(fmt, size, length=6, seed=3, wild=True)
+    want, plain = check_block_mode(fmt, size, 2, case), golden_expectation(fmt, case)
+    assert want["echo"]["overflows"]["gradient"] > plain["echo"]["overflows"]["gradient"] > 0
+    assert want["forward"] == plain["forward"] and want["echo"]["overflows"]["echo_plus"] > 0
+
+
+def test_block_mode_streams_survive_back_pressure():
+    """A reader that takes a beat one cycle in four: the core waits between steps, nothing is lost."""
+    size = HRUSize(oscillators=4, inputs=3, max_length=64)
+    case = random_case(SMALL, size, length=8, seed=19)
+    rng = random.Random(5)
+    check_block_mode(SMALL, size, 2, case, ready=lambda: rng.random() < 0.25)
