@@ -230,11 +230,16 @@ def _accumulate(acc: NonlinearAccumulators, yh, a, t, u_k, fmt: NonlinearFormat)
 
 
 @partial(jax.jit, static_argnames=("fmt",))
-def echo(q: NonlinearParamsInt, u, y_final, z_final, nudge, fmt: NonlinearFormat) -> NonlinearEchoResult:
-    """The ±ε echo pair with gradient accumulation. ``nudge``: (P,) constant or (L, P) per state."""
+def echo(q: NonlinearParamsInt, u, y_final, z_final, nudge, fmt: NonlinearFormat,
+         acc: NonlinearAccumulators | None = None) -> NonlinearEchoResult:
+    """The ±ε echo pair with gradient accumulation. ``nudge``: (P,) constant or (L, P) per state.
+
+    ``acc``: accumulators to continue from (default zeros), as the board's stores add every echo
+    of a minibatch, each wrap counted against the running sum (like hru_fixed.echo's acc_a/acc_b).
+    """
     p, n = q.B.shape
     zeros = jnp.zeros(p, jnp.int64)
-    acc0 = NonlinearAccumulators(zeros, zeros, jnp.zeros((p, n), jnp.int64), zeros, zeros)
+    acc0 = NonlinearAccumulators(zeros, zeros, jnp.zeros((p, n), jnp.int64), zeros, zeros) if acc is None else acc
     y, z, acc, overflows, _ = run_echo(
         lambda yy, zz, b: leapfrog_step(q, yy, zz, b, fmt),
         lambda acc, read_out, u_k, z_in, z_out: _accumulate(acc, *read_out, u_k, fmt),
