@@ -36,6 +36,8 @@ BOARD_BUILDS = {
     # (serial core) ~30 s, the ULX3S's (pipelined core) ~4 min, mostly nextpnr's routing
     "icebreaker_build": {"board": "icebreaker"},
     "ulx3s_build": {"board": "ulx3s-85f"},
+    # the nonlinear HRU's ULX3S image (slow tests only): ~5 min
+    "ulx3s_nonlinear_build": {"board": "ulx3s-85f", "hru": "nonlinear"},
 }
 
 BOARD_BUILD_TIMEOUT_S = 1800  # per build (hdl.synth.DEFAULT_TIMEOUT_S): the first yowasp run JIT-compiles

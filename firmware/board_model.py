@@ -57,7 +57,8 @@ Stores and counters
 After reset every region is 0, the state is IDLE and every counter is 0. Regions are stored as
 raw integers: a READ returns exactly the words written (after truncation to W bits).
 
-- IDENTIFY: ``Messages.pack_identify()`` of the configuration; allowed in every state.
+- IDENTIFY: ``Messages.identify_reply`` of the configuration (a v1 host's request, without payload,
+  gets the first 46 bytes); allowed in every state.
 - STATUS: the link counters (wrapping at 2^32; ``frames_ok`` already counts the STATUS request
   itself *(decision)*), ``command_errors``, the pass state, and ``length`` / ``steps_done`` of
   the pass in progress: the steps acknowledged so far, 0 and 0 in IDLE *(decision)*. The four
@@ -70,11 +71,14 @@ raw integers: a READ returns exactly the words written (after truncation to W bi
   exactly as if the host had sent those zeros; only the final reply is never sent. ABORT
   answers OK with an empty payload.
 - WRITE / READ: see "Regions" in docs/protocol.md; IDLE only.
-- CLEAR_GRADIENTS: ACC_A, ACC_B and the gradient overflow counter become 0; IDLE only.
+- CLEAR_GRADIENTS: the accumulators (``CoreConfig.accumulators``: ACC_A, ACC_B; nonlinear ACC_YY,
+  ACC_T, ACC_TU, ACC_LC, ACC_TY) and the gradient overflow counter become 0; IDLE only.
 - FORWARD_START ``length, flags``: ZERO_STATE clears Y0/Z0; POS_SUM and the forward overflow
   counter are cleared; the state becomes FORWARD.
 - FORWARD_DATA: inputs u_0 … u_{L−1} in order. The chunk that completes the pass runs
-  ``hru_fixed.forward`` from Y0/Z0 with the parameters in A, B, DELTA; Y0/Z0 take the final
+  ``hru_fixed.forward`` (nonlinear: ``hru_fixed_nonlinear.forward``) from Y0/Z0 with the parameters
+  in their regions (``CoreConfig.parameters``: A, B, DELTA; nonlinear W, BIAS, SIGMA, ALPHA, B,
+  DELTA); Y0/Z0 take the final
   state, POS_SUM the position sums, COUNTERS[forward] the overflow count, and the reply is
   ``Messages.forward_result``. Earlier chunks get an empty OK reply.
 - ECHO_START ``length, mode, nudge``: *(decision)* writes ``nudge`` to NUDGE in both modes
@@ -82,8 +86,9 @@ raw integers: a READ returns exactly the words written (after truncation to W bi
   and echo_minus counters; the state becomes ECHO.
 - ECHO_DATA: inputs in echo order (u_{L−1} first), each STREAM step with the nudge n_{j−1}
   added after the step consuming u_j (the last step's nudge is ignored). The completing chunk
-  runs the hru_fixed echo pair from Y0/Z0 with the nudge (CONSTANT: NUDGE as a (P,) vector;
-  STREAM: the (L, P) sequence), *continuing* from the stored accumulators: ACC_A/ACC_B add the
+  runs the hru_fixed (nonlinear: hru_fixed_nonlinear) echo pair from Y0/Z0 with the nudge
+  (CONSTANT: NUDGE as a (P,) vector; STREAM: the (L, P) sequence), *continuing* from the stored
+  accumulators: the accumulators add the
   pass's terms and each wrap counts against the running sums, so COUNTERS[gradient] (cleared
   only by CLEAR_GRADIENTS) adds this pass's events, saturating. Y0/Z0 take the +ε echo's final
   state, Y1/Z1 the −ε echo's, COUNTERS[echo_plus, echo_minus] the pass's counts. The reply is
@@ -103,7 +108,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from firmware.protocol import (Capability, Command, CoreConfig, Deframer, EchoMode, ForwardFlags, FrameError,
-                               Layout, Messages, PassState, PayloadLengthError, ProtocolError, Region, Reply, Status,
+                               Layout, MATRIX_REGION_CODES, Messages, PassState, PayloadLengthError, ProtocolError, Region, Reply, Status,
                                UnknownCommand, decode_frame, word_bytes)
 from golden_model import hru_fixed
 
@@ -153,7 +158,7 @@ class GoldenBoard:
         self.config = config
         self.messages = Messages(config)
         self._shape = (config.size.oscillators, config.size.inputs)  # (P, N)
-        self._regions = {r: np.zeros(config.region_depth(r), np.int64) for r in Region}
+        self._regions = {r: np.zeros(config.region_depth(r), np.int64) for r in config.regions}
         self._pass: _Pass | None = None
         self._deframer = Deframer(limit=DEFRAMER_LIMIT)
         self._last_good: tuple[int, int] | None = None
@@ -208,8 +213,7 @@ class GoldenBoard:
             raise WrongState(f"{command.name} is not allowed in {state.name}")
 
     def _identify(self, payload):
-        self.messages.empty.unpack(payload)
-        return self.messages.pack_identify()
+        return self.messages.identify_reply(payload)
 
     def _status(self, payload):
         self.messages.empty.unpack(payload)
@@ -230,7 +234,7 @@ class GoldenBoard:
     def _write(self, payload):
         if not payload:
             raise PayloadLengthError("WRITE request without a region")
-        region = _region(payload[0])
+        region = self.config.region(payload[0])
         values = _unpack_truncating(self.messages.write_request(region), payload)
         self.messages.check_range(region, values["start"], len(values["values"]), write=True)
         self._regions[region][values["start"]:values["start"] + len(values["values"])] = values["values"]
@@ -243,8 +247,8 @@ class GoldenBoard:
 
     def _clear_gradients(self, payload):
         self.messages.empty.unpack(payload)
-        self._regions[Region.ACC_A][:] = 0
-        self._regions[Region.ACC_B][:] = 0
+        for region in self.config.accumulators.values():
+            self._regions[region][:] = 0
         self._regions[Region.COUNTERS][_COUNTER_INDEX["gradient"]] = 0
         return b""
 
@@ -303,13 +307,26 @@ class GoldenBoard:
         p, self._pass = self._pass, None
         return self._run_forward(p) if p.state is PassState.FORWARD else self._run_echo(p)
 
-    def _params(self) -> hru_fixed.LinearParamsInt:
-        r = self._regions
-        return hru_fixed.LinearParamsInt(r[Region.A], r[Region.B].reshape(self._shape), r[Region.DELTA])
+    def _model(self):
+        """The golden integer model of this HRU and its parameters as stored: hru_fixed and
+        LinearParamsInt, or hru_fixed_nonlinear and NonlinearParamsInt (imported only then: JAX)."""
+        if self.config.hru == "linear":
+            model, params = hru_fixed, hru_fixed.LinearParamsInt
+        else:
+            from golden_model import hru_fixed_nonlinear as model
+
+            params = model.NonlinearParamsInt
+        return model, params(**{name: self._shaped(region) for name, region in self.config.parameters.items()})
+
+    def _shaped(self, region):
+        """A region's words as the golden model takes them: (P, N) for B and its accumulator."""
+        words = self._regions[region]
+        return words.reshape(self._shape) if int(region) in MATRIX_REGION_CODES else words
 
     def _run_forward(self, p: _Pass) -> bytes:
         r, fmt = self._regions, self.config.fmt
-        result = hru_fixed.forward(self._params(), p.inputs, r[Region.Y0], r[Region.Z0], fmt)
+        model, q = self._model()
+        result = model.forward(q, p.inputs, r[Region.Y0], r[Region.Z0], fmt)
         r[Region.Y0][:], r[Region.Z0][:], r[Region.POS_SUM][:] = result.y, result.z, result.pos_sum
         r[Region.COUNTERS][_COUNTER_INDEX["forward"]] = int(result.overflows)
         return self.messages.forward_result.pack(overflow_forward=int(result.overflows),
@@ -322,17 +339,25 @@ class GoldenBoard:
             nudge = np.concatenate([p.nudges[:-1][::-1], r[Region.NUDGE][None, :]])
         else:
             nudge = r[Region.NUDGE]
-        result = hru_fixed.echo(self._params(), p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt,
-                                acc_a=r[Region.ACC_A], acc_b=r[Region.ACC_B].reshape(self._shape))
+        model, q = self._model()
+        stored = {name: self._shaped(region) for name, region in self.config.accumulators.items()}
+        if self.config.hru == "linear":
+            result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, **stored)
+            sums = {"acc_a": result.acc_a, "acc_b": result.acc_b}
+        else:  # NonlinearAccumulators' fields are the accumulator names without "acc_"
+            acc = model.NonlinearAccumulators(**{name[4:]: value for name, value in stored.items()})
+            result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, acc=acc)
+            sums = {f"acc_{name}": value for name, value in result.acc._asdict().items()}
         counters = r[Region.COUNTERS]
         plus, minus, gradient = (int(x) for x in result.overflows)
-        limit = (1 << fmt.counter_width) - 1
+        limit = (1 << self.config.base.counter_width) - 1
         counters[_COUNTER_INDEX["echo_plus"]] = plus
         counters[_COUNTER_INDEX["echo_minus"]] = minus
         counters[_COUNTER_INDEX["gradient"]] = min(int(counters[_COUNTER_INDEX["gradient"]]) + gradient, limit)
         r[Region.Y0][:], r[Region.Z0][:] = result.y[0], result.z[0]
         r[Region.Y1][:], r[Region.Z1][:] = result.y[1], result.z[1]
-        r[Region.ACC_A][:], r[Region.ACC_B][:] = result.acc_a, np.ravel(result.acc_b)
+        for name, region in self.config.accumulators.items():
+            r[region][:] = np.ravel(sums[name])
         return self.messages.echo_result.pack(overflow_echo_plus=plus, overflow_echo_minus=minus,
                                               overflow_gradient=int(counters[_COUNTER_INDEX["gradient"]]))
 
@@ -345,16 +370,10 @@ class GoldenBoard:
         and STATUS.
         """
         p = self._pass
-        snapshot = {r.name: self._regions[r].tolist() for r in Region}
+        snapshot = {r.name: self._regions[r].tolist() for r in self.config.regions}
         snapshot["pass"] = None if p is None else (p.state, p.length, p.steps_done, p.inputs.tolist(),
                                                    None if p.nudges is None else p.nudges.tolist())
         return snapshot
-
-
-def _region(code: int) -> Region:
-    if code not in Region._value2member_map_:
-        raise ProtocolError(f"unknown region {code}")
-    return Region(code)
 
 
 def _unpack_truncating(layout: Layout, payload: bytes) -> dict:

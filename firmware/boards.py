@@ -92,6 +92,7 @@ class BoardSpec:
     build_kwargs: tuple = ()  # extra platform.build(**kwargs) as (key, value) pairs
     clock_hz: int | None = None  # the image's default clock; None: the board oscillator
     core: str = "pipelined"  # the HRU core of the real image (hdl.cores.CORES)
+    no_nonlinear: str = ""  # why the image cannot hold the nonlinear HRU ("": it can)
     loader_board: str = ""  # openFPGALoader's --board name (firmware/program.py)
     loader_sram: bool = True  # False: the stock board's programmer reaches only the SPI flash
     serial_device: str = "/dev/ttyUSB0"  # where Linux puts the board's USB-UART when it is the only one
@@ -118,6 +119,8 @@ BOARDS = {
     "icebreaker": BoardSpec("icebreaker", "amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "top.bin",
                             ("ICESTORM_LC", None, "ICESTORM_DSP", "ICESTORM_RAM"), (("synth_opts", "-dsp"),),
                             core="serial", loader_board="ice40_generic", loader_sram=False,
+                            no_nonlinear="the iCE40UP5K (5,280 cells, 8 DSPs) holds only the serial core, which is "
+                                         "linear: the nonlinear core needs 50 DSPs and the tanh ROM at P16/N8",
                             serial_device="/dev/ttyUSB1"),
 }
 
@@ -251,9 +254,9 @@ def ecp5_pll_params(input_hz: int, output_hz: int) -> dict:
 
 
 def firmware_image_factory(oscillators: int | None = None, inputs: int | None = None, lanes: int | None = None,
-                           core: str = "pipelined"):
+                           core: str = "pipelined", hru: str = "linear"):
     """``top_factory`` for the real board image: ``firmware.top.make_image(clock_hz=..., oscillators=...,
-    inputs=..., lanes=..., core=...)`` (None: the image's default). BoardImageUnavailable until it exists."""
+    inputs=..., lanes=..., core=..., hru=...)`` (None: the image's default). BoardImageUnavailable until it exists."""
     try:
         from firmware import top
     except ImportError as exc:
@@ -265,7 +268,7 @@ def firmware_image_factory(oscillators: int | None = None, inputs: int | None = 
         raise BoardImageUnavailable("the board image is not available yet: firmware.top has no "
                                     "make_image(clock_hz=..., oscillators=..., inputs=..., lanes=...)")
     config = {k: v for k, v in (("oscillators", oscillators), ("inputs", inputs), ("lanes", lanes)) if v is not None}
-    return lambda clock_hz: make_image(clock_hz=clock_hz, core=core, **config)
+    return lambda clock_hz: make_image(clock_hz=clock_hz, core=core, hru=hru, **config)
 
 
 def _tool_env(family: str) -> dict:
@@ -377,10 +380,12 @@ def image_size(oscillators=None, inputs=None, lanes=None) -> tuple[int, int, int
     return oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs, lanes or 1
 
 
-def baseline_name(board: str, oscillators=None, inputs=None, lanes=None) -> str:
-    """``<board>-p16-n8-k1``; None: the image's default (:func:`image_size`)."""
+def baseline_name(board: str, oscillators=None, inputs=None, lanes=None, hru: str = "linear") -> str:
+    """``<board>-p16-n8-k1`` (the nonlinear image: ``<board>-nonlinear-p16-n8-k1``); None: the image's
+    default (:func:`image_size`)."""
     oscillators, inputs, lanes = image_size(oscillators, inputs, lanes)
-    return f"{board}-p{oscillators}-n{inputs}-k{lanes}"
+    kind = "" if hru == "linear" else f"{hru}-"
+    return f"{board}-{kind}p{oscillators}-n{inputs}-k{lanes}"
 
 
 def default_build_dir(board: str) -> Path:
@@ -393,14 +398,19 @@ def default_bitstream(board: str) -> Path:
     return default_build_dir(board) / BOARDS[board].bitstream
 
 
-def next_commands(board: str, bitstream, size: tuple[int, int, int], baud: int) -> list[str]:
-    """The ``program`` and ``train`` command lines for a built image of ``size`` = (P, N, K) at ``baud``:
-    a build ends with them so the user needs no guess of device, rate or model size."""
+def next_commands(board: str, bitstream, size: tuple[int, int, int], baud: int, hru: str = "linear") -> list[str]:
+    """The ``program`` and ``train`` (nonlinear: ``selftest``) command lines for a built image of
+    ``size`` = (P, N, K) at ``baud``: a build ends with them so the user needs no guess of device,
+    rate or model size."""
     import shlex
 
     oscillators, inputs, lanes = size
     target = f"serial://{BOARDS[board].serial_device}?baud={baud}"
-    return [f"next: echoboard program --board {board} {shlex.quote(str(bitstream))}",
+    program = f"next: echoboard program --board {board} {shlex.quote(str(bitstream))}"
+    if hru != "linear":  # training drives the linear HRU only so far
+        return [program, f"then: echoboard selftest --target {shlex.quote(target)} --hru {hru} "
+                         f"-P {oscillators} -N {inputs}"]
+    return [program,
             f"then: echoboard train --target {shlex.quote(target)} --oscillators {oscillators}"
             f"   # the image: P={oscillators}, N={inputs}, K={lanes}; the data set's input features must "
             f"number at most {inputs} (--features energy: 2 per channel, raw: 1)"]
@@ -415,6 +425,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oscillators", "-P", type=int, default=None, help="number of oscillators P (image default)")
     parser.add_argument("--inputs", "-N", type=int, default=None, help="number of input channels N (image default)")
     parser.add_argument("--lanes", "-K", type=int, default=None, help="parallel oscillator lanes K (image default)")
+    parser.add_argument("--hru", choices=("linear", "nonlinear"), default="linear",
+                        help="the HRU of the image (nonlinear: ULX3S only)")
     parser.add_argument("--clock-mhz", type=float, default=None,
                         help="system clock; default: ULX3S 45 (PLL), iCEBreaker 12 (oscillator)")
     parser.add_argument("--build-dir", type=Path, default=None, help="default: build/<board>")
@@ -435,9 +447,12 @@ def run_build(args, top_factory=None) -> int:
     for name in ("oscillators", "inputs", "lanes"):  # 0 must not fall back to the image's default
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    hru = args.hru
+    if hru == "nonlinear" and BOARDS[args.board].no_nonlinear:
+        raise ValueError(f"--hru nonlinear: {BOARDS[args.board].no_nonlinear}")
     try:
         factory = top_factory or firmware_image_factory(args.oscillators, args.inputs, args.lanes,
-                                                        BOARDS[args.board].core)
+                                                        BOARDS[args.board].core, hru)
     except BoardImageUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -448,11 +463,11 @@ def run_build(args, top_factory=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     status = 0 if result["timing_met"] else 1
-    name = baseline_name(args.board, args.oscillators, args.inputs, args.lanes)
+    name = baseline_name(args.board, args.oscillators, args.inputs, args.lanes, hru)
     if args.write_baseline:
         from hdl.synth import baseline_from_result, write_baseline
 
-        command = " ".join(["echoboard build", f"--board {args.board}",
+        command = " ".join(["echoboard build", f"--board {args.board}", *([f"--hru {hru}"] if hru != "linear" else []),
                             *(f"--{k.replace('_', '-')} {getattr(args, k):g}" for k in
                               ("oscillators", "inputs", "lanes", "clock_mhz") if getattr(args, k) is not None),
                             "--write-baseline"])
@@ -478,5 +493,5 @@ def run_build(args, top_factory=None) -> int:
               f"  LUT {u['lut']}  FF {u['ff']}  DSP {u['dsp']}  BRAM {u['bram']}")
     if top_factory is None:  # the real image: how to load it, and the training run that fits it
         size = image_size(args.oscillators, args.inputs, args.lanes)
-        print("\n".join(next_commands(args.board, result["bitstream"], size, result["baud"])), file=sys.stderr)
+        print("\n".join(next_commands(args.board, result["bitstream"], size, result["baud"], hru)), file=sys.stderr)
     return status

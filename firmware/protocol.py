@@ -37,10 +37,13 @@ from typing import Iterable, Sequence
 from cobs import cobs
 
 from golden_model.formats import FixedFormat, HRUSize
+from hdl.kinds import base_format, hru_kind
 
 # ---------------------------------------------------------------- version and limits
 
-PROTOCOL_VERSION = 1
+#: 2: IDENTIFY reports the HRU kind and the nonlinear format (a v1 host's empty IDENTIFY still
+#: gets v1's 46 bytes, now saying version 2, so it refuses the board by its version).
+PROTOCOL_VERSION = 2
 
 #: Bytes of the board's receive buffer: one decoded request (seq, cmd, payload, CRC) must fit.
 #: 1 KiB is one ECP5 DP16KD or two iCE40 SB_RAM40_4K; at 3 Mbaud it is ~3.4 ms of line time,
@@ -102,7 +105,8 @@ class Status(enum.IntEnum):
 
 
 class Region(enum.IntEnum):
-    """Word-addressed stores for WRITE/READ. Numbering equals hdl.address_map.Region (checked by a test).
+    """The linear HRU's word-addressed stores for WRITE/READ. Numbering equals hdl.address_map.Region
+    (checked by a test).
 
     Index ``i`` of per-oscillator regions is oscillator ``i``; B and ACC_B are row-major
     P×N (index ``i*N + j``); COUNTERS holds the overflow counters in
@@ -123,7 +127,57 @@ class Region(enum.IntEnum):
     COUNTERS = 11
 
 
-READ_ONLY_REGIONS = frozenset({Region.POS_SUM, Region.ACC_A, Region.ACC_B, Region.COUNTERS})
+class NonlinearRegion(enum.IntEnum):
+    """The nonlinear HRU's stores. Numbering equals hdl.hru_nonlinear.NonlinearRegion (checked by a
+    test): every region that carries over keeps :class:`Region`'s code (α in A's place, ACC_YY in
+    ACC_A's, the P×N ACC_TU in ACC_B's); W, BIAS, SIGMA (σc) and the other accumulators follow.
+    """
+
+    ALPHA = 0
+    B = 1
+    DELTA = 2
+    NUDGE = 3
+    Y0 = 4
+    Z0 = 5
+    Y1 = 6
+    Z1 = 7
+    POS_SUM = 8
+    ACC_YY = 9
+    ACC_TU = 10
+    COUNTERS = 11
+    W = 12
+    BIAS = 13
+    SIGMA = 14
+    ACC_T = 15
+    ACC_LC = 16
+    ACC_TY = 17
+
+
+#: Wire code of IDENTIFY's ``hru`` field, and the region enum of each HRU kind.
+HRU_CODES = {"linear": 0, "nonlinear": 1}
+REGIONS = {"linear": Region, "nonlinear": NonlinearRegion}
+#: Region names by word kind (the rest hold states: NUDGE, Y0, Z0, Y1, Z1). Accumulators and
+#: counters are read-only; B and its gradient accumulator (codes 1 and 10) are P×N.
+COEFFICIENT_REGIONS = frozenset({"A", "ALPHA", "B", "DELTA", "W", "BIAS", "SIGMA"})
+ACCUMULATOR_REGIONS = frozenset({"POS_SUM", "ACC_A", "ACC_B", "ACC_YY", "ACC_TU", "ACC_T", "ACC_LC", "ACC_TY"})
+MATRIX_REGION_CODES = frozenset({int(Region.B), int(Region.ACC_B)})
+#: Per HRU kind: golden-model parameter names (the fields of hru_fixed.LinearParamsInt /
+#: hru_fixed_nonlinear.NonlinearParamsInt) and accumulator names (hdl.verilog.golden_expectation's
+#: echo keys) -> their regions.
+PARAMETERS = {"linear": {"A": Region.A, "B": Region.B, "delta": Region.DELTA},
+              "nonlinear": {"W": NonlinearRegion.W, "bias": NonlinearRegion.BIAS, "sigma_c": NonlinearRegion.SIGMA,
+                            "alpha": NonlinearRegion.ALPHA, "B": NonlinearRegion.B, "delta": NonlinearRegion.DELTA}}
+ACCUMULATORS = {"linear": {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B},
+                "nonlinear": {"acc_yy": NonlinearRegion.ACC_YY, "acc_t": NonlinearRegion.ACC_T,
+                              "acc_tu": NonlinearRegion.ACC_TU, "acc_lc": NonlinearRegion.ACC_LC,
+                              "acc_ty": NonlinearRegion.ACC_TY}}
+
+
+def read_only_regions(regions: type[enum.IntEnum]) -> frozenset:
+    return frozenset(r for r in regions if r.name in ACCUMULATOR_REGIONS or r.name == "COUNTERS")
+
+
+READ_ONLY_REGIONS = read_only_regions(Region)
 
 
 class EchoMode(enum.IntEnum):
@@ -153,6 +207,10 @@ DRIFT_ROUNDING_CODES = {"half_away": 0, "floor": 1}
 FORMAT_FIELDS = ("state_width", "state_frac", "input_width", "input_frac", "coef_width", "coef_a_frac",
                  "coef_b_frac", "delta_frac", "acc_width", "acc_a_shift", "acc_b_shift", "epsilon_log2",
                  "loss_scale_log2", "counter_width")
+#: golden_model.hru_fixed_nonlinear.NonlinearFormat's own fields in wire order (its ``base`` is the
+#: FixedFormat above), then its TanhSpec's as ``tanh_<field>``; all 0 on a linear board.
+NONLINEAR_FORMAT_FIELDS = ("coef_w_frac", "coef_bias_frac", "coef_sigma_frac", "acc_logcosh_shift", "acc_ty_shift")
+TANH_FIELDS = ("addr_frac", "range_log2", "out_frac")
 
 
 # ---------------------------------------------------------------- exceptions
@@ -476,11 +534,18 @@ class Layout:
 
 # ---------------------------------------------------------------- the core's configuration
 
-#: IDENTIFY's reply does not depend on the configuration (it describes it).
-IDENTIFY_REPLY = Layout("IDENTIFY reply", (
+#: IDENTIFY's reply does not depend on the configuration (it describes it). Its first 46 bytes
+#: are version 1's whole reply, which a request without payload (a v1 host) gets: every host can
+#: read the version there and refuse a board of another one by name.
+IDENTIFY_V1_REPLY = Layout("IDENTIFY reply (v1 request)", (
     u16("protocol_version"), u16("max_request_payload"), u16("oscillators"), u16("inputs"), u16("lanes"),
     u32("max_length"), *(Field(name, 8, True) for name in FORMAT_FIELDS), u8("drift_rounding"),
     u8("capabilities"), Field("build_hash", 8, False, BUILD_HASH_BYTES)))
+IDENTIFY_REPLY = Layout("IDENTIFY reply", (
+    *IDENTIFY_V1_REPLY.fields, u8("hru"), *(Field(name, 8, True) for name in NONLINEAR_FORMAT_FIELDS),
+    *(Field(f"tanh_{name}", 8, True) for name in TANH_FIELDS)))
+#: A v2 host's IDENTIFY carries its version (the board answers any value with IDENTIFY_REPLY).
+IDENTIFY_REQUEST = Layout("IDENTIFY request", (u16("host_version"),))
 
 
 def check_addressable(size: HRUSize) -> None:
@@ -497,6 +562,9 @@ def check_addressable(size: HRUSize) -> None:
 class CoreConfig:
     """What IDENTIFY reports: the core's size and number format, lanes, features, build.
 
+    ``fmt`` is a FixedFormat (the linear HRU) or a golden_model.hru_fixed_nonlinear.NonlinearFormat
+    (the nonlinear HRU): its type is the HRU kind (``hru``), which sets the regions.
+
     Construction checks that the configuration can be driven through frames of
     :data:`RX_BUFFER_BYTES`: one input step, the echo nudge vector and the forward result
     (overflow counter + P position sums) must each fit one payload.
@@ -511,8 +579,8 @@ class CoreConfig:
     def __post_init__(self):
         if len(self.build_hash) != BUILD_HASH_BYTES:
             raise ValueError(f"build_hash must be {BUILD_HASH_BYTES} bytes, got {len(self.build_hash)}")
-        if self.fmt.drift_rounding not in DRIFT_ROUNDING_CODES:
-            raise ValueError(f"drift_rounding {self.fmt.drift_rounding!r} has no wire code")
+        if self.base.drift_rounding not in DRIFT_ROUNDING_CODES:
+            raise ValueError(f"drift_rounding {self.base.drift_rounding!r} has no wire code")
         check_addressable(self.size)
         m = Messages(self)
         for layout in (m.forward_result, m.echo_start, m.forward_data, m.echo_data(EchoMode.STREAM)):
@@ -520,18 +588,52 @@ class CoreConfig:
                 raise ValueError(f"{layout.name} needs {layout.size(1)} bytes, more than a frame holds: "
                                  f"this core is too large for RX_BUFFER_BYTES={RX_BUFFER_BYTES}")
 
-    def region_depth(self, region: Region) -> int:
-        P, N = self.size.oscillators, self.size.inputs
-        return {Region.B: P * N, Region.ACC_B: P * N, Region.COUNTERS: 4}.get(Region(region), P)
+    @property
+    def hru(self) -> str:
+        """"linear" or "nonlinear" (hdl.kinds.hru_kind of ``fmt``)."""
+        return hru_kind(self.fmt)
 
-    def region_field(self, region: Region, count: int = 1, *, per_step: bool = False) -> Field:
+    @property
+    def base(self) -> FixedFormat:
+        """The FixedFormat of the shared widths (``fmt`` itself, or a NonlinearFormat's ``base``)."""
+        return base_format(self.fmt)
+
+    @property
+    def regions(self) -> type[enum.IntEnum]:
+        """The region enum of this HRU: :class:`Region` or :class:`NonlinearRegion`."""
+        return REGIONS[self.hru]
+
+    @property
+    def read_only_regions(self) -> frozenset:
+        return read_only_regions(self.regions)
+
+    @property
+    def parameters(self) -> dict:
+        """Golden-model parameter name -> region (:data:`PARAMETERS` of this HRU)."""
+        return PARAMETERS[self.hru]
+
+    @property
+    def accumulators(self) -> dict:
+        """Accumulator name -> region (:data:`ACCUMULATORS` of this HRU)."""
+        return ACCUMULATORS[self.hru]
+
+    def region(self, code: int) -> enum.IntEnum:
+        """The region of ``code`` in this HRU's enum; ProtocolError (BAD_ARGUMENT) if unknown."""
+        if code not in self.regions._value2member_map_:
+            raise ProtocolError(f"unknown region {code}")
+        return self.regions(code)
+
+    def region_depth(self, region) -> int:
+        P, N, code = self.size.oscillators, self.size.inputs, int(self.region(region))
+        return P * N if code in MATRIX_REGION_CODES else 4 if code == Region.COUNTERS else P
+
+    def region_field(self, region, count: int = 1, *, per_step: bool = False) -> Field:
         """``values``: words of ``region``: coefficients, states, accumulators or counters."""
-        f, region = self.fmt, Region(region)
-        if region is Region.COUNTERS:
+        f, name = self.base, self.region(region).name
+        if name == "COUNTERS":
             return Field("values", f.counter_width, False, count, per_step)
-        width = {Region.A: f.coef_width, Region.B: f.coef_width, Region.DELTA: f.coef_width,
-                 Region.POS_SUM: f.acc_width, Region.ACC_A: f.acc_width, Region.ACC_B: f.acc_width
-                 }.get(region, f.state_width)
+        width = (f.coef_width if name in COEFFICIENT_REGIONS else f.acc_width if name in ACCUMULATOR_REGIONS
+                 else f.state_width)
         return Field("values", width, True, count, per_step)
 
 
@@ -549,7 +651,7 @@ class Messages:
 
     def __init__(self, config: CoreConfig):
         self.config = c = config
-        P, N, f = c.size.oscillators, c.size.inputs, c.fmt
+        P, N, f = c.size.oscillators, c.size.inputs, c.base
 
         def counters(*names):
             return tuple(Field(name, f.counter_width) for name in names)
@@ -570,15 +672,15 @@ class Messages:
                                   counters("overflow_echo_plus", "overflow_echo_minus", "overflow_gradient"))
         self.empty = Layout("empty")
 
-    def write_request(self, region: Region) -> Layout:
-        return Layout(f"WRITE request ({Region(region).name})",
+    def write_request(self, region) -> Layout:
+        return Layout(f"WRITE request ({self.config.region(region).name})",
                       (u8("region"), u16("start"), self.config.region_field(region, per_step=True)))
 
-    def read_reply(self, region: Region, count: int) -> Layout:
-        return Layout(f"READ reply ({Region(region).name})", (self.config.region_field(region, count),))
+    def read_reply(self, region, count: int) -> Layout:
+        return Layout(f"READ reply ({self.config.region(region).name})", (self.config.region_field(region, count),))
 
     def echo_data(self, mode: EchoMode) -> Layout:
-        P, N, f = self.config.size.oscillators, self.config.size.inputs, self.config.fmt
+        P, N, f = self.config.size.oscillators, self.config.size.inputs, self.config.base
         fields = [u32("offset"), Field("inputs", f.input_width, True, N, per_step=True)]
         if EchoMode(mode) is EchoMode.STREAM:
             fields.append(Field("nudges", f.state_width, True, P, per_step=True))
@@ -599,18 +701,33 @@ class Messages:
             return self.read_reply(region, count)
         if cmd in (Command.FORWARD_DATA, Command.ECHO_DATA):
             return (self.forward_result if cmd is Command.FORWARD_DATA else self.echo_result) if final else self.empty
-        return {Command.IDENTIFY: IDENTIFY_REPLY, Command.STATUS: self.status_reply}.get(cmd, self.empty)
+        if cmd is Command.IDENTIFY:
+            return IDENTIFY_REPLY
+        return {Command.STATUS: self.status_reply}.get(cmd, self.empty)
 
     # ---- payloads that need more than a layout
 
     def pack_identify(self, version: int = PROTOCOL_VERSION) -> bytes:
+        """The IDENTIFY reply to a v2 request; its first ``IDENTIFY_V1_REPLY.size()`` bytes answer a
+        v1 request (no payload)."""
         c = self.config
+        nonlinear = c.hru == "nonlinear"
         return IDENTIFY_REPLY.pack(
             protocol_version=version, max_request_payload=MAX_REQUEST_PAYLOAD,
             oscillators=c.size.oscillators, inputs=c.size.inputs, lanes=c.lanes, max_length=c.size.max_length,
-            **{name: getattr(c.fmt, name) for name in FORMAT_FIELDS},
-            drift_rounding=DRIFT_ROUNDING_CODES[c.fmt.drift_rounding], capabilities=int(c.capabilities),
-            build_hash=list(c.build_hash))
+            **{name: getattr(c.base, name) for name in FORMAT_FIELDS},
+            drift_rounding=DRIFT_ROUNDING_CODES[c.base.drift_rounding], capabilities=int(c.capabilities),
+            build_hash=list(c.build_hash), hru=HRU_CODES[c.hru],
+            **{name: getattr(c.fmt, name) if nonlinear else 0 for name in NONLINEAR_FORMAT_FIELDS},
+            **{f"tanh_{name}": getattr(c.fmt.tanh, name) if nonlinear else 0 for name in TANH_FIELDS})
+
+    def identify_reply(self, payload: bytes) -> bytes:
+        """Board side: the IDENTIFY reply to request ``payload`` (none: a v1 host's request, which
+        gets the v1 prefix; ``host_version:u16``: the whole reply); PayloadLengthError otherwise."""
+        if not payload:
+            return self.pack_identify()[:IDENTIFY_V1_REPLY.size()]
+        IDENTIFY_REQUEST.unpack(payload)
+        return self.pack_identify()
 
     def pack_write(self, region: Region, start: int, values: Sequence[int]) -> bytes:
         self.check_range(region, start, len(values), write=True)
@@ -620,7 +737,7 @@ class Messages:
         """Board side: raises PayloadLengthError (BAD_LENGTH) or ProtocolError (BAD_ARGUMENT)."""
         if not payload:
             raise PayloadLengthError("WRITE request without a region")
-        region = _region(payload[0])
+        region = self.config.region(payload[0])
         v = self.write_request(region).unpack(payload)
         self.check_range(region, v["start"], len(v["values"]), write=True)
         return region, v["start"], v["values"]
@@ -631,14 +748,14 @@ class Messages:
 
     def unpack_read(self, payload: bytes) -> tuple[Region, int, int]:
         v = self.read_request.unpack(payload)
-        region = _region(v["region"])
+        region = self.config.region(v["region"])
         self.check_range(region, v["start"], v["count"])
         return region, v["start"], v["count"]
 
-    def check_range(self, region: Region, start: int, count: int, *, write: bool = False) -> None:
+    def check_range(self, region, start: int, count: int, *, write: bool = False) -> None:
         """BAD_ARGUMENT faults of WRITE/READ: read-only region, words outside it, reply too long."""
-        region = _region(region)
-        if write and region in READ_ONLY_REGIONS:
+        region = self.config.region(region)
+        if write and region in self.config.read_only_regions:
             raise ProtocolError(f"region {region.name} is read-only")
         depth = self.config.region_depth(region)
         if count < 1 or start < 0 or start + count > depth:
@@ -668,17 +785,18 @@ class Messages:
         return payloads
 
 
-def _region(code: int) -> Region:
-    if code not in Region._value2member_map_:
-        raise ProtocolError(f"unknown region {code}")
-    return Region(code)
+def identify_request() -> bytes:
+    """This host's IDENTIFY payload: its protocol version."""
+    return IDENTIFY_REQUEST.pack(host_version=PROTOCOL_VERSION)
 
 
 def unpack_identify(payload: bytes) -> CoreConfig:
-    """IDENTIFY reply -> CoreConfig; ProtocolError on another protocol version or buffer size."""
+    """IDENTIFY reply -> CoreConfig; ProtocolError on another protocol version (read first, from the
+    two bytes every version starts with) or buffer size, or an unknown HRU kind."""
+    if len(payload) >= 2 and int.from_bytes(payload[:2], "little") != PROTOCOL_VERSION:
+        raise ProtocolError(f"board speaks protocol {int.from_bytes(payload[:2], 'little')}, host "
+                            f"{PROTOCOL_VERSION}: use the host of the board's checkout, or rebuild the board")
     v = IDENTIFY_REPLY.unpack(payload)
-    if v["protocol_version"] != PROTOCOL_VERSION:
-        raise ProtocolError(f"board speaks protocol {v['protocol_version']}, host {PROTOCOL_VERSION}")
     if v["max_request_payload"] != MAX_REQUEST_PAYLOAD:
         raise ProtocolError(f"board buffer holds {v['max_request_payload']} payload bytes, "
                             f"host expects {MAX_REQUEST_PAYLOAD}")
@@ -686,5 +804,14 @@ def unpack_identify(payload: bytes) -> CoreConfig:
     if v["drift_rounding"] not in rounding:
         raise ProtocolError(f"unknown drift rounding code {v['drift_rounding']}")
     fmt = FixedFormat(**{name: v[name] for name in FORMAT_FIELDS}, drift_rounding=rounding[v["drift_rounding"]])
+    kinds = {code: name for name, code in HRU_CODES.items()}
+    if v["hru"] not in kinds:
+        raise ProtocolError(f"unknown HRU kind code {v['hru']}")
+    if kinds[v["hru"]] == "nonlinear":  # imported only then: it needs JAX
+        from golden_model.hru_fixed_nonlinear import NonlinearFormat
+        from golden_model.tanh_table import TanhSpec
+
+        fmt = NonlinearFormat(base=fmt, tanh=TanhSpec(**{name: v[f"tanh_{name}"] for name in TANH_FIELDS}),
+                              **{name: v[name] for name in NONLINEAR_FORMAT_FIELDS})
     return CoreConfig(HRUSize(v["oscillators"], v["inputs"], v["max_length"]), fmt, v["lanes"],
                       Capability(v["capabilities"]), bytes(v["build_hash"]))

@@ -45,8 +45,8 @@ from amaranth.lib.wiring import In, Out
 
 from firmware import protocol
 from firmware.link import FrameByte, FrameHeader, ReplyByte
-from firmware.protocol import (Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState,
-                               Region, Status, word_bytes)
+from firmware.protocol import (IDENTIFY_REQUEST, IDENTIFY_V1_REPLY, Capability, Command, CoreConfig, EchoMode,
+                               ForwardFlags, Messages, PassState, Region, Status, word_bytes)
 from hdl.address_map import PHASES
 from hdl.hru_core import HRUCore, Op
 from hdl.memories import MemoryBus
@@ -191,14 +191,14 @@ class AddressWalker(wiring.Component):
         self._amap = amap = core.address_map
         self._inputs = core.size.inputs
         super().__init__({
-            "load": In(1), "region": In(unsigned(4)), "step": In(1),
+            "load": In(1), "region": In(unsigned(region_bits(amap))), "step": In(1),
             "addr": Out(unsigned(amap.addr_width)),
         })
 
     def elaborate(self, platform):
         m = Module()
         amap, inputs = self._amap, self._inputs
-        region = Signal(4)
+        region = Signal(region_bits(amap))
         matrix, counters = Signal(), Signal()
         col = Signal(range(max(inputs, 2)))
         lane = Signal(range(max(amap.lanes, 2)))
@@ -264,8 +264,13 @@ class NudgeFeeder(wiring.Component):
         return m
 
 
-# reply bodies after [seq][cmd][status]
-_NONE, _IDENTIFY, _STATUS, _READ, _FORWARD, _ECHO = range(6)
+def region_bits(amap) -> int:
+    """Bits of the region field at the top of a core address: 4 (linear), 5 (nonlinear)."""
+    return amap.addr_width - amap.lane_width - amap.index_width
+
+
+# reply bodies after [seq][cmd][status]; _IDENTIFY_V1: the first bytes of _IDENTIFY (a v1 host's)
+_NONE, _IDENTIFY, _STATUS, _READ, _FORWARD, _ECHO, _IDENTIFY_V1 = range(7)
 
 
 class _OverflowCopy(NamedTuple):
@@ -287,7 +292,7 @@ class Sequencer(wiring.Component):
         self._core = core
         self.config = core_config(core.fmt, core.size, core.lanes, build_hash)
         self.messages = Messages(self.config)
-        fmt = core.fmt
+        fmt = self.config.base
         super().__init__({
             "header": In(stream.Signature(FrameHeader)),
             "payload": In(stream.Signature(FrameByte)),
@@ -306,10 +311,10 @@ class Sequencer(wiring.Component):
         """Per region code: (word bits, signed, depth, most words per WRITE, per READ)."""
         c, msg = self.config, self.messages
         table = {}
-        for r in Region:
+        for r in c.regions:
             f = c.region_field(r)
             table[int(r)] = (f.width, f.signed, c.region_depth(r),
-                             0 if r in protocol.READ_ONLY_REGIONS else msg.max_words(r, write=True),
+                             0 if r in c.read_only_regions else msg.max_words(r, write=True),
                              msg.max_words(r))
         return table
 
@@ -339,7 +344,7 @@ class _SequencerFSM:
     def __init__(self, sequencer: Sequencer, m: Module):
         s = sequencer
         core, c, msg = s._core, s.config, s.messages
-        fmt, P, N = c.fmt, c.size.oscillators, c.size.inputs
+        fmt, P, N = c.base, c.size.oscillators, c.size.inputs
         self.m, self.s, self.c, self.msg, self.fmt, self.P, self.N = m, s, c, msg, fmt, P, N
         regions = s._region_words()
         wn = word_bytes(fmt.counter_width)
@@ -373,7 +378,7 @@ class _SequencerFSM:
         self.seq, self.cmd = Signal(8), Signal(8)
         self.got_last = got_last = Signal()  # the request's last payload byte has been taken
         self.status = Signal(8)  # of the reply being made
-        self.body = body = Signal(range(6))
+        self.body = body = Signal(range(7))
         self.pass_state = pass_state = Signal(2)  # PassState
         # pass lengths and step counts are at most max_length: 17 bits, not the protocol's 32
         # (cell budget); ``arg`` saturates a u32 to all ones, which is above max_length
@@ -409,7 +414,7 @@ class _SequencerFSM:
         self.r_max_write, self.r_max_read, self.r_read_only = r_max_write, r_max_read, r_read_only
         self.r_value = r_value = Signal(FIELD_BITS)  # bus read data, sign-extended from the region's width
         self.r_word = Signal(FIELD_BITS)  # r_value, registered
-        read_region = Signal(4)  # the region of the bus read in flight (walker's)
+        read_region = Signal(region_bits(core.address_map))  # the region of the bus read in flight (walker's)
         with m.Switch(region):
             for code, (bits, signed_, depth, max_write, max_read) in regions.items():
                 with m.Case(code):
@@ -433,6 +438,7 @@ class _SequencerFSM:
         counters_of = [(_OverflowCopy(p), wn) for p in range(len(PHASES))]
         tables = {
             _IDENTIFY: [(b, 1) for b in identify],
+            _IDENTIFY_V1: [(b, 1) for b in identify[:IDENTIFY_V1_REPLY.size()]],
             _STATUS: [(s.frames_ok, 4), (s.crc_errors, 4), (s.framing_errors, 4), (s.overruns, 4),
                       (command_errors, 4), (pass_state, 1), (Mux(pass_state == PassState.IDLE, 0, pass_length), 4),
                       (Mux(pass_state == PassState.IDLE, 0, steps_done), 4), *counters_of],
@@ -456,7 +462,7 @@ class _SequencerFSM:
 
         # ---- the walker and the bus ---------------------------------------------------------
         m.d.comb += [bus.addr.eq(walker.addr), walker.region.eq(region)]
-        m.d.sync += read_region.eq(walker.addr >> (core.address_map.addr_width - 4))
+        m.d.sync += read_region.eq(walker.addr >> (core.address_map.addr_width - len(read_region)))
         with m.If(asm.o.valid & asm.o.ready & asm.o.p.last):
             m.d.sync += got_last.eq(1)
         self.field = asm.o.p.value
@@ -565,11 +571,16 @@ class _SequencerFSM:
                 self.error(Status.WRONG_STATE)
             with m.Else():
                 with m.Switch(cmd):
-                    with m.Case(Command.IDENTIFY, Command.STATUS, Command.ABORT, Command.CLEAR_GRADIENTS):
+                    with m.Case(Command.IDENTIFY):  # v1 hosts send no payload, v2 hosts their version
+                        with m.If(length == 0):
+                            self.reply(_IDENTIFY_V1)
+                        with m.Elif(length == IDENTIFY_REQUEST.size()):
+                            self.reply(_IDENTIFY)
+                        with m.Else():
+                            self.error(Status.BAD_LENGTH)
+                    with m.Case(Command.STATUS, Command.ABORT, Command.CLEAR_GRADIENTS):
                         with m.If(length != 0):
                             self.error(Status.BAD_LENGTH)
-                        with m.Elif(cmd == Command.IDENTIFY):
-                            self.reply(_IDENTIFY)
                         with m.Elif(cmd == Command.STATUS):
                             self.reply(_STATUS)
                         with m.Elif(cmd == Command.CLEAR_GRADIENTS):

@@ -39,7 +39,7 @@ from firmware.sequencer import Sequencer, core_config
 from golden_model.formats import FixedFormat, HRUSize
 from hdl.cores import check_core, make_core
 
-__all__ = ["BoardImage", "make_image", "design_hash", "image_config", "DEFAULT_SIZE", "SIM_TOP"]
+__all__ = ["BoardImage", "make_image", "design_hash", "image_config", "image_format", "DEFAULT_SIZE", "SIM_TOP"]
 
 #: The default core of the board image (docs/protocol.md's examples use it).
 DEFAULT_SIZE = HRUSize(16, 8)
@@ -53,6 +53,7 @@ class BoardImage(wiring.Component):
     ``build_hash``: 16 bytes for IDENTIFY; None = :func:`design_hash` of this configuration.
     ``baud``: the UART rate of the pins variant (``firmware.link.baud_divisor`` checks it).
     ``core``: a key of :data:`hdl.cores.CORES` (the pipelined core, or the serial one for iCE40).
+    ``fmt``: a FixedFormat builds the linear HRU, a NonlinearFormat the nonlinear one (pipelined only).
     """
 
     def __new__(cls, fmt: FixedFormat | None = None, size: HRUSize | None = None, lanes: int = 1, *args,
@@ -146,8 +147,21 @@ def design_hash(fmt: FixedFormat, size: HRUSize, lanes: int, core: str = "pipeli
     return hashlib.sha256(text.encode()).digest()[:BUILD_HASH_BYTES]
 
 
+def image_format(hru: str = "linear"):
+    """The number format of the ``hru`` board image: the default FixedFormat (linear) or
+    golden_model.hru_fixed_nonlinear.NonlinearFormat (nonlinear; imported only then: it needs JAX)."""
+    if hru == "linear":
+        return FixedFormat()
+    if hru != "nonlinear":
+        raise ValueError(f"unknown HRU {hru!r}; known: linear, nonlinear")
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+
+    return NonlinearFormat()
+
+
 def make_image(clock_hz: int, oscillators: int | None = None, inputs: int | None = None, lanes: int | None = None,
-               *, fmt: FixedFormat | None = None, baud: int = link.DEFAULT_BAUD, core: str = "pipelined") -> BoardImage:
-    """The image for ``firmware.boards`` (UART pins at ``baud``, clock ``clock_hz``, ``core`` of hdl.cores.CORES)."""
+               *, hru: str = "linear", baud: int = link.DEFAULT_BAUD, core: str = "pipelined") -> BoardImage:
+    """The image for ``firmware.boards`` (UART pins at ``baud``, clock ``clock_hz``, ``core`` of hdl.cores.CORES,
+    the ``hru`` HRU in :func:`image_format`)."""
     size = HRUSize(oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs, DEFAULT_SIZE.max_length)
-    return BoardImage(fmt or FixedFormat(), size, lanes or 1, clock_hz=clock_hz, baud=baud, core=core)
+    return BoardImage(image_format(hru), size, lanes or 1, clock_hz=clock_hz, baud=baud, core=core)

@@ -8,6 +8,12 @@
         counters = board.echo(u, nudge)              # nudge: (P,) constant or (L, P) per step
         acc_a, acc_b = board.read_gradients()
 
+The HRU is the board's (IDENTIFY): ``Board.open("golden", fmt=NonlinearFormat())`` or a board
+built with ``--hru nonlinear`` holds the nonlinear HRU, whose parameters are
+golden_model.hru_fixed_nonlinear.NonlinearParamsInt and whose gradients are its
+NonlinearAccumulators; ``hru="linear"`` (or a format) asks for a kind, and a board of the other
+kind is refused with one line.
+
 Every backend speaks the wire protocol (docs/protocol.md) through host.client.Client, so the
 integers are identical whichever is behind the URL. Whole sequences are streamed as full frames
 (``Messages.data_payloads``); there is no round trip per time step. Arguments are checked here,
@@ -20,11 +26,12 @@ from contextlib import suppress
 import numpy as np
 
 from firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
-from firmware.protocol import (Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState,
-                               ProtocolError, Region, unpack_identify)
+from firmware.protocol import (MATRIX_REGION_CODES, Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages,
+                               PassState, ProtocolError, Region, identify_request, unpack_identify)
 from golden_model import hru_fixed
 from golden_model.fixed import int_range
-from golden_model.formats import FixedFormat, HRUSize
+from golden_model.formats import HRUSize
+from hdl.kinds import hru_kind
 from host.client import Client, LinkError
 from host.transports import Faults, FaultyTransport, GoldenTransport, open_serial
 
@@ -52,29 +59,37 @@ class Board:
         self._process = process  # the simulated board this Board started, stopped on close
 
     @classmethod
-    def open(cls, url: str = "golden", *, size: HRUSize | None = None, fmt: FixedFormat | None = None,
+    def open(cls, url: str = "golden", *, size: HRUSize | None = None, fmt=None, hru: str | None = None,
              capabilities: Capability = Capability.ECHO_STREAM, timeout: float = 1.0, retries: int = 8,
              seconds_per_step: float = SECONDS_PER_STEP, faults: Faults | None = None,
              fault_seed: int = 0, core: str = "pipelined") -> "Board":
         """Open a session with the board at ``url`` and IDENTIFY it.
 
         - ``"golden"``: the golden board model in process, built from ``size`` (default
-          HRUSize(16, 8)), ``fmt`` (default FixedFormat()) and ``capabilities``.
+          HRUSize(16, 8)), ``fmt`` (default: firmware.top.image_format(``hru``), the linear
+          FixedFormat() without ``hru``) and ``capabilities``.
         - ``"sim"``: the simulated board (the Verilated board image, built and cached for ``size``,
           ``fmt`` and ``core``: "pipelined", the ULX3S image's, or "serial", the iCEBreaker's),
           started now and stopped when the Board closes.
         - ``"socket://127.0.0.1:PORT"``: a board serving its byte stream on TCP (the simulated board).
         - ``"serial:///dev/ttyUSB0?baud=3000000"``: a board on a serial port.
 
-        For a board that reports its own configuration, ``size``/``fmt`` when given must match it.
+        For a board that reports its own configuration, ``size``/``fmt`` when given must match it, and
+        its HRU must be ``hru`` (or ``fmt``'s kind) when given.
         ``faults`` injects byte faults in both directions (host.transports.FaultyTransport).
         """
+        from firmware.top import image_format
+
+        if fmt is not None and hru is not None and hru_kind(fmt) != hru:
+            raise ValueError(f"fmt is a {hru_kind(fmt)} HRU's format, not a {hru} one")
+        wanted_hru = hru or (None if fmt is None else hru_kind(fmt))
         process = None
+        local_fmt = fmt or image_format(hru or "linear")
         if url == "sim":  # build (cached) and start the Verilated board image of this size; stop it on close
             from sim.board_image import ImageConfig, simulated_board_executable
             from sim.board_sim import SimulatedBoard
 
-            config = ImageConfig(size or HRUSize(16, 8), fmt or FixedFormat(), core=core)
+            config = ImageConfig(size or HRUSize(16, 8), local_fmt, core=core)
             # poll the socket every 128 cycles, not the harness's 1024: a request's round trip is
             # ~9 per training sample, and one run measured 27.6 -> 35.3 samples/s (32: 36.3)
             process = SimulatedBoard(simulated_board_executable(config), poll_cycles=SIM_POLL_CYCLES).start()
@@ -82,7 +97,7 @@ class Board:
         if url.startswith("loop://"):
             raise ValueError("loop:// echoes the host's own bytes back: it is for host.client.Client tests only")
         if url == "golden":
-            config = CoreConfig(size or HRUSize(16, 8), fmt or FixedFormat(), capabilities=capabilities,
+            config = CoreConfig(size or HRUSize(16, 8), local_fmt, capabilities=capabilities,
                                 build_hash=MODEL_BUILD_HASH)
             port = GoldenTransport(GoldenBoard(config), timeout)
         else:
@@ -92,6 +107,9 @@ class Board:
         client = Client(port, timeout=timeout, retries=retries)
         try:
             config = client.start()
+            if wanted_hru is not None and config.hru != wanted_hru:
+                raise ValueError(f"the board at {url} holds the {config.hru} HRU, not the {wanted_hru} one "
+                                 f"(build or start it with --hru {wanted_hru})")
             for name, wanted, got in (("size", size, config.size), ("fmt", fmt, config.fmt)):
                 if wanted is not None and wanted != got:
                     raise ValueError(f"the board at {url} reports {name} {got}, not the requested {wanted}")
@@ -121,7 +139,7 @@ class Board:
 
     def identify(self) -> CoreConfig:
         """Ask the board again what it is (the session's IDENTIFY is in ``config``)."""
-        return unpack_identify(self.client.call(Command.IDENTIFY))
+        return unpack_identify(self.client.call(Command.IDENTIFY, identify_request()))
 
     def status(self) -> dict:
         """STATUS: link and decoder counters, the pass state (a PassState), overflow counters."""
@@ -135,9 +153,9 @@ class Board:
 
     # ------------------------------------------------------------------ regions
 
-    def write(self, region: Region, values, start: int = 0) -> None:
-        """WRITE words to a region, split into as many frames as needed."""
-        region = Region(region)
+    def write(self, region, values, start: int = 0) -> None:
+        """WRITE words to a region (of ``config.regions``), split into as many frames as needed."""
+        region = self.config.region(region)
         flat = np.ravel(_numbers(values, region.name))
         values = _integers(flat, region.name, flat.shape, self.config.region_field(region).width)
         per_frame = self.messages.max_words(region, write=True)
@@ -145,9 +163,9 @@ class Board:
             words = values[offset:offset + per_frame].tolist()
             self.client.call(Command.WRITE, self.messages.pack_write(region, start + offset, words))
 
-    def read(self, region: Region, start: int = 0, count: int | None = None) -> np.ndarray:
+    def read(self, region, start: int = 0, count: int | None = None) -> np.ndarray:
         """READ words of a region (all of it by default), split into as many frames as needed."""
-        region = Region(region)
+        region = self.config.region(region)
         count = self.config.region_depth(region) - start if count is None else count
         per_frame = self.messages.max_words(region)
         words: list[int] = []
@@ -157,27 +175,58 @@ class Board:
             words += np.atleast_1d(self.messages.read_reply(region, n).unpack(payload)["values"]).tolist()
         return np.asarray(words, np.int64)
 
-    def write_params(self, q: hru_fixed.LinearParamsInt) -> None:
-        """Write A (P,), B (P, N) and delta (P,) as raw integers of the coefficient width."""
-        P, N, width = self.config.size.oscillators, self.config.size.inputs, self.config.fmt.coef_width
-        checked = [(region, _integers(value, name, shape, width)) for region, value, name, shape in
-                   ((Region.A, q.A, "A", (P,)), (Region.B, q.B, "B", (P, N)), (Region.DELTA, q.delta, "delta", (P,)))]
-        for region, words in checked:  # all three checked before the first is written
+    def write_params(self, q) -> None:
+        """Write the parameters as raw integers of the coefficient width: a hru_fixed.LinearParamsInt
+        (A (P,), B (P, N), delta (P,)) to a linear board, a hru_fixed_nonlinear.NonlinearParamsInt
+        (W, bias, sigma_c (P,), alpha () or (P,), B (P, N), delta (P,)) to a nonlinear one; a scalar
+        alpha is written to every oscillator's word."""
+        kind = self._params_class()
+        if not isinstance(q, kind):
+            raise ValueError(f"this board holds the {self.config.hru} HRU: write_params takes {kind.__name__}, "
+                             f"got {type(q).__name__}")
+        P, width = self.config.size.oscillators, self.config.base.coef_width
+        checked = []
+        for name, region in self.config.parameters.items():
+            value = getattr(q, name)
+            if name == "alpha" and np.ndim(value) == 0:
+                value = np.full(P, value)
+            checked.append((region, _integers(value, name, self._shape(region), width)))
+        for region, words in checked:  # all checked before the first is written
             self.write(region, words)
 
-    def read_params(self) -> hru_fixed.LinearParamsInt:
-        """A, B, delta as stored (numpy int64): exactly what :meth:`write_params` wrote."""
-        P, N = self.config.size.oscillators, self.config.size.inputs
-        return hru_fixed.LinearParamsInt(self.read(Region.A), self.read(Region.B).reshape(P, N),
-                                         self.read(Region.DELTA))
+    def read_params(self):
+        """The parameters as stored (numpy int64): exactly what :meth:`write_params` wrote (a
+        nonlinear alpha as P words)."""
+        return self._params_class()(**{name: self._read_shaped(region)
+                                       for name, region in self.config.parameters.items()})
 
-    def read_gradients(self) -> tuple[np.ndarray, np.ndarray]:
-        """The accumulators (acc_a (P,), acc_b (P, N)): every echo since the last clear, summed."""
+    def read_gradients(self):
+        """The accumulators, every echo since the last clear summed: linear (acc_a (P,), acc_b (P, N));
+        nonlinear a hru_fixed_nonlinear.NonlinearAccumulators (yy, t, lc, ty (P,), tu (P, N))."""
+        sums = {name: self._read_shaped(region) for name, region in self.config.accumulators.items()}
+        if self.config.hru == "linear":
+            return sums["acc_a"], sums["acc_b"]
+        from golden_model.hru_fixed_nonlinear import NonlinearAccumulators
+
+        return NonlinearAccumulators(**{name[len("acc_"):]: value for name, value in sums.items()})
+
+    def _params_class(self):
+        """hru_fixed.LinearParamsInt or hru_fixed_nonlinear.NonlinearParamsInt (imported only then: JAX)."""
+        if self.config.hru == "linear":
+            return hru_fixed.LinearParamsInt
+        from golden_model.hru_fixed_nonlinear import NonlinearParamsInt
+
+        return NonlinearParamsInt
+
+    def _shape(self, region) -> tuple:
         P, N = self.config.size.oscillators, self.config.size.inputs
-        return self.read(Region.ACC_A), self.read(Region.ACC_B).reshape(P, N)
+        return (P, N) if int(region) in MATRIX_REGION_CODES else (self.config.region_depth(region),)
+
+    def _read_shaped(self, region) -> np.ndarray:
+        return self.read(region).reshape(self._shape(region))
 
     def clear_gradients(self) -> None:
-        """Zero the accumulators and the gradient overflow counter."""
+        """Zero the accumulators (all of them, either HRU) and the gradient overflow counter."""
         self.client.call(Command.CLEAR_GRADIENTS)
 
     # ------------------------------------------------------------------ passes
@@ -205,7 +254,7 @@ class Board:
         [echo_plus, echo_minus, gradient] (the gradient counter counts since the last clear).
         """
         u = self._inputs(u)
-        P, L, width = self.config.size.oscillators, len(u), self.config.fmt.state_width
+        P, L, width = self.config.size.oscillators, len(u), self.config.base.state_width
         nudge = np.asarray(nudge)
         if nudge.ndim == 2:
             if not self.config.capabilities & Capability.ECHO_STREAM:
@@ -249,7 +298,7 @@ class Board:
     def _inputs(self, u) -> np.ndarray:
         a = _numbers(u, "inputs u")
         hru_fixed.validate_sequence(a, self.config.size.inputs, self.config.size.max_length)
-        return _integers(a, "inputs u", a.shape, self.config.fmt.input_width)
+        return _integers(a, "inputs u", a.shape, self.config.base.input_width)
 
 
 def _field_value(words: np.ndarray):

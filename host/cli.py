@@ -136,10 +136,10 @@ def add_core_size_arguments(parser: argparse.ArgumentParser, default_lanes: int 
                              "(iCE40: one 16x16 multiplier, linear HRU, --lanes 1)")
 
 
-def core_config(args, nonlinear_ok: bool = False):
+def core_config(args):
     """(format, HRUSize, lanes) from add_core_size_arguments' options: the default FixedFormat, or
-    with ``--hru nonlinear`` (where ``nonlinear_ok``: the core alone, not the board image) the
-    default golden_model.hru_fixed_nonlinear.NonlinearFormat."""
+    with ``--hru nonlinear`` the default golden_model.hru_fixed_nonlinear.NonlinearFormat (the
+    pipelined core's, core and board image alike)."""
     from golden_model.formats import FixedFormat, HRUSize
 
     from firmware.protocol import check_addressable
@@ -148,9 +148,6 @@ def core_config(args, nonlinear_ok: bool = False):
     check_addressable(size)  # -P 1000000: refused now, not after minutes of elaboration
     if args.hru == "linear":
         return FixedFormat(), size, args.lanes
-    if not nonlinear_ok:
-        raise ValueError("the board image has only the linear HRU core "
-                         "(--hru nonlinear: verilog and verify --level core)")
     from golden_model.hru_fixed_nonlinear import NonlinearFormat
 
     return NonlinearFormat(), size, args.lanes
@@ -174,7 +171,7 @@ def run_verilog(args) -> int:
     from hdl.cores import check_core
     from hdl.verilog import TOPLEVEL, core_verilog
 
-    fmt, size, lanes = core_config(args, nonlinear_ok=True)
+    fmt, size, lanes = core_config(args)
     check_core(args.core, fmt, size, lanes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(core_verilog(fmt, size, lanes, core=args.core))
@@ -221,7 +218,7 @@ def stdout_to_stderr():
 def run_verify(args) -> int:
     from sim import waves
 
-    fmt, size, lanes = core_config(args, nonlinear_ok=args.level == "core")
+    fmt, size, lanes = core_config(args)
     if args.waves and args.level == "board" and args.target != "sim":
         raise ValueError(f"--waves records a simulation: --level core, or --level board --target sim "
                          f"(not {args.target})")

@@ -25,7 +25,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from firmware.protocol import Command, CoreConfig, Deframer, FrameError, Reply, Request, Status, unpack_identify
+from firmware.protocol import (Command, CoreConfig, Deframer, FrameError, Reply, Request, Status, identify_request,
+                               unpack_identify)
 from host.transports import Transport
 
 __all__ = ["Client", "LinkError", "LinkStats"]
@@ -92,7 +93,7 @@ class Client:
     def start(self) -> CoreConfig:
         """Begin a session: flush the board's receiver, IDENTIFY, return the core's configuration."""
         self._send(_FLUSH)
-        return unpack_identify(self.call(Command.IDENTIFY))
+        return unpack_identify(self.call(Command.IDENTIFY, identify_request()))
 
     def call(self, cmd: int, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
         """:meth:`request`, then the reply's payload; ``protocol.BoardError`` on a non-OK status."""

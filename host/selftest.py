@@ -10,7 +10,8 @@ retries), so the same checks run on ``golden``, ``sim``, ``socket://HOST:PORT`` 
    of ``size`` and ``core``; for a board, the image of the size, format and lanes it reports with
    ``core`` (``sim.board_image.board_config``, i.e. ``firmware.top.design_hash``), and ``size``
    when given. A second IDENTIFY must say the same.
-2. ``regions``: every writable region (``firmware.protocol.Region`` minus ``READ_ONLY_REGIONS``)
+2. ``regions``: every writable region of the board's HRU (``CoreConfig.regions`` minus
+   ``CoreConfig.read_only_regions``)
    takes random words over the region's full width, then their bitwise complement (every bit of
    every word is written as 0 and as 1), and reads both back; every read-only region refuses a
    WRITE with BAD_ARGUMENT and keeps its words.
@@ -24,7 +25,7 @@ retries), so the same checks run on ``golden``, ``sim``, ``socket://HOST:PORT`` 
 4. ``restore``: the writable regions get back the words they held before the self-test.
 
 Afterwards the board is IDLE with its parameters, state and NUDGE as before; POS_SUM and the
-forward and echo overflow counters hold the last self-test pass's values; ACC_A/ACC_B are
+forward and echo overflow counters hold the last self-test pass's values; the accumulators are
 unchanged (the two zero-nudge echoes are identical, so their difference adds zero), and so is the
 gradient overflow counter unless a pass wrapped (the accumulation then counts its wraps).
 """
@@ -38,8 +39,7 @@ from contextlib import suppress
 
 import numpy as np
 
-from firmware.protocol import (READ_ONLY_REGIONS, Capability, Command, CoreConfig, ProtocolError, Region,
-                               Status)
+from firmware.protocol import Capability, Command, CoreConfig, ProtocolError, Region, Status
 
 __all__ = ["BOARD_TARGETS", "board_target", "expected_config", "run_selftest", "verify_board_at",
            "add_selftest_arguments"]
@@ -60,17 +60,18 @@ def board_target(text: str) -> str:
 
 def expected_config(target: str, reported: CoreConfig, *, size=None, fmt=None, core: str = "pipelined") -> CoreConfig:
     """What IDENTIFY must say: the configuration of the image the host would build (module docstring)."""
-    from golden_model.formats import FixedFormat, HRUSize
+    from firmware.top import image_format
+    from golden_model.formats import HRUSize
 
     if target == "golden":
         from firmware.board_model import MODEL_BUILD_HASH
 
-        return CoreConfig(size or HRUSize(16, 8), fmt or FixedFormat(), capabilities=Capability.ECHO_STREAM,
+        return CoreConfig(size or HRUSize(16, 8), fmt or image_format(), capabilities=Capability.ECHO_STREAM,
                           build_hash=MODEL_BUILD_HASH)
     from sim.board_image import ImageConfig, board_config
 
     if target == "sim":
-        return board_config(ImageConfig(size or HRUSize(16, 8), fmt or FixedFormat(), 1, core))
+        return board_config(ImageConfig(size or HRUSize(16, 8), fmt or image_format(), 1, core))
     return board_config(ImageConfig(size or reported.size, fmt or reported.fmt, reported.lanes, core))
 
 
@@ -132,7 +133,8 @@ def _width(config: CoreConfig, region: Region) -> tuple[int, int]:
 
 def check_regions(board, rng: np.random.Generator) -> dict:
     config, words, failures = board.config, 0, []
-    writable = [r for r in Region if r not in READ_ONLY_REGIONS]
+    read_only = config.read_only_regions
+    writable = [r for r in config.regions if r not in read_only]
     for region in writable:
         lo, hi = _width(config, region)
         first = rng.integers(lo, hi, size=config.region_depth(region), endpoint=True, dtype=np.int64)
@@ -150,7 +152,7 @@ def check_regions(board, rng: np.random.Generator) -> dict:
                 failures.append(f"{region.name}[{k}] read back {int(got[k])}, wrote {int(pattern[k])} "
                                 f"({name} pattern; {len(bad)} words differ)")
                 break
-    for region in sorted(READ_ONLY_REGIONS):
+    for region in sorted(read_only):
         before = board.read(region)
         payload = board.messages.write_request(region).pack(region=int(region), start=0, values=[0])
         reply = board.client.request(Command.WRITE, payload)
@@ -161,9 +163,9 @@ def check_regions(board, rng: np.random.Generator) -> dict:
             failures.append(f"a refused WRITE changed read-only {region.name}")
     detail = "; ".join(failures) if failures else (
         f"{len(writable)} writable regions read back 2 patterns ({words} words); "
-        f"{len(READ_ONLY_REGIONS)} read-only regions refused a WRITE")
+        f"{len(read_only)} read-only regions refused a WRITE")
     return {"name": "regions", "passed": not failures, "detail": detail, "words": words,
-            "writable": [r.name for r in writable], "read_only": sorted(r.name for r in READ_ONLY_REGIONS)}
+            "writable": [r.name for r in writable], "read_only": sorted(r.name for r in read_only)}
 
 
 def _wrap(values, width: int) -> np.ndarray:
@@ -172,19 +174,19 @@ def _wrap(values, width: int) -> np.ndarray:
 
 
 def _accumulators(board) -> list:
-    return [board.read(Region.ACC_A), board.read(Region.ACC_B), board.read(Region.COUNTERS)[3:]]
+    """Every accumulator region of the board's HRU, then the gradient overflow counter."""
+    return [*(board.read(r) for r in board.config.accumulators.values()), board.read(Region.COUNTERS)[3:]]
 
 
 def check_retrace(board, *, passes: int, length: int, seed: int) -> dict:
     from hdl.verilog import random_case
 
     config = board.config
-    P, ws = config.size.oscillators, config.fmt.state_width
+    P, ws = config.size.oscillators, config.base.state_width
     runs, failures = [], []
     for k in range(passes):
         case = random_case(config.fmt, config.size, length, seed + k, zero_nudge=True)
-        for region, key in ((Region.A, "A"), (Region.B, "B"), (Region.DELTA, "delta"), (Region.Y0, "y0"),
-                            (Region.Z0, "z0")):
+        for key, region in (*config.parameters.items(), ("y0", Region.Y0), ("z0", Region.Z0)):
             board.write(region, np.ravel(case[key]))
         u = np.asarray(case["u"], np.int64)
         forward = board.forward(u, zero_state=False)
@@ -196,7 +198,7 @@ def check_retrace(board, *, passes: int, length: int, seed: int) -> dict:
             run["result"] = WRAPPED
         else:
             if not all(np.array_equal(a, b) for a, b in zip(acc_before, _accumulators(board))):
-                failures.append(f"pass {k} (seed {seed + k}): the zero-nudge echo changed ACC_A/ACC_B or the "
+                failures.append(f"pass {k} (seed {seed + k}): the zero-nudge echo changed an accumulator or the "
                                 f"gradient overflow counter")
             want_y, want_z = np.asarray(case["y0"], np.int64), _wrap(-np.asarray(case["z0"]), ws)
             bad = None
@@ -221,7 +223,7 @@ def check_retrace(board, *, passes: int, length: int, seed: int) -> dict:
 
 
 def _save(board) -> dict:
-    return {r: board.read(r) for r in Region if r not in READ_ONLY_REGIONS}
+    return {r: board.read(r) for r in board.config.regions if r not in board.config.read_only_regions}
 
 
 def check_restore(board, saved: dict) -> dict:
@@ -319,6 +321,8 @@ def add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
                         help="N: the sim/golden image's size (default 8); for a board, checked when given")
     parser.add_argument("--core", choices=tuple(CORES), default="pipelined",
                         help="the core whose image's build hash IDENTIFY must report (serial: the iCEBreaker's)")
+    parser.add_argument("--hru", choices=("linear", "nonlinear"), default=None,
+                        help="the HRU of the sim/golden image (default linear); for a board, checked when given")
     parser.add_argument("--passes", type=positive_int, default=3, help="random ε = 0 forward/echo passes")
     parser.add_argument("--length", "-L", type=positive_int, default=256, help="steps per pass")
     parser.add_argument("--seed", type=int, default=0)
@@ -339,15 +343,21 @@ def run_selftest_command(args) -> int:
     elif args.target in ("sim", "golden"):
         size = HRUSize(16, 8)
     local = args.target in ("sim", "golden")
+    fmt = None
+    if args.hru is not None or local:
+        from firmware.top import image_format
+
+        fmt = image_format(args.hru or "linear")
     try:  # a board of another size is the identify check's failure, not an error
-        board = Board.open(args.target, size=size if local else None, core=args.core, timeout=args.timeout)
+        board = Board.open(args.target, size=size if local else None, fmt=fmt if local else None, hru=args.hru,
+                           core=args.core, timeout=args.timeout)
     except ProtocolError as exc:  # IDENTIFY came back, but another protocol version or buffer size
         result = {"verdict": "FAIL", "target": args.target, "config": None, "seconds": 0.0, "link": None,
                   "checks": [{"name": "identify", "passed": False, "detail": str(exc)}]}
     else:
         with board:
             result = run_selftest(board, args.target, passes=args.passes, length=args.length, seed=args.seed,
-                                  size=size, core=args.core)
+                                  size=size, fmt=fmt, core=args.core)
     print(json.dumps(result) if args.json else verdict_line(result))
     return 0 if result["verdict"] == "PASS" else 1
 

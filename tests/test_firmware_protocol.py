@@ -224,6 +224,38 @@ def test_identify_rejects_other_versions_and_lists_every_format_field():
     assert set(p.DRIFT_ROUNDING_CODES) == {"half_away", "floor"}
 
 
+def test_nonlinear_identify_round_trip_and_format_fields():
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from golden_model.tanh_table import TanhSpec
+
+    fmt = NonlinearFormat(base=FixedFormat(loss_scale_log2=3), tanh=TanhSpec(7, 3, 16), coef_w_frac=15,
+                          acc_ty_shift=12)
+    config = p.CoreConfig(HRUSize(5, 3, 999), fmt, 1, p.Capability.ECHO_STREAM, bytes(range(16)))
+    assert config.hru == "nonlinear" and config.regions is p.NonlinearRegion and config.base == fmt.base
+    assert p.unpack_identify(p.Messages(config).pack_identify()) == config
+    fields = {f.name for f in dataclasses.fields(NonlinearFormat)}
+    assert set(p.NONLINEAR_FORMAT_FIELDS) == fields - {"base", "tanh"}  # a new field needs a protocol change
+    assert set(p.TANH_FIELDS) == {f.name for f in dataclasses.fields(TanhSpec)}
+    linear = p.Messages(p.CoreConfig()).pack_identify()
+    assert p.IDENTIFY_REPLY.unpack(linear)["hru"] == p.HRU_CODES["linear"] == 0
+    with pytest.raises(p.ProtocolError, match="HRU kind code 7"):
+        p.unpack_identify(linear[:p.IDENTIFY_V1_REPLY.size()] + bytes([7]) + linear[p.IDENTIFY_V1_REPLY.size() + 1:])
+
+
+def test_identify_v1_and_v2_hosts_both_refuse_the_other_version_by_name():
+    """A v1 host (empty request) gets version 1's 46-byte layout, saying 2; a v2 host reads a v1
+    board's version before the length, so both refuse with the version, in one line."""
+    m = p.Messages(p.CoreConfig())
+    v1_reply = m.identify_reply(b"")
+    assert len(v1_reply) == p.IDENTIFY_V1_REPLY.size() == 46 and m.pack_identify().startswith(v1_reply)
+    assert p.IDENTIFY_V1_REPLY.unpack(v1_reply)["protocol_version"] == p.PROTOCOL_VERSION == 2
+    assert m.identify_reply(p.identify_request()) == m.pack_identify()
+    with pytest.raises(p.PayloadLengthError):
+        m.identify_reply(b"\x02")
+    with pytest.raises(p.ProtocolError, match="board speaks protocol 1, host 2"):
+        p.unpack_identify(m.pack_identify(version=1)[:p.IDENTIFY_V1_REPLY.size()])
+
+
 def test_write_read_checks_match_the_boards_errors():
     config = p.CoreConfig(HRUSize(16, 8, 1000))
     m = p.Messages(config)
@@ -280,7 +312,37 @@ def test_default_core_limits():
 
 
 def test_regions_match_the_core_address_map():
+    from hdl.hru_lane import HRULane
+    from hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
+
     assert {r.name: int(r) for r in p.Region} == {r.name: int(r) for r in address_map.Region}
+    # the HSSM block mode's own regions (hdl: BLOCK_PARAMETERS, BLOCK_ACCUMULATORS) are not the board's yet
+    block = {*NonlinearLane.BLOCK_PARAMETERS.values(), *NonlinearLane.BLOCK_ACCUMULATORS.values()}
+    assert {r.name: int(r) for r in p.NonlinearRegion} == {r.name: int(r) for r in NonlinearRegion if r not in block}
+    for kind, lane in (("linear", HRULane), ("nonlinear", NonlinearLane)):  # the same names and regions
+        for ours, lanes in ((p.PARAMETERS[kind], lane.PARAMETERS), (p.ACCUMULATORS[kind], lane.ACCUMULATORS)):
+            assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in lanes.items()}
+
+
+def test_nonlinear_regions_widths_and_access():
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+
+    config = p.CoreConfig(HRUSize(16, 8, 1000), NonlinearFormat())
+    f, m = config.base, p.Messages(config)
+    widths = {r.name: config.region_field(r).width for r in p.NonlinearRegion}
+    assert {n for n, w in widths.items() if w == f.coef_width} == {"ALPHA", "B", "DELTA", "W", "BIAS", "SIGMA"}
+    assert {n for n, w in widths.items() if w == f.acc_width} == {"POS_SUM", "ACC_YY", "ACC_TU", "ACC_T", "ACC_LC",
+                                                                  "ACC_TY"}
+    assert {r.name for r in config.read_only_regions} == {"POS_SUM", "ACC_YY", "ACC_TU", "ACC_T", "ACC_LC", "ACC_TY",
+                                                          "COUNTERS"}
+    assert config.region_depth(p.NonlinearRegion.ACC_TU) == 128 and config.region_depth(p.NonlinearRegion.W) == 16
+    assert m.unpack_write(m.pack_write(p.NonlinearRegion.SIGMA, 3, [5, 6])) == (p.NonlinearRegion.SIGMA, 3, [5, 6])
+    with pytest.raises(p.ProtocolError, match="read-only"):
+        m.pack_write(p.NonlinearRegion.ACC_LC, 0, [1])
+    with pytest.raises(p.ProtocolError, match="unknown region 18"):
+        m.unpack_read(bytes([18, 0, 0, 1, 0]))
+    with pytest.raises(p.ProtocolError, match="unknown region 12"):  # W is no linear region
+        p.Messages(p.CoreConfig()).unpack_read(bytes([12, 0, 0, 1, 0]))
 
 
 # ---------------------------------------------------------------- docs/protocol.md
@@ -295,7 +357,7 @@ def _doc_table(title: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("title, enum", [("Commands", p.Command), ("Status codes", p.Status),
-                                         ("Regions", p.Region)])
+                                         ("Regions", p.Region), ("Nonlinear HRU regions", p.NonlinearRegion)])
 def test_docs_code_tables_match_the_code(title, enum):
     assert _doc_table(title) == {e.name: int(e) for e in enum}
 
@@ -313,7 +375,8 @@ def test_docs_state_the_limits_and_wire_values():
 def test_docs_examples_are_what_the_code_encodes():
     text = DOCS.read_text()
     m = p.Messages(p.CoreConfig())
-    examples = [p.Request(7, p.Command.IDENTIFY), p.Request(3, p.Command.READ, m.pack_read(p.Region.B, 0, 10)),
+    examples = [p.Request(7, p.Command.IDENTIFY, p.identify_request()), p.Request(7, p.Command.IDENTIFY),
+                p.Request(3, p.Command.READ, m.pack_read(p.Region.B, 0, 10)),
                 p.Reply(3, p.Command.READ, p.Status.BAD_ARGUMENT)]
     for message in examples:
         assert f"`{message.encode().hex(' ')}`" in text, message

@@ -78,13 +78,6 @@ def test_nonlinear_verify_cli_reports_a_clean_run(capfd):
     assert report["cycles"]["echo"] >= 40 * cycles_per_step(size, lanes, echo=True, hru="nonlinear")
 
 
-def test_board_level_verify_refuses_the_nonlinear_core(capsys):
-    from host.cli import main
-
-    assert main(["verify", "--level", "board", "--hru", "nonlinear", "-P", "4", "-N", "2", "-K", "2"]) == 2
-    assert "only the linear HRU core" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_nonlinear_wide_core_long_sequences_and_cycles_per_step():
     """16 oscillators in 2 lanes (R = 8): a step costs max(E·R, 24, echo R + 16) = 24 cycles in

@@ -186,3 +186,34 @@ def test_verify_board_on_golden_catches_a_wrong_echo(capsys, monkeypatch):
     monkeypatch.setattr(GoldenBoard, "_run_echo", broken)
     status, report = _json(capsys, "verify", "--level", "board", "--target", "golden", "-L", "50")
     assert status == 1 and report["first_mismatch"]["where"] == "echo.acc_a[1]", report
+
+
+def test_nonlinear_golden_and_sim_pass_selftest_and_verify(capsys):
+    """--hru nonlinear: every nonlinear region reads back, ε = 0 echoes retrace, and verify
+    --level board compares every integer and reply with 0 mismatches (the sim image at P4/N2)."""
+    status, result = _json(capsys, "selftest", "--target", "golden", "--hru", "nonlinear", *FAST)
+    assert status == 0 and result["verdict"] == "PASS", result
+    assert set(result["checks"][1]["writable"]) == {"ALPHA", "B", "DELTA", "NUDGE", "Y0", "Z0", "Y1", "Z1", "W",
+                                                    "BIAS", "SIGMA"}
+    status, report = _json(capsys, "verify", "--level", "board", "--target", "golden", "--hru", "nonlinear", "-L", "30")
+    assert status == 0 and report["mismatches"] == 0 and report["compared"] > 30, report
+    status, report = _json(capsys, "verify", "--level", "board", "--target", "sim", "--hru", "nonlinear",
+                           "-P", "4", "-N", "2", "-K", "1", "-L", "30")
+    assert status == 0 and report["mismatches"] == 0 and report["compared"] > 30, report
+
+
+def test_a_board_of_the_other_hru_is_refused_in_one_line(capsys):
+    """A host that asks for one HRU and meets a board of the other gets one clear line, exit 2."""
+    from sim import board_sim
+    from sim.board_image import ImageConfig, simulated_board_executable
+
+    with board_sim.SimulatedBoard(simulated_board_executable(ImageConfig())) as board:
+        url = board.url
+        status, out, err = _run(capsys, "selftest", "--target", url, "--hru", "nonlinear", *FAST)
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert f"the board at {url} holds the linear HRU, not the nonlinear one" in err
+    with pytest.raises(ValueError, match="holds the nonlinear HRU: write_params takes NonlinearParamsInt"):
+        from golden_model import hru_fixed
+
+        with Board.open("golden", hru="nonlinear") as nonlinear:
+            nonlinear.write_params(hru_fixed.LinearParamsInt(np.zeros(16), np.zeros((16, 8)), np.ones(16)))
