@@ -16,8 +16,8 @@ W(x) = wrap to Ws bits, each wrap counted in the phase's overflow counter):
 The drift rounding is odd, R(−x) = −R(x), so flipping z and running the same steps with the
 inputs reversed retraces the trajectory bit for bit; the kick only has to be deterministic.
 
-The echo pair runs the +ε and −ε echoes in lockstep from (y_L, −z_L ± n_{L−1}); they share b.
-After echo step m (input u_j, j = L−1−m) both add their nudge, z ± n_{j−1}, when j ≥ 1.
+The echo pair runs the +ε and −ε echoes in lockstep from (y_L, −z_L); they share b. Before the
+echo step that consumes u_j (j = L, …, 1) both add the nudge for state j, z ± n_j.
 At each echo step's half-step position the gradient accumulators take the difference of the
 two echoes (never the difference of two large sums, which would cancel catastrophically):
 
@@ -119,6 +119,23 @@ def _saturating_add(counter, events, fmt: FixedFormat):
     return jnp.minimum(counter + events, (1 << fmt.counter_width) - 1)
 
 
+def forward_step(step, q, fmt: FixedFormat, carry, u_k):
+    """One forward step of any HRU: carry (y, z, Σy, overflows) -> the same after consuming u_k.
+
+    ``step(y, z, b)`` -> (y, z, *read_out, events). Shared by run_forward and the HSSM's lockstep
+    schedule (hssm.py), which runs every block one step at a time.
+    """
+    y, z, pos_sum, ovf = carry
+    b, ob = input_drive(q, u_k, fmt)
+    y, z, *_, events = step(y, z, b)
+    pos_sum, os = add_wrap(pos_sum, y, fmt.acc_width)
+    return y, z, pos_sum, _saturating_add(ovf, events + count(ob) + count(os), fmt)
+
+
+def forward_start(y0, z0):
+    return y0, z0, jnp.zeros_like(y0), jnp.zeros((), jnp.int64)
+
+
 def run_forward(step, q, u, y0, z0, fmt: FixedFormat, emit_positions: bool = False):
     """The forward scan shared by every HRU; ``step(y, z, b)`` -> (y, z, *read_out, events).
 
@@ -127,15 +144,11 @@ def run_forward(step, q, u, y0, z0, fmt: FixedFormat, emit_positions: bool = Fal
     """
 
     def body(carry, u_k):
-        y, z, pos_sum, ovf = carry
-        b, ob = input_drive(q, u_k, fmt)
-        y, z, *_, events = step(y, z, b)
-        pos_sum, os = add_wrap(pos_sum, y, fmt.acc_width)
-        return (y, z, pos_sum, _saturating_add(ovf, events + count(ob) + count(os), fmt)), (y if emit_positions else None)
+        carry = forward_step(step, q, fmt, carry, u_k)
+        return carry, (carry[0] if emit_positions else None)
 
-    init = (y0, z0, jnp.zeros_like(y0), jnp.zeros((), jnp.int64))
-    (y, z, pos_sum, ovf), positions = lax.scan(body, init, u)
-    result = ForwardResult(y, z, pos_sum, ovf)
+    carry, positions = lax.scan(body, forward_start(y0, z0), u)
+    result = ForwardResult(*carry)
     return (result, positions) if emit_positions else result
 
 
@@ -147,37 +160,50 @@ def nudge_for_state(nudge, j):
     return nudge if nudge.ndim == 1 else lax.dynamic_index_in_dim(nudge, j - 1, keepdims=False)
 
 
-def run_echo(step, accumulate, acc0, q, u, y_final, z_final, nudge, fmt: FixedFormat):
-    """The echo-pair scan shared by every HRU.
+ECHO_SIGNS = jnp.array([1, -1], jnp.int64)[:, None]  # the [+ε, −ε] echoes, stacked
+
+
+def echo_start(y_final, z_final, acc0):
+    """The echo pair's carry before its first step: both at (y_L, −z_L), not yet nudged (the flip's
+    wrap is counted with the first nudge, as one W(−z_L ± n_L))."""
+    zero = jnp.zeros((), jnp.int64)
+    return jnp.stack([y_final, y_final]), jnp.stack([-z_final, -z_final]), acc0, jnp.zeros(2, jnp.int64), zero
+
+
+def echo_step(step, accumulate, q, fmt: FixedFormat, carry, u_j, n_j):
+    """One echo step of the pair: nudge for state j (n_j, zero for j = 0), then consume u_j.
 
     ``step(y, z, b)`` -> (y, z, *read_out, events) runs on one echo (vmapped over the pair);
-    ``accumulate(acc, read_out, u_k, z_in, z_out)`` -> (acc, events, per_step_output) gets each
-    read-out and the momenta entering and leaving the step (before the nudge), stacked [+ε, −ε];
-    ``per_step_output`` (None for a plain HRU; an HSSM block's input gradient du_j) is collected.
-    The scan walks u backwards in place (reverse=True): echo step m consumes u_j, j = L−1−m,
-    then adds the nudge for state j when j >= 1.
-    Returns (y, z, acc, overflows[echo_plus, echo_minus, gradient], per-step outputs in the
-    order of u: row j is echo step L−1−j's).
+    ``accumulate(acc, read_out, u_j, z_in, z_out)`` -> (acc, events, per_step_output) gets each
+    read-out and the momenta entering and leaving the step (after the nudge / before the next),
+    stacked [+ε, −ε]. Returns (carry, per_step_output). Shared by run_echo and the HSSM's lockstep
+    schedule.
     """
-    w, length = fmt.state_width, u.shape[0]
-    signs = jnp.array([1, -1], jnp.int64)[:, None]
-    z_start, oz = wrap(-z_final[None, :] + signs * nudge_for_state(nudge, length)[None, :], w)
-    y = jnp.stack([y_final, y_final])
-    ovf_echo = jnp.stack([count(oz[0]), count(oz[1])])
+    y, z_prev, acc, ovf_echo, ovf_grad = carry
+    z_in, on = wrap(z_prev + ECHO_SIGNS * n_j[None, :], fmt.state_width)
+    b, ob = input_drive(q, u_j, fmt)
+    y, z_out, *read_out, events = jax.vmap(lambda yy, zz: step(yy, zz, b))(y, z_in)
+    acc, grad_events, out = accumulate(acc, read_out, u_j, z_in, z_out)
+    echo_events = events + count(ob) + jnp.sum(on, axis=1, dtype=jnp.int64)
+    return (y, z_out, acc, _saturating_add(ovf_echo, echo_events, fmt), _saturating_add(ovf_grad, grad_events, fmt)), out
 
-    def body(carry, u_j):
-        y, z_in, acc, ovf_echo, ovf_grad, j = carry
-        b, ob = input_drive(q, u_j, fmt)
-        y, z_out, *read_out, events = jax.vmap(lambda yy, zz: step(yy, zz, b))(y, z_in)
-        n_j = jnp.where(j >= 1, nudge_for_state(nudge, jnp.maximum(j, 1)), 0)
-        z, on = wrap(z_out + signs * n_j[None, :], w)
-        acc, grad_events, out = accumulate(acc, read_out, u_j, z_in, z_out)
-        echo_events = events + count(ob) + jnp.sum(on, axis=1, dtype=jnp.int64)
-        return (y, z, acc, _saturating_add(ovf_echo, echo_events, fmt),
-                _saturating_add(ovf_grad, grad_events, fmt), j - 1), out
 
-    init = (y, z_start, acc0, ovf_echo, jnp.zeros((), jnp.int64), jnp.asarray(length - 1))
-    (y, z, acc, ovf_echo, ovf_grad, _), outs = lax.scan(body, init, u, reverse=True)
+def run_echo(step, accumulate, acc0, q, u, y_final, z_final, nudge, fmt: FixedFormat):
+    """The echo-pair scan shared by every HRU (echo_step: the step and the callbacks).
+
+    The scan walks u backwards in place (reverse=True): the step that consumes u_j (row j−1)
+    first adds the nudge for state j, so the pair starts from (y_L, −z_L ± n_L).
+    Returns (y, z, acc, overflows[echo_plus, echo_minus, gradient], per-step outputs in the
+    order of u: row j−1 is the output of the step that consumed u_j).
+    """
+    length = u.shape[0]
+
+    def body(carry, xs):
+        u_j, j = xs
+        return echo_step(step, accumulate, q, fmt, carry, u_j, nudge_for_state(nudge, j))
+
+    carry, outs = lax.scan(body, echo_start(y_final, z_final, acc0), (u, jnp.arange(1, length + 1)), reverse=True)
+    y, z, acc, ovf_echo, ovf_grad = carry
     return y, z, acc, jnp.concatenate([ovf_echo, ovf_grad[None]]), outs
 
 

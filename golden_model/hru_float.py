@@ -113,33 +113,47 @@ def _nudge_for_state(nudges, j):
     return nudges if nudges.ndim == 1 else lax.dynamic_index_in_dim(nudges, j - 1, keepdims=False)
 
 
+ECHO_SIGNS = jnp.array([1.0, -1.0])  # the [+ε, −ε] echoes, stacked
+
+
+def echo_start(params, y_final, z_final):
+    """The echo pair's carry before its first step: both at (y_L, −z_L), accumulators zero."""
+    return jnp.stack([y_final, y_final]), jnp.stack([-z_final, -z_final]), jax.tree.map(jnp.zeros_like, params)
+
+
+def echo_step(hru: HRU, params, epsilon: float, carry, u_j, n_j):
+    """One step of the pair: nudge ±ε·n_j for state j, then consume u_j; accumulates the difference
+    of δ·∇θH_{1/2} and returns (carry, δ·∇uH_{1/2} difference). Shared by echo and the HSSM's
+    lockstep schedule (hssm.py)."""
+    y, z, acc = carry
+    z = z + ECHO_SIGNS[:, None] * epsilon * n_j[None, :]
+    y, z_next, yh, z_in, z_out = jax.vmap(lambda yy, zz: leapfrog_step(hru, params, yy, zz, u_j))(y, z)
+    gp, gu = jax.vmap(lambda a, b, c: _grad_h(hru, params, a, b, c, u_j))(yh, z_in, z_out)
+    acc = jax.tree.map(lambda total, g: total + g[0] - g[1], acc, gp)
+    return (y, z_next, acc), gu[0] - gu[1]
+
+
+_grad_h = jax.grad(_scaled_half_hamiltonian, argnums=(1, 5))
+
+
 def echo(hru: HRU, params, u, y_final, z_final, nudges, epsilon: float):
     """The RHEL echo pair from the final forward state.
 
     Returns (grads, echo_states) where grads has every parameter and ``u`` (dL/du_k),
     and echo_states = (y, z) of both echoes after the last step, stacked as [+ε, −ε].
-    The scan walks u backwards in place (reverse=True), so the only O(L) array it creates is
-    the input gradient, which is the size of the input.
+    The scan walks u backwards in place (reverse=True): the step consuming u_j first nudges
+    with state j's row, so the only O(L) array it creates is the input gradient, the size of
+    the input.
     """
     length = u.shape[0]
     nudges = jnp.asarray(nudges, dtype=jnp.float64)
-    signs = jnp.array([1.0, -1.0])
-    y = jnp.stack([y_final, y_final])
-    z = -z_final[None, :] + signs[:, None] * epsilon * _nudge_for_state(nudges, length)[None, :]
-    grad_h = jax.grad(_scaled_half_hamiltonian, argnums=(1, 5))
 
-    def body(carry, u_j):
-        y, z, acc, j = carry
-        y, z_next, yh, z_in, z_out = jax.vmap(lambda yy, zz: leapfrog_step(hru, params, yy, zz, u_j))(y, z)
-        gp, gu = jax.vmap(lambda a, b, c: grad_h(hru, params, a, b, c, u_j))(yh, z_in, z_out)
-        acc = jax.tree.map(lambda total, g: total + g[0] - g[1], acc, gp)
-        # after consuming u_j the echo sits at the flipped image of state j: nudge it (j >= 1)
-        n_j = jnp.where(j >= 1, _nudge_for_state(nudges, jnp.maximum(j, 1)), 0.0)
-        z_next = z_next + signs[:, None] * epsilon * n_j[None, :]
-        return (y, z_next, acc, j - 1), gu[0] - gu[1]
+    def body(carry, xs):
+        u_j, j = xs
+        return echo_step(hru, params, epsilon, carry, u_j, _nudge_for_state(nudges, j))
 
-    acc0 = jax.tree.map(jnp.zeros_like, params)
-    (y, z, acc, _), du = lax.scan(body, (y, z, acc0, length - 1), u, reverse=True)
+    (y, z, acc), du = lax.scan(body, echo_start(params, y_final, z_final), (u, jnp.arange(1, length + 1)),
+                               reverse=True)
     scale = -1.0 / (2.0 * epsilon)
     grads = {k: scale * v for k, v in acc.items()}
     grads["u"] = scale * du
