@@ -44,8 +44,8 @@ def run_cli(capfd, *argv) -> tuple[int, str]:
 def test_core_mismatch_writes_the_run_and_a_window_and_prints_both(capfd, monkeypatch):
     real = verilog.golden_expectation
 
-    def corrupted(fmt, case):
-        want = real(fmt, case)
+    def corrupted(*args, **kwargs):
+        want = real(*args, **kwargs)
         want["forward"]["pos_sum"][1] ^= 2
         return want
 
