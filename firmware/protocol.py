@@ -158,8 +158,8 @@ HRU_CODES = {"linear": 0, "nonlinear": 1}
 REGIONS = {"linear": Region, "nonlinear": NonlinearRegion}
 #: Region names by word kind (the rest hold states: NUDGE, Y0, Z0, Y1, Z1). Accumulators and
 #: counters are read-only; B and its gradient accumulator (codes 1 and 10) are P×N.
-COEFFICIENT_REGIONS = frozenset({"A", "ALPHA", "B", "DELTA", "W", "BIAS", "SIGMA"})
-ACCUMULATOR_REGIONS = frozenset({"POS_SUM", "ACC_A", "ACC_B", "ACC_YY", "ACC_TU", "ACC_T", "ACC_LC", "ACC_TY"})
+COEFFICIENT_REGIONS = frozenset({"A", "ALPHA", "B", "DELTA", "W", "BIAS", "SIGMA", "GAIN"})
+ACCUMULATOR_REGIONS = frozenset({"POS_SUM", "ACC_A", "ACC_B", "ACC_YY", "ACC_TU", "ACC_T", "ACC_LC", "ACC_TY", "KIN"})
 MATRIX_REGION_CODES = frozenset({int(Region.B), int(Region.ACC_B)})
 #: Per HRU kind: golden-model parameter names (the fields of hru_fixed.LinearParamsInt /
 #: hru_fixed_nonlinear.NonlinearParamsInt) and accumulator names (hdl.verilog.golden_expectation's
@@ -171,6 +171,18 @@ ACCUMULATORS = {"linear": {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B},
                 "nonlinear": {"acc_yy": NonlinearRegion.ACC_YY, "acc_t": NonlinearRegion.ACC_T,
                               "acc_tu": NonlinearRegion.ACC_TU, "acc_lc": NonlinearRegion.ACC_LC,
                               "acc_ty": NonlinearRegion.ACC_TY}}
+
+
+#: Draft (Capability.ECHO_OUTPUTS): an HSSM block's regions, numbered as the core numbers them
+#: (hdl.address_map.LinearRegion, hdl.hru_nonlinear.NonlinearRegion; checked by a test): KIN,
+#: δ's kinetic accumulator (B3: P words, acc_width, read-only); GAIN, the nonlinear g = δσc/W
+#: (B4': P words, coef_width, delta_frac, written by the host).
+LinearBlockRegion = enum.IntEnum("LinearBlockRegion", {**{r.name: r.value for r in Region}, "KIN": 12})
+NonlinearBlockRegion = enum.IntEnum("NonlinearBlockRegion",
+                                    {**{r.name: r.value for r in NonlinearRegion}, "KIN": 18, "GAIN": 19})
+BLOCK_REGIONS = {"linear": LinearBlockRegion, "nonlinear": NonlinearBlockRegion}
+BLOCK_PARAMETERS = {"linear": {}, "nonlinear": {"gain": NonlinearBlockRegion.GAIN}}
+BLOCK_ACCUMULATORS = {"linear": {"kin": LinearBlockRegion.KIN}, "nonlinear": {"kin": NonlinearBlockRegion.KIN}}
 
 
 def read_only_regions(regions: type[enum.IntEnum]) -> frozenset:
@@ -197,8 +209,28 @@ class ForwardFlags(enum.IntFlag):
     ZERO_STATE = 1  # clear Y0/Z0 before the pass (otherwise start from what was written there)
 
 
+# ---- draft: per-step streams (docs/protocol.md, *Draft: per-step streams*). Kept out of Command
+# and ForwardFlags, which the sequencer and the golden board take as the set they implement: a
+# board without the capability answers these with UNKNOWN_COMMAND / BAD_ARGUMENT (reserved bits).
+
+class StreamCommand(enum.IntEnum):
+    OUTPUTS = 0x22  # the per-step outputs of an outputs pass's last chunk (IDLE, after the pass)
+
+
+class StreamFlags(enum.IntFlag):
+    """Bit 1 of FORWARD_START's ``flags`` (Capability.FORWARD_OUTPUTS: y_k of every step) and of
+    ECHO_START's ``mode`` byte, ORed with the EchoMode (Capability.ECHO_OUTPUTS: du_j of every
+    step, KIN accumulated): the pass's DATA replies carry its per-step outputs."""
+
+    OUTPUTS = 2
+
+
 class Capability(enum.IntFlag):
+    """IDENTIFY's ``capabilities``: what a board implements beyond the protocol's core."""
+
     ECHO_STREAM = 1  # EchoMode.STREAM is implemented
+    FORWARD_OUTPUTS = 2  # draft: StreamFlags.OUTPUTS in FORWARD_START (y_k, docs/numerics.md B1)
+    ECHO_OUTPUTS = 4  # draft: StreamFlags.OUTPUTS in ECHO_START (du_j), the KIN region, nonlinear GAIN (B2-B5)
 
 
 DRIFT_ROUNDING_CODES = {"half_away": 0, "floor": 1}
@@ -410,6 +442,37 @@ def unpack_words(data: bytes, width: int, signed: bool = True) -> list[int]:
     return values
 
 
+def dense_bytes(count: int, width: int) -> int:
+    """Bytes of ``count`` densely packed ``width``-bit words (:func:`pack_dense`)."""
+    return (count * width + 7) // 8
+
+
+def pack_dense(values: Iterable[int], width: int) -> bytes:
+    """Signed ``width``-bit words as one little-endian bit string (word 0 in the lowest bits), zero
+    bits only to fill the last byte: the per-step outputs' packing (draft), which wastes no bits
+    on a width that is not a whole number of bytes. ValueError if a value does not fit."""
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    bits, count = 0, 0
+    for count, v in enumerate(values, start=1):
+        if not lo <= int(v) <= hi:
+            raise ValueError(f"{v} does not fit a signed {width}-bit word")
+        bits |= (int(v) & ((1 << width) - 1)) << ((count - 1) * width)
+    return bits.to_bytes(dense_bytes(count, width), "little")
+
+
+def unpack_dense(data: bytes, width: int, count: int) -> list[int]:
+    """Inverse of :func:`pack_dense`; PayloadLengthError for another length, ProtocolError for a
+    set fill bit."""
+    if len(data) != dense_bytes(count, width):
+        raise PayloadLengthError(f"{len(data)} bytes are not {count} packed {width}-bit words "
+                                 f"({dense_bytes(count, width)} bytes)")
+    bits = int.from_bytes(data, "little")
+    if bits >> (count * width):
+        raise ProtocolError("the fill bits after the last packed word are not 0")
+    mask, sign = (1 << width) - 1, 1 << (width - 1)
+    return [((bits >> (k * width) & mask) ^ sign) - sign for k in range(count)]
+
+
 # ---------------------------------------------------------------- layouts
 
 
@@ -599,9 +662,15 @@ class CoreConfig:
         return base_format(self.fmt)
 
     @property
+    def block(self) -> bool:
+        """Draft: the board runs HSSM block echoes (Capability.ECHO_OUTPUTS), so it has KIN (and GAIN)."""
+        return bool(self.capabilities & Capability.ECHO_OUTPUTS)
+
+    @property
     def regions(self) -> type[enum.IntEnum]:
-        """The region enum of this HRU: :class:`Region` or :class:`NonlinearRegion`."""
-        return REGIONS[self.hru]
+        """The region enum of this HRU: :class:`Region` or :class:`NonlinearRegion`; with
+        :attr:`block`, :class:`LinearBlockRegion` or :class:`NonlinearBlockRegion`."""
+        return (BLOCK_REGIONS if self.block else REGIONS)[self.hru]
 
     @property
     def read_only_regions(self) -> frozenset:
@@ -609,12 +678,14 @@ class CoreConfig:
 
     @property
     def parameters(self) -> dict:
-        """Golden-model parameter name -> region (:data:`PARAMETERS` of this HRU)."""
+        """Golden-model parameter name -> region (:data:`PARAMETERS` of this HRU; a block board's
+        GAIN is in :data:`BLOCK_PARAMETERS`)."""
         return PARAMETERS[self.hru]
 
     @property
     def accumulators(self) -> dict:
-        """Accumulator name -> region (:data:`ACCUMULATORS` of this HRU)."""
+        """Accumulator name -> region (:data:`ACCUMULATORS` of this HRU; a block board's KIN is
+        in :data:`BLOCK_ACCUMULATORS`)."""
         return ACCUMULATORS[self.hru]
 
     def region(self, code: int) -> enum.IntEnum:
@@ -671,6 +742,41 @@ class Messages:
         self.echo_result = Layout("ECHO_DATA final reply",
                                   counters("overflow_echo_plus", "overflow_echo_minus", "overflow_gradient"))
         self.empty = Layout("empty")
+        #: draft: the head of a per-step outputs part (a DATA reply in an outputs pass, OUTPUTS)
+        self.outputs_head = Layout("outputs head", (u32("first"), u16("steps")))
+
+    # ---- draft: per-step outputs (docs/protocol.md, *Draft: per-step streams*)
+
+    def output_words(self, state: PassState) -> int:
+        """Words per step of a pass's outputs: y_k (P) forward, du_j (N) echo, each i(Ws)."""
+        return {PassState.FORWARD: self.config.size.oscillators, PassState.ECHO: self.config.size.inputs}[state]
+
+    def max_output_steps(self, state: PassState) -> int:
+        """The most steps per DATA chunk of an outputs pass: their outputs, after the head, must fit
+        one reply beside the pass's final result (the last chunk's reply carries both)."""
+        final = (self.forward_result if state is PassState.FORWARD else self.echo_result).size()
+        room = MAX_REPLY_PAYLOAD - self.outputs_head.size() - final
+        return room * 8 // (self.output_words(state) * self.config.base.state_width)
+
+    def pack_outputs(self, state: PassState, first: int, outputs) -> bytes:
+        """An outputs part: ``first`` step, the step count, the steps' words densely packed."""
+        rows = [list(r) for r in outputs]
+        if any(len(r) != self.output_words(state) for r in rows):
+            raise ValueError(f"every step's outputs must be {self.output_words(state)} words")
+        return (self.outputs_head.pack(first=first, steps=len(rows))
+                + pack_dense((x for r in rows for x in r), self.config.base.state_width))
+
+    def unpack_outputs(self, state: PassState, payload: bytes) -> tuple[int, list[list[int]], bytes]:
+        """An outputs part -> (first step, the steps' words, the bytes after it: the final result
+        of the pass's last chunk, else empty)."""
+        head = self.outputs_head.size()
+        if len(payload) < head:
+            raise PayloadLengthError(f"an outputs part needs {head} bytes, got {len(payload)}")
+        v = self.outputs_head.unpack(payload[:head])
+        per, width = self.output_words(state), self.config.base.state_width
+        end = head + dense_bytes(v["steps"] * per, width)
+        words = unpack_dense(payload[head:end], width, v["steps"] * per)
+        return v["first"], [words[k * per:(k + 1) * per] for k in range(v["steps"])], payload[end:]
 
     def write_request(self, region) -> Layout:
         return Layout(f"WRITE request ({self.config.region(region).name})",
@@ -769,13 +875,17 @@ class Messages:
             return self.write_request(region).max_steps(MAX_REQUEST_PAYLOAD)
         return MAX_REPLY_PAYLOAD // self.config.region_field(region).nbytes
 
-    def data_payloads(self, inputs, *, nudges=None, mode: EchoMode | None = None) -> list[bytes]:
+    def data_payloads(self, inputs, *, nudges=None, mode: EchoMode | None = None, outputs: bool = False
+                      ) -> list[bytes]:
         """Split a sequence (L rows of N inputs, in the order the pass consumes them) into
-        FORWARD_DATA (``mode`` None) or ECHO_DATA payloads, each as full as a frame allows."""
+        FORWARD_DATA (``mode`` None) or ECHO_DATA payloads, each as full as a frame allows (draft,
+        ``outputs``: and as its outputs allow, :meth:`max_output_steps`)."""
         layout = self.forward_data if mode is None else self.echo_data(mode)
         rows = [list(r) for r in inputs]
         nudge_rows = None if nudges is None else [list(r) for r in nudges]
         per = layout.max_steps(MAX_REQUEST_PAYLOAD)
+        if outputs:
+            per = min(per, self.max_output_steps(PassState.FORWARD if mode is None else PassState.ECHO))
         payloads = []
         for offset in range(0, len(rows), per):
             chunk = {"offset": offset, "inputs": [x for r in rows[offset:offset + per] for x in r]}

@@ -380,3 +380,105 @@ def test_docs_examples_are_what_the_code_encodes():
                 p.Reply(3, p.Command.READ, p.Status.BAD_ARGUMENT)]
     for message in examples:
         assert f"`{message.encode().hex(' ')}`" in text, message
+
+
+# ---------------------------------------------------------------- draft: per-step streams
+
+
+def test_draft_block_regions_match_the_core():
+    from hdl.address_map import LinearRegion
+    from hdl.hru_lane import HRULane
+    from hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
+
+    assert {r.name: int(r) for r in p.LinearBlockRegion} == {r.name: int(r) for r in LinearRegion}
+    assert {r.name: int(r) for r in p.NonlinearBlockRegion} == {r.name: int(r) for r in NonlinearRegion}
+    for kind, lane in (("linear", HRULane), ("nonlinear", NonlinearLane)):
+        for ours, lanes in ((p.BLOCK_PARAMETERS[kind], lane.BLOCK_PARAMETERS),
+                            (p.BLOCK_ACCUMULATORS[kind], lane.BLOCK_ACCUMULATORS)):
+            assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in lanes.items()}
+
+
+def test_draft_capability_gates_the_block_regions():
+    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+
+    plain = p.CoreConfig(HRUSize(4, 2, 100), capabilities=p.Capability.ECHO_STREAM)
+    block = dataclasses.replace(plain, capabilities=p.Capability.ECHO_STREAM | p.Capability.ECHO_OUTPUTS)
+    assert plain.regions is p.Region and block.regions is p.LinearBlockRegion
+    with pytest.raises(p.ProtocolError, match="unknown region 12"):
+        p.Messages(plain).pack_read(12, 0, 1)
+    kin = block.region(12)
+    assert kin.name == "KIN" and kin in block.read_only_regions and block.region_field(kin).width == block.base.acc_width
+    assert p.Messages(block).unpack_read(p.Messages(block).pack_read(kin, 0, 4)) == (kin, 0, 4)
+    nonlinear = p.CoreConfig(HRUSize(4, 2, 100), NonlinearFormat(), capabilities=p.Capability.ECHO_OUTPUTS)
+    gain = nonlinear.region(19)
+    assert gain.name == "GAIN" and gain not in nonlinear.read_only_regions
+    assert nonlinear.region_field(gain).width == nonlinear.base.coef_width and nonlinear.region(18).name == "KIN"
+    # IDENTIFY carries the bits: a host learns the regions from the board
+    assert p.unpack_identify(p.Messages(nonlinear).pack_identify()).regions is p.NonlinearBlockRegion
+
+
+def test_draft_codes_are_refused_by_a_board_without_the_capability():
+    """Outside Command/ForwardFlags/EchoMode, so today's board (the golden board; the sequencer
+    takes the same sets) answers them with UNKNOWN_COMMAND / BAD_ARGUMENT instead of ignoring them."""
+    from firmware.board_model import GoldenBoard
+
+    assert {int(c) for c in p.StreamCommand}.isdisjoint(int(c) for c in p.Command)
+    flags = int(p.StreamFlags.OUTPUTS)
+    assert flags & sum(map(int, p.ForwardFlags)) == 0 and flags > max(p.EchoMode)
+    board = GoldenBoard(p.CoreConfig(HRUSize(4, 2, 100), capabilities=p.Capability.ECHO_STREAM))
+    m = board.messages
+    requests = [(p.StreamCommand.OUTPUTS, b"", p.Status.UNKNOWN_COMMAND),
+                (p.Command.FORWARD_START, m.forward_start.pack(length=5, flags=flags), p.Status.BAD_ARGUMENT),
+                (p.Command.ECHO_START, m.echo_start.pack(length=5, mode=flags, nudge=[0] * 4), p.Status.BAD_ARGUMENT)]
+    for seq, (cmd, payload, status) in enumerate(requests):
+        (frame,) = p.Deframer().feed(board.receive(p.Request(seq, cmd, payload).encode()))
+        assert p.Reply.decode(frame).status == status, cmd
+
+
+@given(st.integers(1, 64), st.data())
+def test_dense_packing_round_trips_without_padding_between_words(width, data):
+    values = data.draw(words(p.Field("w", width, True), data.draw(st.integers(0, 20))))
+    packed = p.pack_dense(values, width)
+    assert len(packed) == p.dense_bytes(len(values), width) == (len(values) * width + 7) // 8
+    assert p.unpack_dense(packed, width, len(values)) == values
+    bits = int.from_bytes(packed, "little")  # word k in bits k·width ...
+    assert all((bits >> (k * width)) & ((1 << width) - 1) == v & ((1 << width) - 1) for k, v in enumerate(values))
+
+
+def test_dense_packing_example_and_errors():
+    assert p.pack_dense([-1, 1], 5).hex(" ") == "3f 00"  # docs/protocol.md's example
+    with pytest.raises(ValueError, match="does not fit"):
+        p.pack_dense([16], 5)
+    with pytest.raises(p.ProtocolError, match="fill bits"):
+        p.unpack_dense(bytes([0x3F, 0x80]), 5, 2)
+    with pytest.raises(p.PayloadLengthError):
+        p.unpack_dense(bytes(3), 5, 2)
+
+
+def test_draft_outputs_parts_fit_a_reply_beside_the_final_result():
+    m = p.Messages(p.CoreConfig())  # P16/N8, Ws = 32: docs/protocol.md's numbers
+    assert (m.max_output_steps(p.PassState.FORWARD), m.max_output_steps(p.PassState.ECHO)) == (13, 31)
+    for state, final in ((p.PassState.FORWARD, m.forward_result), (p.PassState.ECHO, m.echo_result)):
+        steps = m.max_output_steps(state)
+        rows = [[(-1) ** k * k] * m.output_words(state) for k in range(steps)]
+        part = m.pack_outputs(state, 40, rows)
+        assert len(part) + final.size() <= p.MAX_REPLY_PAYLOAD  # the last chunk's reply
+        assert len(m.pack_outputs(state, 40, rows + rows[:1])) + final.size() > p.MAX_REPLY_PAYLOAD
+        tail = bytes(final.size())
+        assert m.unpack_outputs(state, part + tail) == (40, rows, tail)
+        assert m.unpack_outputs(state, m.pack_outputs(state, 0, [])) == (0, [], b"")  # chunk 0's reply
+    with pytest.raises(ValueError, match="16 words"):
+        m.pack_outputs(p.PassState.FORWARD, 0, [[1] * 8])
+    chunks = m.data_payloads([[0] * 8] * 100, outputs=True)
+    assert [m.forward_data.steps(len(c)) for c in chunks] == [13] * 7 + [9]
+    assert len(m.data_payloads([[0] * 8] * 100)) == 2  # without outputs: 63 steps a chunk
+
+
+def test_docs_draft_tables_match_the_code():
+    assert _doc_table("Draft capabilities") == {c.name: int(c) for c in p.Capability if c != p.Capability.ECHO_STREAM}
+    assert _doc_table("Draft codes") == {"OUTPUTS": int(p.StreamCommand.OUTPUTS),
+                                         "OUTPUTS_FLAG": int(p.StreamFlags.OUTPUTS)}
+    section = DOCS.read_text().split("### Draft regions\n", 1)[1].split("\n#", 1)[0]
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(r"^\| (\w+) \| (\d+|—) \| (\d+) \|", section, re.M)}
+    assert rows == {"KIN": (str(int(p.LinearBlockRegion.KIN)), str(int(p.NonlinearBlockRegion.KIN))),
+                    "GAIN": ("—", str(int(p.NonlinearBlockRegion.GAIN)))}
