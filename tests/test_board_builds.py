@@ -237,6 +237,17 @@ def test_build_cli_refuses_the_nonlinear_hru_on_the_icebreaker(tmp_path, capsys)
     assert boards.baseline_name("ulx3s-85f", hru="nonlinear") == "ulx3s-85f-nonlinear-p16-n8-k1"
 
 
+def test_a_nonlinear_build_ends_with_the_program_and_selftest_commands():
+    """train drives the linear HRU only: a nonlinear image's build suggests its selftest, which parses."""
+    from host.cli import build_parser
+
+    program, then = boards.next_commands("ulx3s-85f", "/b/top.bit", (16, 8, 1), 3_000_000, "nonlinear")
+    assert program == "next: echoboard program --board ulx3s-85f /b/top.bit"
+    assert then == "then: echoboard selftest --target 'serial:///dev/ttyUSB0?baud=3000000' --hru nonlinear -P 16 -N 8"
+    args = build_parser().parse_args(shlex.split(then)[2:])
+    assert (args.command, args.hru, args.oscillators, args.inputs) == ("selftest", "nonlinear", 16, 8)
+
+
 def test_build_cli_json(tmp_path, capsys):
     """`echoboard build --board icebreaker --json` prints exactly the issue's keys (stand-in image,
     the default UART from firmware.link at 3 Mbaud = 12 MHz / 4)."""
