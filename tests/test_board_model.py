@@ -452,3 +452,34 @@ def test_abort_in_idle_changes_nothing(host):
     before = host.board.stores()
     assert host.send(C.ABORT).status == S.OK
     assert host.board.stores() == before
+
+
+def test_board_api_drives_the_nonlinear_hru():
+    """host.board.Board on the nonlinear golden board: write_params/read_params (a scalar alpha on
+    every oscillator), forward and echo equal hru_fixed_nonlinear, read_gradients is its
+    NonlinearAccumulators, clear_gradients zeroes them."""
+    from golden_model import hru_fixed_nonlinear as nl
+    from hdl.verilog import random_case
+    from host.board import Board
+
+    fmt, size = nl.NonlinearFormat(), HRUSize(P, N, MAX_LENGTH)
+    case = random_case(fmt, size, 40, 2)
+    q = nl.NonlinearParamsInt(*(np.asarray(case[k]) for k in nl.NonlinearParamsInt._fields))
+    q = q._replace(alpha=np.int64(case["alpha"][0]))
+    u, nudge = np.asarray(case["u"]), np.asarray(case["nudge"])
+    with Board.open("golden", size=size, hru="nonlinear") as board:
+        board.write_params(q)
+        stored = board.read_params()
+        assert stored.alpha.tolist() == [int(q.alpha)] * P
+        assert all(np.array_equal(getattr(stored, k), getattr(q, k)) for k in ("W", "bias", "sigma_c", "B", "delta"))
+        fwd = board.forward(u, read_state=True)
+        ref = nl.forward(stored, u, np.zeros(P, np.int64), np.zeros(P, np.int64), fmt)
+        assert all(np.array_equal(a, b) for a, b in zip(fwd, ref))
+        counters = board.echo(u, nudge)
+        echo = nl.echo(stored, u, ref.y, ref.z, nudge, fmt)
+        assert counters.tolist() == np.asarray(echo.overflows).tolist()
+        sums = board.read_gradients()
+        assert isinstance(sums, nl.NonlinearAccumulators)
+        assert all(np.array_equal(a, b) for a, b in zip(sums, echo.acc))
+        board.clear_gradients()
+        assert not any(np.any(a) for a in board.read_gradients())
