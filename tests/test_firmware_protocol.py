@@ -370,6 +370,8 @@ def test_docs_state_the_limits_and_wire_values():
     assert "CONSTANT mode (0)" in text and "STREAM mode (1)" in text
     for value in (p.RX_BUFFER_BYTES, p.MAX_REQUEST_PAYLOAD, p.MAX_REPLY_PAYLOAD, p.MAX_WIRE_BYTES, p.PROTOCOL_VERSION):
         assert f"{value}" in text
+    assert f"see below ({p.IDENTIFY_REPLY.size()} bytes; to a v1 host its first {p.IDENTIFY_V1_REPLY.size()})" in text
+    assert f"fields 1–7 only ({p.IDENTIFY_V1_REPLY.size()} bytes: version 1's layout)" in text
 
 
 def test_docs_examples_are_what_the_code_encodes():
