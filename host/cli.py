@@ -261,6 +261,7 @@ def add_sim_board_arguments(parser: argparse.ArgumentParser) -> None:
 def run_sim_board(args) -> int:
     from sim import board_sim
     from sim.board_image import ImageConfig, simulated_board_executable
+    from sim.paths import build_root
 
     fmt, size, lanes = core_config(args)
     config = ImageConfig(size, fmt, lanes, args.core)  # --core serial: the iCEBreaker's image
@@ -272,7 +273,8 @@ def run_sim_board(args) -> int:
             except OSError as exc:
                 raise OSError(exc.errno, f"127.0.0.1:{args.port}: {exc.strerror}") from None
     print(f"building the simulated board ({config.name}) ...", file=sys.stderr, flush=True)
-    return board_sim.serve_forever(simulated_board_executable(config, quiet=False), args.port)
+    executable = simulated_board_executable(config, build_root("board_sim"), quiet=False)
+    return board_sim.serve_forever(executable, args.port)
 
 
 #: ``--help`` examples per subcommand (tests/test_cli_errors.py parses every one).
