@@ -278,8 +278,11 @@ def _verilog_file(fmt, size: HRUSize, lanes: int, core: str) -> tuple[str, Path]
 
 def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: list[dict], *,
                   run_name: str, idle_prob: float = 0.2, seed: int | None = None, waves: bool = False,
-                  check: bool = True, timeout_s: float = 600, core: str = "pipelined"):
+                  check: bool = True, timeout_s: float = 600, core: str = "pipelined", block: bool = False):
     """Verilate the ``core`` (cached per configuration) and run ``cases`` against ``expected``.
+
+    ``block``: run the commands in HSSM block mode (the expectations then come from
+    ``golden_expectation(..., block=True)``); expectations with "steps" get every step checked.
 
     Returns sim.verilator's ``SimResult``; its ``scoreboards["hru_core"]`` holds the summary and
     ``test_dir / "hru_core.cycles.json"`` the cycles of every command.
@@ -291,7 +294,8 @@ def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: l
     case_file.parent.mkdir(parents=True, exist_ok=True)
     case_file.write_text(json.dumps({"format": format_to_json(fmt),
                                      "size": [size.oscillators, size.inputs, size.max_length],
-                                     "lanes": lanes, "core": core, "idle_prob": idle_prob, "cases": cases, "expected": expected}))
+                                     "lanes": lanes, "core": core, "idle_prob": idle_prob, "block": block,
+                                     "cases": cases, "expected": expected}))
     return build_and_test(verilog_path, TOPLEVEL, TESTBENCH, BUILD_ROOT, run_name=f"{config}-{run_name}",
                           seed=seed, waves=waves, check=check, timeout_s=timeout_s,
                           extra_env={"HRU_CASES": str(case_file)})
@@ -304,12 +308,15 @@ def verify_core(fmt, size: HRUSize, lanes: int, *, length: int, seed: int,
     """One random case through the Verilated core and the golden model: (passed, report).
 
     The report has the fields of ``echoboard verify``: level, steps, compared, mismatches,
-    first_mismatch, cycles (and error when the simulation itself failed).
+    first_mismatch, cycles (and error when the simulation itself failed). The pipelined core runs
+    as an HSSM block with every step checked (its trace, y_k, du_j; golden_model.hru_block); the
+    serial core, which has neither, as the plain HRU with the memories after each pass.
     """
     check_core(core, fmt, size, lanes)  # argument errors before the (slow) build
     case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge)
-    result = run_core_case(fmt, size, lanes, [case], [golden_expectation(fmt, case)], idle_prob=0.0,
-                           run_name=f"verify-s{seed}-l{length}", seed=seed, check=False, core=core)
+    block = core == "pipelined"
+    result = run_core_case(fmt, size, lanes, [case], [golden_expectation(fmt, case, block=block)], idle_prob=0.0,
+                           run_name=f"verify-s{seed}-l{length}", seed=seed, check=False, core=core, block=block)
     board = result.scoreboards.get(TOPLEVEL, {})
     cycles_file = result.test_dir / f"{TOPLEVEL}.cycles.json"
     report = {"level": "core", "steps": length, "compared": board.get("compared", 0),

@@ -7,7 +7,16 @@ inputs) and the golden model's expectations (computed outside the simulator: no 
 
 Per case: load the stores over the host port, CLEAR, FORWARD u_0..u_{L-1}, read back and compare,
 ECHO u_{L-1}..u_0, read back and compare; every integer with == on the sim.cocotb_lib Scoreboard
-(first mismatch reported as phase, step = L, lane = oscillator index, field). The run directory
+(first mismatch reported as phase, step = L, lane = oscillator index, field).
+
+Every step, when the expectations carry "steps" (hdl.verilog.golden_expectation(steps=True)):
+monitors on the core's ``trace`` (the write-back of every item: the state after every forward
+step and both echoes' after every echo step, z before the nudge) and, in HSSM block mode
+(``block`` in the case file), on its ``y`` and ``du`` streams compare each step as it completes
+(phase "forward" / "echo", step k = 1..L: the k-th step of the pass, echo step k consuming
+u_{L−k}; fields y, z / plus.y …, y_stream, du), so the first mismatch names the step where the
+datapath diverged and its simulation time. A step that never comes, a partial one or an extra
+one counts its values as mismatches. The run directory
 also gets ``hru_core.cycles.json``: per case the cycles from command accepted to ``done``, and
 ``hru_core.speed.json``: the clock cycles simulated by this test and its wall time (from reset to
 the last comparison: the build and the simulator's start-up excluded), for the speed benchmark.
@@ -18,23 +27,102 @@ import random
 import time
 from pathlib import Path
 
+from collections import deque
+
 import cocotb
 from cocotb.simtime import get_sim_time
+from cocotb.triggers import ReadOnly
 
 from golden_model.formats import HRUSize
 from hdl.cores import make_core
 from hdl.address_map import PHASES, Region
 from hdl.hru_core import HRUCore, Op
-from hdl.verilog import format_from_json
-from sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, start_clock_and_reset
+from hdl.verilog import StepAssembler, format_from_json
+from sim.cocotb_lib import (CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, StreamMonitor,
+                            start_clock_and_reset)
+
+#: cycles a pass's last stream beats may trail its ``done`` (the y / du FIFOs and their reader)
+DRAIN_CYCLES = 200
+
+
+class StepChecker:
+    """One pass's per-step outputs against the golden steps, each compared as it completes.
+
+    Items (from a monitor's callback) go through hdl.verilog.StepAssembler (``kind``); each
+    completed step is compared on the scoreboard as ``{field: step}`` (or the step's own dict when
+    ``field`` is None) with its 1-based step number.
+    """
+
+    def __init__(self, board: Scoreboard, phase: str, oscillators: int, lanes: int, kind: str, field=None):
+        self._board, self._phase, self._field = board, phase, field
+        self._shape = (oscillators, lanes, kind)
+        self._want: deque = deque()
+        self._assembler, self._step = None, 0
+
+    def start(self, expected_steps) -> None:
+        self._want, self._step = deque(expected_steps), 0
+        self._assembler = StepAssembler(*self._shape)
+
+    def __call__(self, item) -> None:
+        if self._assembler is not None and (step := self._assembler.feed(item)) is not None:
+            self._check(step)
+
+    def _check(self, got) -> None:
+        self._step += 1
+        want = self._want.popleft() if self._want else None
+        wrap = (lambda v: v) if self._field is None else (lambda v: {self._field: v})  # noqa: E731
+        self._board.compare(wrap(want) if want is not None else {}, wrap(got) if got is not None else {},
+                            phase=self._phase, step=self._step)
+
+    def finish(self) -> None:
+        """The pass is over: a partial step and the steps that never came are mismatches."""
+        if self._assembler is not None and self._assembler.pending:
+            self._check(self._assembler.pending)
+        while self._want:
+            self._check(None)
+        self._assembler = None
+
+
+class TraceMonitor:
+    """Samples the core's ``trace`` tap (valid + payload, no ready) every cycle; calls
+    ``forward`` or ``echo`` with each write-back item by its echo flag."""
+
+    def __init__(self, dut, core: HRUCore, forward, echo):
+        self._dut, self._codec = dut, PayloadCodec.from_shape(core.trace.payload.shape())
+        self._targets = (forward, echo)
+        self._task = cocotb.start_soon(self._run())
+
+    async def _run(self) -> None:
+        dut, readonly, unpack, targets = self._dut, ReadOnly(), self._codec.unpack, self._targets
+        valid, payload = dut.trace__valid, dut.trace__payload
+        while True:
+            await dut.clk.falling_edge
+            await readonly
+            if valid.value:
+                item = unpack(payload.value.to_unsigned())
+                targets[item["echo"]](item)
 
 
 class CoreHost:
     """The board image's view of the core: host-port reads/writes and commands with their inputs."""
 
-    def __init__(self, dut, core: HRUCore, rng: random.Random, idle_prob: float):
-        self.dut, self.core, self.amap = dut, core, core.address_map
+    def __init__(self, dut, core: HRUCore, rng: random.Random, idle_prob: float, board: Scoreboard,
+                 steps: bool = False, block: bool = False):
+        """``steps``: check every step (the trace, and the streams when ``block``: HSSM block mode)."""
+        self.dut, self.core, self.amap, self.board = dut, core, core.address_map, board
         self._width = core.data_width
+        self._block = block
+        self._has_block = "block" in dict(iter(core.command_layout))  # the serial core has no block mode
+        p, lanes = core.size.oscillators, core.lanes
+        self._checkers, self._monitors, self._beats = {}, {}, {}
+        if steps:
+            self._checkers = {kind: StepChecker(board, kind, p, lanes, kind) for kind in ("forward", "echo")}
+            TraceMonitor(dut, core, self._checkers["forward"], self._checkers["echo"])
+        for name, phase in (("y", "forward"), ("du", "echo")) if block else ():  # read even when unchecked
+            if steps:
+                self._checkers[name] = StepChecker(board, phase, p, lanes, name, field=f"{name}_stream")
+            self._monitors[name] = StreamMonitor(dut, name, PayloadCodec.from_shape(getattr(core, name).payload.shape()),
+                                                 callback=self._checkers.get(name))
         self._cmd = StreamDriver(dut, "cmd", PayloadCodec.from_shape(core.command_layout),
                                  rng=random.Random(rng.random()))
         self._u = StreamDriver(dut, "u", PayloadCodec.from_shape(core.u.payload.shape()),
@@ -88,7 +176,8 @@ class CoreHost:
         (L, P), golden order), their vectors in reverse, R beats of one row per lane each.
         Returns the cycles from acceptance to ``done``."""
         done = cocotb.start_soon(self._done())
-        await self._cmd.send([{"op": op.value, "length": len(inputs), "nudge_stream": int(nudges is not None)}])
+        await self._cmd.send([{"op": op.value, "length": len(inputs), "nudge_stream": int(nudges is not None),
+                               **({"block": int(self._block)} if self._has_block else {})}])
         start = get_sim_time("ns") - CLOCK_PERIOD_NS / 2  # send returns at the falling edge after the transfer
         senders = [cocotb.start_soon(self._u.send(inputs))]
         if nudges is not None:
@@ -103,26 +192,56 @@ class CoreHost:
     async def _done(self) -> None:
         await self.dut.done.rising_edge
 
-    async def run_case(self, case: dict) -> tuple[dict, dict]:
-        amap, core = self.amap, self.core
-        per_step = isinstance(case["nudge"][0], list)
-        stores = (*((r, k) for k, r in core.parameter_regions.items()), (Region.Y0, "y0"), (Region.Z0, "z0"),
+    async def _pass(self, op: Op, inputs, nudges, checked: dict) -> int:
+        """One FORWARD / ECHO with its per-step checkers (``checked``: checker -> golden steps):
+        started before the command, finished once the streams' last beats are in or late."""
+        for name, expected in checked.items():
+            self._checkers[name].start(expected)
+        cycles = await self.command(op, inputs, nudges)
+        beats = {"y": len(inputs) * self.amap.rows, "du": len(inputs)}
+        for name in checked:
+            if name in self._monitors:
+                self._beats[name] = self._beats.get(name, 0) + beats[name]
+                try:
+                    await self._monitors[name].wait_for(self._beats[name], timeout_cycles=DRAIN_CYCLES)
+                except AssertionError:
+                    pass  # the checker's finish counts the missing values
+            self._checkers[name].finish()
+        return cycles
+
+    async def run_case(self, case: dict, want: dict) -> list:
+        """Load, CLEAR, FORWARD, compare, ECHO, compare (per step where checked); the cycles."""
+        amap, core, board = self.amap, self.core, self.board
+        length, per_step = len(case["u"]), isinstance(case["nudge"][0], list)
+        parameters = {**core.parameter_regions, **(getattr(core, "block_parameter_regions", {}) if self._block else {})}
+        stores = (*((r, k) for k, r in parameters.items()), (Region.Y0, "y0"), (Region.Z0, "z0"),
                   *(() if per_step else ((Region.NUDGE, "nudge"),)))
         await self.write([word for r, k in stores for word in self._store_words(r, case[k])])
         cycles = {"clear": await self.command(Op.CLEAR)}
-        cycles["forward"] = await self.command(Op.FORWARD, case["u"])
+        steps = want.get("steps") if self._checkers else None
+        checked = {} if steps is None else {"forward": steps["forward"]}
+        if steps is not None and self._block:
+            checked["y"] = [step["y"] for step in steps["forward"]]
+        cycles["forward"] = await self._pass(Op.FORWARD, case["u"], None, checked)
         counters = [amap.address(Region.COUNTERS, k) for k in range(len(PHASES))]
-        got = {"forward": {
+        got = {
             "y": await self.read_vector(Region.Y0), "z": await self.read_vector(Region.Z0),
             "pos_sum": await self.read_vector(Region.POS_SUM),
-            "overflows": {"forward": (await self.read(counters[:1], signed=False))[0]}}}
-        cycles["echo"] = await self.command(Op.ECHO, case["u"][::-1], case["nudge"] if per_step else None)
-        got["echo"] = {
+            "overflows": {"forward": (await self.read(counters[:1], signed=False))[0]}}
+        board.compare(want["forward"], got, phase="forward", step=length)
+        checked = {} if steps is None else {"echo": steps["echo"]}
+        if steps is not None and self._block:
+            checked["du"] = steps["du"]
+        cycles["echo"] = await self._pass(Op.ECHO, case["u"][::-1], case["nudge"] if per_step else None, checked)
+        accumulators = {**core.accumulator_regions,
+                        **(getattr(core, "block_accumulator_regions", {}) if self._block else {})}
+        got = {
             "plus": {"y": await self.read_vector(Region.Y0), "z": await self.read_vector(Region.Z0)},
             "minus": {"y": await self.read_vector(Region.Y1), "z": await self.read_vector(Region.Z1)},
-            **{name: await self.read_store(region) for name, region in core.accumulator_regions.items()},
+            **{name: await self.read_store(region) for name, region in accumulators.items()},
             "overflows": dict(zip(PHASES[1:], await self.read(counters[1:], signed=False)))}
-        return got, cycles
+        board.compare(want["echo"], got, phase="echo", step=length)
+        return cycles
 
 
 @cocotb.test()
@@ -131,16 +250,15 @@ async def hru_core_cases(dut):
     core = make_core(spec["core"], format_from_json(spec["format"]), HRUSize(*spec["size"]), spec["lanes"])
     wall, start = time.perf_counter(), get_sim_time("ns")
     await start_clock_and_reset(dut)
-    host = CoreHost(dut, core, random.Random(cocotb.RANDOM_SEED), spec["idle_prob"])
     board = Scoreboard("hru_core")
+    host = CoreHost(dut, core, random.Random(cocotb.RANDOM_SEED), spec["idle_prob"], board,
+                    steps=any("steps" in want for want in spec["expected"]), block=spec.get("block", False))
     all_cycles = []
     for index, (case, want) in enumerate(zip(spec["cases"], spec["expected"])):
-        got, cycles = await host.run_case(case)
-        length = len(case["u"])
-        for phase in ("forward", "echo"):
-            if not board.compare(want[phase], got[phase], phase=phase, step=length):
-                dut._log.error("case %d: %s differs", index, phase)
-        all_cycles.append(cycles)
+        before = board.mismatches
+        all_cycles.append(await host.run_case(case, want))
+        if board.mismatches != before:
+            dut._log.error("case %d differs", index)
     Path("hru_core.cycles.json").write_text(json.dumps(all_cycles))
     wall = time.perf_counter() - wall
     cycles = round((get_sim_time("ns") - start) / CLOCK_PERIOD_NS)

@@ -11,7 +11,7 @@ initial state bit for bit.
 import json
 
 import pytest
-from test_hdl_core_verilator import _cases, the_only_mismatch
+from test_hdl_core_verilator import _cases, block_cases, block_compared, the_only_mismatch
 
 from golden_model.formats import HRUSize
 from golden_model.hru_fixed_nonlinear import NonlinearFormat
@@ -40,6 +40,19 @@ def test_nonlinear_core_matches_golden_under_verilator():
     result = run_core_case(fmt, size, lanes, cases, expected, run_name="random", idle_prob=0.3)
     assert result.scoreboards["hru_core"] == {"compared": _compared(size, len(cases)), "mismatches": 0,
                                               "first_mismatch": None}
+
+
+def test_nonlinear_block_mode_checks_every_step_under_verilator():
+    """Block mode (golden_model.hru_block): every step's state, y_k, du_j (g = the GAIN words),
+    kin and the block's counts, with random idle on the input streams."""
+    fmt, size, lanes = CONFIGS["small"]
+    cases = block_cases(fmt, size, seed=72)
+    expected = [golden_expectation(fmt, c, block=True) for c in cases]
+    assert expected[-1]["echo"]["overflows"]["gradient"] > golden_expectation(fmt, cases[-1])["echo"]["overflows"]["gradient"]
+    result = run_core_case(fmt, size, lanes, cases, expected, run_name="block", idle_prob=0.3, block=True)
+    p, n = size.oscillators, size.inputs
+    assert result.scoreboards["hru_core"] == {"compared": block_compared(size, (30, 45, 20), 4 * p + p * n),
+                                              "mismatches": 0, "first_mismatch": None}
 
 
 def test_nonlinear_corrupted_expectation_fails_and_names_the_field():
@@ -72,8 +85,9 @@ def test_nonlinear_verify_cli_reports_a_clean_run(capfd):
     out = capfd.readouterr().out.strip().splitlines()
     assert len(out) == 1, out  # stdout is the JSON object only
     report = json.loads(out[0])
-    assert status == 0
-    assert report | {"cycles": None} == {"level": "core", "steps": 40, "compared": _compared(size, 1),
+    assert status == 0  # the pipelined core is verified as an HSSM block, every step checked
+    p, n = size.oscillators, size.inputs
+    assert report | {"cycles": None} == {"level": "core", "steps": 40, "compared": block_compared(size, [40], 4 * p + p * n),
                                          "mismatches": 0, "first_mismatch": None, "cycles": None}
     assert report["cycles"]["echo"] >= 40 * cycles_per_step(size, lanes, echo=True, hru="nonlinear")
 

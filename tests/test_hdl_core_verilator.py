@@ -3,7 +3,9 @@
 Three size/format configurations (one Verilator build each, cached by sim.verilator), random
 parameters, inputs and nudges (constant, and per step through the nudge stream), random idle on
 the input streams; a 10,000-step ε = 0 echo that must return the initial state bit for bit; a
-corrupted expectation that must fail; throughput; the ``echoboard verify`` command.
+corrupted expectation that must fail; throughput; the ``echoboard verify`` command. HSSM block
+mode (golden_model.hru_block) with every step checked: the trace of every write-back, the y_k and
+du_j streams, kin; corrupted per-step expectations name their step.
 """
 import json
 
@@ -47,6 +49,53 @@ def test_core_matches_golden_under_verilator(name):
     assert summary == {"compared": len(cases) * (8 * p + p * n + 4), "mismatches": 0, "first_mismatch": None}
 
 
+def block_compared(size: HRUSize, lengths, accumulator_words: int) -> int:
+    """Integers a block-mode run with every step checked compares, per case of L steps: the
+    forward trace (y, z) and y stream, L·3P; the echo trace (both echoes' y, z), L·4P, and du,
+    L·N; after each pass y, z, pos_sum and its counter, both echoes' y, z, the HRU's
+    ``accumulator_words``, kin and 3 counters."""
+    p, n = size.oscillators, size.inputs
+    return sum(length * (7 * p + n) + 3 * p + 1 + 4 * p + accumulator_words + p + 3 for length in lengths)
+
+
+def block_cases(fmt, size, seed: int) -> list[dict]:
+    """A constant-nudge case, a per-step-nudge one and a wild one (most operations wrap)."""
+    return [random_case(fmt, size, 30, seed), random_case(fmt, size, 45, seed + 1, per_step_nudge=True),
+            random_case(fmt, size, 20, seed + 2, wild=True)]
+
+
+def test_block_mode_checks_every_step_under_verilator():
+    """Block mode: every step's state, y_k, du_j, kin and the block's counts equal
+    golden_model.hru_block's, with random idle on the input streams; the wild case's block
+    wraps (e, du, kin) raise the gradient count over the plain HRU's."""
+    fmt, size, lanes = CONFIGS["small"]
+    cases = block_cases(fmt, size, seed=12)
+    expected = [golden_expectation(fmt, c, block=True) for c in cases]
+    assert expected[-1]["echo"]["overflows"]["gradient"] > golden_expectation(fmt, cases[-1])["echo"]["overflows"]["gradient"]
+    result = run_core_case(fmt, size, lanes, cases, expected, run_name="block", idle_prob=0.3, block=True)
+    p, n = size.oscillators, size.inputs
+    assert result.scoreboards["hru_core"] == {"compared": block_compared(size, (30, 45, 20), p + p * n),
+                                              "mismatches": 0, "first_mismatch": None}
+
+
+@pytest.mark.parametrize("where", ["forward", "echo"])
+def test_corrupted_step_fails_and_names_the_step(where):
+    """One integer of one step's expectation off by one: exactly one mismatch, at that step — a
+    forward state's z (the trace's write-back monitor) or an echo step's du (the du stream)."""
+    fmt, size, lanes = CONFIGS["small"]
+    case = random_case(fmt, size, 25, seed=8)
+    want = golden_expectation(fmt, case, block=True)
+    if where == "forward":
+        want["steps"]["forward"][6]["z"][3] += 1
+        expect = ("forward", 7, 3, "z")
+    else:
+        want["steps"]["du"][11][2] -= 1
+        expect = ("echo", 12, 2, "du_stream")
+    first = the_only_mismatch(fmt, size, lanes, case, want, block=True)
+    assert (first["phase"], first["step"], first["lane"], first["field"]) == expect
+    assert abs(first["expected"] - first["actual"]) == 1
+
+
 def test_zero_nudge_echo_of_10000_steps_returns_the_initial_state():
     fmt, size, lanes = CONFIGS["small"]
     length = 10_000
@@ -70,11 +119,12 @@ def test_corrupted_expectation_fails_and_names_the_field():
     assert first["expected"] == first["actual"] + 1
 
 
-def the_only_mismatch(fmt, size, lanes, case, want) -> dict:
+def the_only_mismatch(fmt, size, lanes, case, want, block: bool = False) -> dict:
     """Run one case against a corrupted expectation: the run must fail with exactly one mismatch,
     whose record (phase, step, lane, field, expected, actual) is returned."""
     with pytest.raises(SimulationFailed) as failure:
-        run_core_case(fmt, size, lanes, [case], [want], run_name="corrupted")
+        run_core_case(fmt, size, lanes, [case], [want], run_name="corrupted-block" if block else "corrupted",
+                      block=block)
     result = failure.value.result
     assert result.scoreboards["hru_core"]["mismatches"] == 1
     return json.loads((result.test_dir / ("hru_core" + MISMATCH_SUFFIX)).read_text())["first_mismatch"]
@@ -128,8 +178,8 @@ def test_verify_cli_reports_a_clean_run(capfd):
     status, report = _verify_default_config(capfd, "--nudge", "per-step")
     fmt, size, lanes = CONFIGS["default"]
     p, n = size.oscillators, size.inputs
-    assert status == 0
-    assert report | {"cycles": None} == {"level": "core", "steps": 40, "compared": 8 * p + p * n + 4,
+    assert status == 0  # the pipelined core is verified as an HSSM block, every step checked
+    assert report | {"cycles": None} == {"level": "core", "steps": 40, "compared": block_compared(size, [40], p + p * n),
                                          "mismatches": 0, "first_mismatch": None, "cycles": None}
     assert report["cycles"]["forward"] >= 40 * cycles_per_step(size, lanes, echo=False)
 
@@ -139,8 +189,8 @@ def test_verify_cli_fails_on_a_mismatch(capfd, monkeypatch):
 
     real = hdl.verilog.golden_expectation
 
-    def corrupted(fmt, case):
-        want = real(fmt, case)
+    def corrupted(fmt, case, **kwargs):
+        want = real(fmt, case, **kwargs)
         want["forward"]["pos_sum"][5] ^= 4
         return want
 
