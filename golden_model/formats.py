@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from golden_model.fixed import int_range
@@ -176,9 +178,12 @@ def quantize(x, width: int, frac: int, name: str, *, lo: float | None = None) ->
     return q.astype(np.int64)
 
 
-def round_half_away(scaled) -> np.ndarray:
-    """Round half away from zero (odd, as the hardware's R): the host's float -> word conversion."""
-    return np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+def round_half_away(scaled):
+    """Round half away from zero (odd, as the hardware's R): the host's float -> word conversion.
+
+    numpy in, numpy out; a jax array (or a tracer inside jit) in, jax out: the same exact operations."""
+    xp = jnp if isinstance(scaled, jax.Array) else np
+    return xp.sign(scaled) * xp.floor(xp.abs(scaled) + 0.5)
 
 
 def dequantize(q, frac: int) -> np.ndarray:

@@ -182,12 +182,13 @@ def gradients(hru: str, bq: BlockParamsInt, acc, kin, fmt) -> dict:
     return grads
 
 
-def input_gradient(hru: str, du, fmt) -> np.ndarray:
-    """The du stream (state units) -> dL/du (float64): +du/(2ε') (linear), −du/(2ε') (nonlinear).
+def input_gradient(hru: str, du, fmt) -> jax.Array:
+    """The du stream (state units) -> dL/du (float64): +du/(2ε') (linear), −du/(2ε') (nonlinear);
+    traceable, for the lockstep schedule's scan.
 
     Linear: ∇u(δH) = −δ·Bᵀyh, so −1/(2ε')·Σ differences = +Bᵀ(δ⊙d)/(2ε'); nonlinear:
     ∇u(δH) = +Bᵀ(δσc⊙tanh(a)/W), hence the minus sign.
     """
     base = base_format(fmt)
     sign = 1.0 if hru == "linear" else -1.0
-    return sign * np.asarray(du, np.float64) * 2.0 ** -base.state_frac / (2.0 * fmt.nudge_scale)
+    return sign * jnp.asarray(du, jnp.float64) * 2.0 ** -base.state_frac / (2.0 * fmt.nudge_scale)

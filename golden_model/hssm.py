@@ -51,6 +51,8 @@ from golden_model.formats import round_half_away
 from golden_model.model import ALGOS, check_batch, chunks  # noqa: F401 (ALGOS: the same three)
 
 NORM_EPS = 1e-5
+FEED_FORWARD = ("C", "D", "glu.W1", "glu.b1", "glu.W2", "glu.b2")
+HEAD = ("head.W", "head.b")
 NORM_MOMENTUM = 0.9
 FLOAT_EPSILON = {"linear": 0.1, "nonlinear": 2.0 ** -4}  # float RHEL nudge; the nonlinear bias is O(ε²)
 DELTA_RANGE = (2.0 ** -6, 1.0)
@@ -316,25 +318,64 @@ def _sum_live_lanes(total, lanes, live, width: int):
 MAX_NUDGE_EXPONENT = 40
 
 
-def nudge_exponent(dys, live) -> int:
-    """Block floating point for one chunk's nudge stream (L, P) per lane: the power of two 2^s
-    (s >= 0) that lifts its largest live value to 1/L, the per-step size of a confidently wrong
-    prediction's nudge, which is what the formats and ε are sized for.
+def nudge_exponent(dh, live, length: int) -> int:
+    """Block floating point for one chunk's backward pass: from the loss gradient at the top of the
+    stack per step, dh (lanes, …) over a chunk of ``length`` steps, the power of two 2^s (s >= 0) that lifts its largest live
+    value to 1/L, the per-step size of a confidently wrong prediction's gradient, which is what the
+    formats and ε are sized for. Every block's nudge stream of the chunk is multiplied by 2^s.
 
     Why: once a sample's loss saturates (2e-6 at L = 50k is common) its nudges fall below the
     state word's LSB and the integer echo returns zeros (float RHEL loses digits to cancellation
-    the same way). RHEL is linear in the nudge, so the echo runs with 2^s·n and its outputs are
-    scaled back by 2^-s on the host; a chunk's lanes share s, so their accumulators still add as
-    integers. s never lowers a nudge: large ones run exactly as before.
+    the same way). The backward pass is linear in dh and RHEL in the nudge, so the echoes run with
+    2^s·n and their outputs are scaled back by 2^-s on the host; a chunk's lanes share s, so their
+    accumulators still add as integers. s never lowers a nudge: large ones run exactly as before.
+    Taken from dh (known before any echo), not from each block's nudges, so that a schedule running
+    all blocks at once (hssm_lockstep) uses the same s.
     """
-    dys = np.asarray(dys)
-    peak = float(np.max(np.abs(dys[np.asarray(live)]))) if np.any(live) else 0.0
+    dh = np.asarray(dh)
+    peak = float(np.max(np.abs(dh[np.asarray(live)]))) if np.any(live) else 0.0
     if peak == 0.0:
         return 0
-    return int(np.clip(np.floor(np.log2(1.0 / (dys.shape[1] * peak))), 0, MAX_NUDGE_EXPONENT))
+    return int(np.clip(np.floor(np.log2(1.0 / (length * peak))), 0, MAX_NUDGE_EXPONENT))
 
 
-class FloatBlocks:
+class StagedBlocks:
+    """The block-by-block schedule (what one board and its host do): every block's forward pass
+    over the whole chunk, then the echoes top block first. Subclasses run the HRU blocks:
+    ``forward(k, u, live)`` -> (positions, saved) and ``backward(k, saved, dys, live, scale)`` -> dL/du."""
+
+    def chunk(self, p: dict, x, labels, live, grads: dict | None, moments: list):
+        """One chunk through the stack block by block; with ``grads`` the echoes run top block first.
+
+        Returns per-lane (loss, logits); adds the chunk's gradients into ``grads`` and each block's
+        input statistics (count, Σh, Σh²) into ``moments``.
+        """
+        arch = self.arch
+        h = _encode(p, x)
+        saved = []
+        for k in range(arch.blocks):
+            pk = _block(p, k)
+            moments[k] = moments[k] + _moments(h, live)
+            u = _normalize(pk, h)
+            ys, ctx = self.forward(k, u, live)
+            saved.append((h, u, ys, ctx))
+            h = _block_output(pk, h, u, ys)
+        loss, logits, g_head, dh = _head({n: p[n] for n in HEAD}, h, jnp.asarray(labels), jnp.asarray(live, jnp.float64))
+        if grads is not None:
+            _add(grads, g_head)
+            scale = 2.0 ** nudge_exponent(dh, live, x.shape[1])
+            for k in reversed(range(arch.blocks)):
+                pk = _block(p, k)
+                h_in, u, ys, ctx = saved[k]
+                g_ff, dh_skip, du, dys = _block_output_vjp({n: pk[n] for n in FEED_FORWARD}, h_in, u, ys, dh)
+                _add(grads, {f"block{k}.{n}": v for n, v in g_ff.items()})
+                du = du + self.backward(k, ctx, dys, live, scale)  # D⊙u's share plus the HRU's echo
+                dh = dh_skip + du / jnp.sqrt(pk["norm.var"] + NORM_EPS)  # the statistics are constants
+            _add(grads, _encode_vjp({n: p[n] for n in ("encoder.W", "encoder.b")}, x, dh))
+        return np.asarray(loss), np.asarray(logits)
+
+
+class FloatBlocks(StagedBlocks):
     """Float64 RHEL blocks: hru_float's trajectory forward and echo pair (``rhel-float``)."""
 
     def __init__(self, arch: Architecture, epsilon: float | None = None):
@@ -351,9 +392,8 @@ class FloatBlocks:
         ys, y, z = _float_block_forward(self.hp[k], u, self.arch.hru)
         return ys, (u, y, z)
 
-    def backward(self, k: int, saved, dys, live):
+    def backward(self, k: int, saved, dys, live, scale: float):
         u, y, z = saved
-        scale = 2.0 ** nudge_exponent(dys, live)
         g, du = _float_block_echo(self.hp[k], u, y, z, jnp.asarray(dys) * scale, self.arch.hru, self.epsilon)
         _add(self.grads[k], {n: np.asarray(v) / scale for n, v in g.items()})
         return du / scale
@@ -364,13 +404,16 @@ class FloatBlocks:
 
 def saturate(x, width: int, frac: int):
     """Host-side conversion of a float array into ``width``-bit words (formats.quantize's rounding,
-    saturating instead of refusing): returns (int64 array, number of saturated values)."""
+    saturating instead of refusing): (int64 words, number of saturated values). numpy in: numpy
+    words and an int; a jax array (inside jit too): jax words and a jax count."""
+    xp = jnp if isinstance(x, jax.Array) else np
     lo, hi = int_range(width)
-    q = round_half_away(np.asarray(x, np.float64) * 2.0 ** frac)
-    return np.clip(q, lo, hi).astype(np.int64), int(np.count_nonzero((q < lo) | (q > hi)))
+    q = round_half_away(xp.asarray(x, xp.float64) * 2.0 ** frac)
+    clipped = xp.sum((q < lo) | (q > hi))
+    return xp.clip(q, lo, hi).astype(xp.int64), (int(clipped) if xp is np else clipped)
 
 
-class FixedBlocks:
+class FixedBlocks(StagedBlocks):
     """The integer blocks in process (hru_block, vmapped over a chunk's lanes): ``rhel``.
 
     Per chunk the accumulators of each block are summed over the live lanes as integers
@@ -391,15 +434,14 @@ class FixedBlocks:
         self.grads = [{} for _ in range(self.arch.blocks)]
 
     def forward(self, k: int, u, live):
-        uq, clipped = saturate(u, self.base.input_width, self.base.input_frac)
+        uq, clipped = saturate(np.asarray(u), self.base.input_width, self.base.input_frac)
         fwd = _fixed_block_forward(self.arch.hru, self.bq[k], jnp.asarray(uq), self.fmt)
         self.clipped += clipped
         self.overflow_events += int(np.sum(np.asarray(fwd.overflows)[live]))
         return jnp.asarray(np.asarray(fwd.positions) * 2.0 ** -self.base.state_frac), (uq, fwd.y, fwd.z)
 
-    def backward(self, k: int, saved, dys, live):
+    def backward(self, k: int, saved, dys, live, scale: float):
         uq, y, z = saved
-        scale = 2.0 ** nudge_exponent(dys, live)
         nudge, clipped = saturate(np.asarray(dys) * (self.fmt.nudge_scale * scale), self.base.state_width,
                                   self.base.state_frac)
         self.clipped += clipped
@@ -418,39 +460,6 @@ class FixedBlocks:
 
 
 # ---- the driver -----------------------------------------------------------------------------------
-
-FEED_FORWARD = ("C", "D", "glu.W1", "glu.b1", "glu.W2", "glu.b2")
-HEAD = ("head.W", "head.b")
-
-
-def _staged_chunk(p: dict, blocks, x, labels, live, arch: Architecture, grads: dict | None, moments: list):
-    """One chunk through the stack block by block; with ``grads`` the echoes run top block first.
-
-    Returns per-lane (loss, logits); adds the chunk's gradients into ``grads`` and each block's
-    input statistics (count, Σh, Σh²) into ``moments``.
-    """
-    h = _encode(p, x)
-    saved = []
-    for k in range(arch.blocks):
-        pk = _block(p, k)
-        moments[k] = moments[k] + _moments(h, live)
-        u = _normalize(pk, h)
-        ys, ctx = blocks.forward(k, u, live)
-        saved.append((h, u, ys, ctx))
-        h = _block_output(pk, h, u, ys)
-    loss, logits, g_head, dh = _head({n: p[n] for n in HEAD}, h, jnp.asarray(labels), jnp.asarray(live, jnp.float64))
-    if grads is not None:
-        _add(grads, g_head)
-        for k in reversed(range(arch.blocks)):
-            pk = _block(p, k)
-            h_in, u, ys, ctx = saved[k]
-            g_ff, dh_skip, du, dys = _block_output_vjp({n: pk[n] for n in FEED_FORWARD}, h_in, u, ys, dh)
-            _add(grads, {f"block{k}.{n}": v for n, v in g_ff.items()})
-            du = du + blocks.backward(k, ctx, dys, live)  # D⊙u's share plus the HRU's echo
-            dh = dh_skip + du / jnp.sqrt(pk["norm.var"] + NORM_EPS)  # the statistics are constants
-        _add(grads, _encode_vjp({n: p[n] for n in ("encoder.W", "encoder.b")}, x, dh))
-    return np.asarray(loss), np.asarray(logits)
-
 
 def _jnp(params: dict) -> dict:
     return {k: jnp.asarray(v) for k, v in params.items()}
@@ -521,7 +530,7 @@ def _run(params, x, lengths, labels, arch: Architecture, algo: str, fmt, with_gr
                 moments[k] = moments[k] + _moments(h, live)
             loss, lg = np.asarray(loss), np.asarray(lg)
         else:
-            loss, lg = _staged_chunk(p, blocks, xc, lc, live, arch, grads, moments)
+            loss, lg = blocks.chunk(p, xc, lc, live, grads, moments)
         total += float(np.sum(loss[live]))
         logits[idx[live]] = lg[live]
     overflows = clipped = 0

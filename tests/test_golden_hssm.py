@@ -13,7 +13,7 @@ import pytest
 from golden_model import hru_block as hb
 from golden_model import hru_fixed as hx
 from golden_model import hru_float as hf
-from golden_model import hssm, report
+from golden_model import hssm, hssm_lockstep, report
 from golden_model.formats import FixedFormat, length_scale_log2
 from golden_model.report import cosine, norm_ratio
 from host import cli
@@ -122,10 +122,10 @@ def test_nudge_exponent_lifts_small_nudges_to_one_over_length():
     dys[0, 5, 1] = 1.0 / L / 8  # 2^3 below 1/L
     dys[1, 0, 0] = 1.0  # a dead lane's value does not count
     live = np.array([True, False])
-    assert hssm.nudge_exponent(dys, live) == 3
-    assert hssm.nudge_exponent(dys * 8, live) == 0  # at 1/L: unchanged
-    assert hssm.nudge_exponent(dys * 1e3, live) == 0  # never lowered
-    assert hssm.nudge_exponent(np.zeros((1, L, 3)), np.array([True])) == 0
+    assert hssm.nudge_exponent(dys, live, L) == 3
+    assert hssm.nudge_exponent(dys * 8, live, L) == 0  # at 1/L: unchanged
+    assert hssm.nudge_exponent(dys * 1e3, live, L) == 0  # never lowered
+    assert hssm.nudge_exponent(np.zeros((1, L, 3)), np.array([True]), L) == 0
 
 
 @pytest.mark.parametrize("algo", ["rhel", "rhel-float"])
@@ -146,6 +146,49 @@ def test_a_saturated_loss_still_gets_its_gradient(algo):
     for name in ("block0.A", "block0.B", "block0.delta", "block1.A", "encoder.W"):
         assert cosine(ref.grads[name], est.grads[name]) >= floor, name
         assert abs(norm_ratio(ref.grads[name], est.grads[name]) - 1) <= 0.02, name
+
+
+def _lockstep_case(hru: str, length: int = 200, seed: int = 3):
+    arch = hssm.Architecture(3, 4, 2, 8, 6, hru)
+    fmt = hb.default_format(hru)
+    rng = np.random.default_rng(seed)
+    params, _ = hssm.project(hssm.init_params(rng, arch), arch, fmt)
+    x = rng.normal(size=(3, length, 3))
+    lengths, labels = np.array([length, length, length - 50]), np.array([0, 2, 1])
+    return hssm.calibrate(params, x, lengths, arch), x, lengths, labels, arch, fmt
+
+
+@pytest.mark.parametrize("hru", hb.HRU_KINDS)
+@pytest.mark.parametrize("algo", ["rhel", "rhel-float"])
+def test_lockstep_schedule_equals_block_by_block(hru, algo):
+    """All blocks one step at a time (the retrace recomputes each block's forward states) gives the
+    block-by-block schedule's loss, statistics, counters and gradients, to the float rounding of the
+    per-step feed-forward arithmetic; a retrace that does not flip the momentum is caught."""
+    params, x, lengths, labels, arch, fmt = _lockstep_case(hru)
+    staged = hssm.batch_gradients(params, x, lengths, labels, arch, algo, fmt)
+
+    def lockstep():
+        return hssm.batch_gradients(params, x, lengths, labels, arch, algo, fmt,
+                                    blocks=hssm_lockstep.LockstepBlocks(arch, algo, fmt))
+
+    def agrees(r):
+        return (abs(r.loss - staged.loss) <= 1e-12 * abs(staged.loss) and r.correct == staged.correct
+                and all(cosine(staged.grads[k], r.grads[k]) >= 1 - 1e-12 and abs(norm_ratio(staged.grads[k], r.grads[k]) - 1) <= 1e-9
+                        for k in staged.grads))
+
+    r = lockstep()
+    assert set(r.grads) == set(staged.grads) and agrees(r)
+    assert (r.overflow_events, r.clipped) == (staged.overflow_events, staged.clipped)
+    assert all(np.allclose(staged.stats[k], r.stats[k], rtol=1e-12, atol=0) for k in staged.stats)
+    kit = type(hssm_lockstep.LockstepBlocks(arch, algo, fmt).hrus)
+    correct = kit.retrace_start
+    try:
+        kit.retrace_start = lambda self, state: correct(self, tuple(state[:1]) + (-state[1],) + tuple(state[2:]))
+        hssm_lockstep._backward.clear_cache()  # the kit is a static argument: recompile with the patch
+        assert not agrees(lockstep())
+    finally:
+        kit.retrace_start = correct
+        hssm_lockstep._backward.clear_cache()
 
 
 def _hssm_config(tmp_path, **kw):
@@ -199,7 +242,19 @@ def test_cli_refuses_blocks_on_a_board_and_nonlinear_without_blocks(tmp_path, ca
     assert "--blocks runs in process only" in err and len(err.splitlines()) == 1
     assert cli.main(base + ["--hru", "nonlinear", "--target", "inprocess"]) == 2
     assert "--hru nonlinear needs --blocks" in capsys.readouterr().err
+    assert cli.main(base + ["--blocks", "2", "--algo", "bptt", "--target", "inprocess", "--schedule", "lockstep"]) == 2
+    assert "--schedule lockstep runs an HSSM's RHEL in process" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_lockstep_schedule_trains_as_block_by_block(tmp_path):
+    """One epoch of the same run under both schedules: the same accuracies and counters, losses and
+    parameters equal to float rounding (the per-step feed-forward arithmetic)."""
+    blocks = train(_hssm_config(tmp_path / "a", epochs=1), progress=False)
+    lockstep = train(_hssm_config(tmp_path / "b", epochs=1, schedule="lockstep"), progress=False)
+    for a, b in zip(blocks["history"], lockstep["history"]):
+        assert {k: v for k, v in a.items() if k != "loss"} == {k: v for k, v in b.items() if k != "loss"}
+        assert abs(a["loss"] - b["loss"]) <= 1e-9 * a["loss"]
 
 
 def test_cli_check_gradients_blocks_json(capsys):
