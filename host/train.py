@@ -49,6 +49,7 @@ from golden_model import hru_block as hb
 from golden_model import hru_fixed as hx
 from golden_model import hssm, model
 from golden_model.formats import FixedFormat, HRUSize
+from golden_model.hssm_lockstep import LockstepBlocks
 from golden_model.fixed import int_range
 from host import plots
 from host.datasets import FEATURES, load_dataset
@@ -57,7 +58,9 @@ TARGETS = ("sim", "golden", "inprocess")  # plus socket:// and serial:// board U
 URL_SCHEMES = ("socket://", "serial://")
 CHECKPOINT = "checkpoint.npz"
 # settings a resumed run must share with the run that wrote the checkpoint
-_RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", "oscillators", "blocks", "hidden", "hru", "delta_init")
+SCHEDULES = ("blocks", "lockstep")
+_RESUME_KEYS = ("dataset", "features", "target", "algo", "batch", "lr", "seed", "oscillators", "blocks", "hidden", "hru",
+                "delta_init", "schedule")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class TrainConfig:
     hidden: int = 32  # H, the HSSM's width between blocks
     hru: str = "linear"  # the HSSM blocks' HRU
     delta_init: str = "paper"  # the HSSM's linear δ: the paper's, or log-uniform timescales (hssm._delta_init)
+    schedule: str = "blocks"  # the HSSM's RHEL: block by block (a board's) or all blocks at once (hssm_lockstep)
     out: str | None = None  # default runs/<dataset>-<algo>-<seed>
     resume: bool = False
     faults: float = 0.0  # per-byte fault rate on the board link (diagnostic; results must not change)
@@ -290,6 +294,11 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.blocks and cfg.algo == "rhel" and is_board_target(cfg.target):
         raise ValueError(f"--blocks runs in process only for now (--target inprocess): the board image has no "
                          f"per-step streams for HSSM blocks yet, so --target {cfg.target} cannot train them")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if cfg.schedule == "lockstep" and not (cfg.blocks and cfg.algo != "bptt" and cfg.target == "inprocess"):
+        raise ValueError("--schedule lockstep runs an HSSM's RHEL in process: it needs --blocks K, --algo rhel or "
+                         "rhel-float and --target inprocess")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}")
 
@@ -331,6 +340,7 @@ class HSSMModel:
         self.arch = hssm.Architecture(n_inputs, n_classes, cfg.blocks, cfg.hidden, cfg.oscillators, cfg.hru,
                                       cfg.delta_init)
         self.trained = self.arch.trained()
+        self.lockstep = LockstepBlocks(self.arch, cfg.algo, fmt) if cfg.schedule == "lockstep" else None
 
     def architecture(self) -> dict:
         return {"model": "hssm", **self.arch.as_dict()}
@@ -351,11 +361,11 @@ class HSSMModel:
         return self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
     def batch(self, params, x, lengths, labels, target):
-        r = hssm.batch_gradients(params, x, lengths, labels, self.arch, self.cfg.algo, self.fmt, target)
+        r = hssm.batch_gradients(params, x, lengths, labels, self.arch, self.cfg.algo, self.fmt, self.lockstep or target)
         return r, r.stats, r.clipped
 
     def predict(self, params, x, lengths, target):
-        return hssm.predict(params, x, lengths, self.arch, self.cfg.algo, self.fmt, target)
+        return hssm.predict(params, x, lengths, self.arch, self.cfg.algo, self.fmt, self.lockstep or target)
 
 
 def make_model(cfg: TrainConfig, data, fmt: FixedFormat):
@@ -561,6 +571,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta-init", default=d.delta_init, choices=hssm.DELTA_INITS,
                         help="the linear HSSM's initial δ: the paper's sigmoid(U(0, 1)), or log-uniform over "
                              f"[2^-6, 1] for events slower than ~13 steps (default {d.delta_init})")
+    parser.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                        help="an HSSM's RHEL in process: blocks = block by block, as one board runs it (keeps every "
+                             "block's input and output sequence); lockstep = all blocks one step at a time, each "
+                             f"block's states recomputed by a retrace: memory flat in L (default {d.schedule})")
     parser.add_argument("--out", default=None, help="output folder (default runs/<dataset>-<algo>-<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz up to --epochs")
     parser.add_argument("--faults", type=float, default=d.faults, metavar="RATE",
