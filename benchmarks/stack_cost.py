@@ -7,11 +7,13 @@ L ∈ {1k, 16k, 50k}, by
 - ``bptt_float``: float64 autodiff through the whole stack (one jit over the sample);
 - ``rhel_float``: block by block, float64 echo pairs (hssm.FloatBlocks);
 - ``rhel_fixed``: block by block, the bit-exact integer blocks (hssm.FixedBlocks), the host's
-  float64 feed-forward parts in between: what a host and its board compute.
+  float64 feed-forward parts in between: what a host and one board compute;
+- ``rhel_float_lockstep`` / ``rhel_fixed_lockstep``: all blocks one step at a time
+  (golden_model.hssm_lockstep), each block's forward states recomputed by an un-nudged retrace.
 
-Every method keeps what a stack must keep (rhel-algorithm.md §2.7): each block's input and
-output sequence, O(L·H) per block. BPTT also keeps what autodiff stores inside each HRU's scan;
-RHEL keeps only each HRU's final state, so its memory above the activations is flat in L.
+Block by block, every method keeps each block's input and output sequence, O(L·H) per block
+(rhel-algorithm.md §2.7); BPTT also keeps what autodiff stores inside each HRU's scan. The
+lockstep schedule keeps the input and O(K·(P + H)) numbers: its memory is flat in L.
 
 Time: compiled and warmed up first, then ``--repeats`` runs in rotating order (median). Memory:
 each (method, L) in a fresh child process; its peak RSS while computing the gradient (VmHWM reset
@@ -40,9 +42,12 @@ from benchmarks import save_result
 from benchmarks.gradient_cost import _maxrss_bytes, _proc_status, _reset_peak_rss
 from golden_model import hru_block as hb
 from golden_model import hssm
+from golden_model.hssm_lockstep import LockstepBlocks
 from golden_model.report import cosine
 
-METHODS = {"bptt_float": "bptt", "rhel_float": "rhel-float", "rhel_fixed": "rhel"}
+#: method -> (algorithm, schedule): block by block (what one board does) or lockstep (hssm_lockstep)
+METHODS = {"bptt_float": ("bptt", None), "rhel_float": ("rhel-float", "blocks"), "rhel_fixed": ("rhel", "blocks"),
+           "rhel_float_lockstep": ("rhel-float", "lockstep"), "rhel_fixed_lockstep": ("rhel", "lockstep")}
 DEFAULT_LENGTHS = (1000, 16000, 50000)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stack_cost.json"
 # the paper's code on a 2-core CPU like ours (float32, batch 8, one LinHRU block, H = P = 64),
@@ -69,7 +74,9 @@ def make_problem(length: int, blocks: int, hidden: int, oscillators: int, inputs
 
 def gradient(method: str, problem) -> hssm.BatchResult:
     params, x, lengths, labels, arch, fmt = problem
-    return hssm.batch_gradients(params, x, lengths, labels, arch, METHODS[method], fmt)
+    algo, schedule = METHODS[method]
+    blocks = LockstepBlocks(arch, algo, fmt) if schedule == "lockstep" else None
+    return hssm.batch_gradients(params, x, lengths, labels, arch, algo, fmt, blocks=blocks)
 
 
 def child_main(method: str, length: int, shape: dict) -> dict:
