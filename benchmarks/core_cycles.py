@@ -19,7 +19,7 @@ and reports per phase:
 - ``ratio``: measured / oscillator ideal (goal of issue 3: within 1.10 at L >= 1000).
 
 Simulation speed: the clock cycles the cocotb test simulated (loading, reads and both commands)
-per second of its wall time, measured inside the test (tests/cocotb_hru_core.py writes
+per second of its wall time, measured inside the test (sim/testbenches/cocotb_hru_core.py writes
 ``hru_core.speed.json``), so the Verilator build and the simulator's start-up are excluded; the
 build time is reported separately (0 when the build was cached).
 

@@ -3,10 +3,10 @@
 ``core_verilog`` writes the core as Verilog (Amaranth's bundled Yosys, pinned through
 ``AMARANTH_USE_YOSYS=builtin`` so the text does not depend on a Yosys found on PATH).
 
-``verify_core`` runs one random case through the Verilated core (tests/cocotb_hru_core.py under
-sim.verilator) and the golden model. It needs the golden integer model and the simulation layer,
-which sit beside and above hdl in the dependency order, so they are imported only inside the
-functions that use them.
+``verify_core`` runs one random case through the Verilated core (the packaged testbench
+sim/testbenches/cocotb_hru_core.py under sim.verilator) and the golden model. It needs the golden
+integer model and the simulation layer, which sit beside and above hdl in the dependency order,
+so they are imported only inside the functions that use them.
 
 The case helpers (``random_case``, ``golden_expectation``) are shared by the command and the
 tests, so every level checks the same fields the same way. Both HRUs go through them: the
@@ -34,7 +34,6 @@ __all__ = ["core_verilog", "format_to_json", "format_from_json", "random_case", 
 
 TOPLEVEL = "hru_core"
 REPO = Path(__file__).resolve().parent.parent
-TESTBENCH = REPO / "tests" / "cocotb_hru_core.py"
 BUILD_ROOT = REPO / "build" / "hru_core"
 
 
@@ -287,6 +286,7 @@ def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: l
     Returns sim.verilator's ``SimResult``; its ``scoreboards["hru_core"]`` holds the summary and
     ``test_dir / "hru_core.cycles.json"`` the cycles of every command.
     """
+    from sim.testbenches import HRU_CORE
     from sim.verilator import build_and_test
 
     config, verilog_path = _verilog_file(fmt, size, lanes, core)
@@ -296,7 +296,7 @@ def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: l
                                      "size": [size.oscillators, size.inputs, size.max_length],
                                      "lanes": lanes, "core": core, "idle_prob": idle_prob, "block": block,
                                      "cases": cases, "expected": expected}))
-    return build_and_test(verilog_path, TOPLEVEL, TESTBENCH, BUILD_ROOT, run_name=f"{config}-{run_name}",
+    return build_and_test(verilog_path, TOPLEVEL, HRU_CORE, BUILD_ROOT, run_name=f"{config}-{run_name}",
                           seed=seed, waves=waves, check=check, timeout_s=timeout_s,
                           extra_env={"HRU_CASES": str(case_file)})
 

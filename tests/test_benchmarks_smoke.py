@@ -77,14 +77,16 @@ def test_stack_cost_tiny_timing_memory_and_table(tmp_path):
     from benchmarks import stack_cost
 
     out = tmp_path / "sc.json"
+    methods = ["bptt_float", "rhel_float", "rhel_fixed", "rhel_fixed_lockstep"]
     stack_cost.main(["--lengths", "32", "--repeats", "1", "--blocks", "2", "--hidden", "4", "--oscillators", "4",
-                     "--inputs", "2", "--baseline-length", "8", "--out", str(out)])
+                     "--inputs", "2", "--baseline-length", "8", "--methods", ",".join(methods), "--out", str(out)])
     saved = json.loads(out.read_text())
     timing = saved["timing"]["32"]
-    assert set(timing) == set(stack_cost.METHODS)
+    assert set(timing) == set(methods)
     assert timing["rhel_float"]["min_cosine_vs_bptt"] > 1 - 1e-9 and timing["rhel_fixed"]["min_cosine_vs_bptt"] > 0.99
-    assert timing["rhel_fixed"]["overflow_events"] == 0
-    for m in stack_cost.METHODS:
+    assert timing["rhel_fixed_lockstep"]["min_cosine_vs_bptt"] > 0.99
+    assert timing["rhel_fixed"]["overflow_events"] == timing["rhel_fixed_lockstep"]["overflow_events"] == 0
+    for m in methods:
         assert saved["memory"][m]["32"]["run_peak_bytes"] > 0
     assert "| 32 | rhel_fixed |" in stack_cost.format_table(saved)
 

@@ -8,6 +8,7 @@ mode (golden_model.hru_block) with every step checked: the trace of every write-
 du_j streams, kin; corrupted per-step expectations name their step.
 """
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,15 @@ def test_corrupted_step_fails_and_names_the_step(where):
     first = the_only_mismatch(fmt, size, lanes, case, want, block=True)
     assert (first["phase"], first["step"], first["lane"], first["field"]) == expect
     assert abs(first["expected"] - first["actual"]) == 1
+
+
+def test_the_core_testbench_ships_with_the_package():
+    """verify --level core loads its testbench from the sim package, not from tests/ (an installed
+    wheel has no tests/)."""
+    import sim
+    from sim.testbenches import HRU_CORE
+
+    assert HRU_CORE.is_file() and HRU_CORE.parent.parent == Path(sim.__file__).parent
 
 
 def test_zero_nudge_echo_of_10000_steps_returns_the_initial_state():
