@@ -269,7 +269,10 @@ class HRULane(wiring.Component):
         events = events + Mux(k["valid"], k["ev"], 0)
         k = kp.multiply(drop=("dz", "sz", "ev"), p_out=(k["dz"], k["sz"]))
         k = kp.advance(drop=("p_in", "p_out"), total=k["p_in"] + k["p_out"])
-        return len(kp.stages) - 1, (k["valid"], k["row"], round_shift(k["total"], fmt.acc_a_shift)), events
+        # zero unless valid: an image that never sets ``block`` (the board's today) then drops the
+        # products (the accumulator's store stays: the host port reads it)
+        addend = Mux(k["valid"], round_shift(k["total"], fmt.acc_a_shift), 0)
+        return len(kp.stages) - 1, (k["valid"], k["row"], addend), events
 
     def elaborate(self, platform):
         fmt, rows, inputs, macs = base_format(self._fmt), self._rows, self._inputs, self._macs
