@@ -42,11 +42,11 @@ the same integers and state, plus per-step output streams (amaranth.lib.stream, 
 and δ's kinetic accumulator (region KIN, P words, added until CLEAR like the others):
 
 ``y``    FORWARD: y_k after every step k = 1..L, R beats per step in the ``nudge`` stream's order
-         (beat r = the K words ``signed(state_width)`` of oscillators r·K .. r·K + K − 1), the first
-         ``yz_write`` + 3 cycles after step 1's first issue (``TIMINGS``: 16 linear, 24 nonlinear).
+         (beat r = the K words ``signed(state_width)`` of oscillators r·K .. r·K + K − 1), each
+         ``yz_write`` + 2 cycles after its items' issue (``TIMINGS``: 16 linear, 24 nonlinear).
 ``du``   ECHO: du_j = W(R(Σ_i B_ij·e_i, Fb)) for every echo step, in echo order (j = L−1 .. 0),
-         one beat of N words ``signed(state_width)``, about ``HRULane.DU_LATENCY`` + 4 cycles after
-         the MAC engine's pass over the step's rows (a slot after its OSC pass).
+         one beat of N words ``signed(state_width)``, ``HRULane.DU_LATENCY`` + 3 cycles after the
+         last item of the MAC engine's pass over the step's rows (a slot after its OSC pass).
 Both come through FIFOs; a slot starts only when they have room for its output (credits taken
 at the slot's start, returned when a beat leaves), so a slow reader stalls the core between
 steps and nothing is lost. With a reader that is always ready no slot waits: cycles per step
