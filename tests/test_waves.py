@@ -7,8 +7,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 import hdl.verilog as verilog
 from host.cli import main
 
