@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 import hdl.verilog as verilog
 from host.cli import main
 
@@ -89,3 +91,20 @@ def test_waves_need_a_simulation(capfd):
     status = main(["verify", "--level", "board", "--target", "golden", "--waves"])
     assert status == 2
     assert "--waves records a simulation" in capfd.readouterr().err
+
+
+def test_tracing_is_a_separate_build_that_plain_runs_do_not_pay_for(tmp_path):
+    from golden_model.formats import FixedFormat, HRUSize
+    from sim import board_sim, waves
+    from sim.board_image import ImageConfig, simulated_board_executable
+
+    config = ImageConfig(HRUSize(4, 2, 64), FixedFormat(), 1)
+    plain = simulated_board_executable(config)
+    with waves.recording() as traces:
+        traced = simulated_board_executable(config)
+    assert traced != plain and traces == []  # a build records nothing; a started board does
+    with pytest.raises(board_sim.BoardStartError, match="--trace needs an executable built with tracing"):
+        board_sim.SimulatedBoard(plain, trace=tmp_path / "t.vcd").start()
+    with board_sim.SimulatedBoard(traced, trace=tmp_path / "t.vcd"):
+        pass
+    assert "clk" in vcd_header(tmp_path / "t.vcd")[1]
