@@ -434,6 +434,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare with firmware/baselines/<board>-<config>.json (exit 1 outside the tolerances)")
     parser.add_argument("--write-baseline", action="store_true", help="store the result as that baseline")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="give up on the tools after this many seconds (a loaded machine routes the "
+                             "nonlinear ULX3S image for more than the default)")
     parser.set_defaults(run=run_build)
 
 
@@ -458,7 +461,8 @@ def run_build(args, top_factory=None) -> int:
         return 2
     clock_hz = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     try:
-        result = build_board(args.board, factory, args.build_dir or default_build_dir(args.board), clock_hz=clock_hz)
+        result = build_board(args.board, factory, args.build_dir or default_build_dir(args.board), clock_hz=clock_hz,
+                             timeout_s=args.timeout_s)
     except DesignDoesNotFit as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from firmware import boards
-from hdl.synth import BaselineMismatch, check_against_baseline, compare_to_baseline
+from hdl.synth import DEFAULT_TIMEOUT_S, BaselineMismatch, check_against_baseline, compare_to_baseline
 
 STANDIN_BAUD = 115_200
 
@@ -284,8 +284,8 @@ def test_build_cli_builds_the_real_image_by_default(monkeypatch, capsys):
 
     built = {}
 
-    def fake_build_board(board, top_factory, build_dir, *, clock_hz=None):
-        built.update(board=board, image=top_factory(45_000_000), clock_hz=clock_hz)
+    def fake_build_board(board, top_factory, build_dir, *, clock_hz=None, timeout_s=None):
+        built.update(board=board, image=top_factory(45_000_000), clock_hz=clock_hz, timeout_s=timeout_s)
         built["image"]._MustUse__silence = True  # inspected, never elaborated
         return {"board": board, "bitstream": "/b/top.bit", "sha256": "0", "clock_mhz": 45.0, "fmax_mhz": 50.0,
                 "timing_met": True, "utilisation": {"lut": 1, "ff": 1, "dsp": 1, "bram": 0}, "baud": 3_000_000}
@@ -295,6 +295,7 @@ def test_build_cli_builds_the_real_image_by_default(monkeypatch, capsys):
     boards.add_build_arguments(parser)
     assert boards.run_build(parser.parse_args(["--board", "ulx3s-85f", "--json"])) == 0
     assert built["clock_hz"] is None  # build_board's default: BoardSpec.clock_hz
+    assert built["timeout_s"] == DEFAULT_TIMEOUT_S  # --timeout-s's default
     image = built["image"]
     assert isinstance(image, BoardImage) and image.size == DEFAULT_SIZE and image.lanes == 1
     assert image.clock_hz == 45_000_000 and image.divisor == 15
