@@ -33,8 +33,14 @@ __all__ = ["core_verilog", "format_to_json", "format_from_json", "random_case", 
            "run_core_case", "verify_core"]
 
 TOPLEVEL = "hru_core"
-REPO = Path(__file__).resolve().parent.parent
-BUILD_ROOT = REPO / "build" / "hru_core"
+
+
+def _build_root() -> Path:
+    """Verilog, Verilator builds, case files and runs: sim.paths.build_root()/hru_core (the current
+    directory's build/ or --build-dir, never the package's folder)."""
+    from sim.paths import build_root
+
+    return build_root(TOPLEVEL)
 
 
 def core_verilog(fmt, size: HRUSize, lanes: int, name: str = TOPLEVEL, core: str = "pipelined") -> str:
@@ -265,14 +271,14 @@ class StepAssembler:
 
 
 @functools.lru_cache(maxsize=None)
-def _verilog_file(fmt, size: HRUSize, lanes: int, core: str) -> tuple[str, Path]:
-    """(configuration name, Verilog path) of a core, converted once per process."""
+def _verilog_file(fmt, size: HRUSize, lanes: int, core: str, root: Path) -> tuple[str, Path]:
+    """(configuration name, Verilog path under ``root``) of a core, converted once per process."""
     from sim.verilator import amaranth_to_verilog
 
     fmt_key = hashlib.sha256(json.dumps(format_to_json(fmt), sort_keys=True).encode()).hexdigest()[:8]
     prefix = ("" if hru_kind(fmt) == "linear" else "nl-") + ("" if core == "pipelined" else f"{core}-")
     config = f"{prefix}p{size.oscillators}-n{size.inputs}-k{lanes}-m{size.max_length}-{fmt_key}"
-    return config, amaranth_to_verilog(make_core(core, fmt, size, lanes), TOPLEVEL, BUILD_ROOT / f"{config}.v")
+    return config, amaranth_to_verilog(make_core(core, fmt, size, lanes), TOPLEVEL, root / f"{config}.v")
 
 
 def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: list[dict], *,
@@ -289,14 +295,15 @@ def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: l
     from sim.testbenches import HRU_CORE
     from sim.verilator import build_and_test
 
-    config, verilog_path = _verilog_file(fmt, size, lanes, core)
-    case_file = BUILD_ROOT / "cases" / f"{config}-{run_name}.json"
+    root = _build_root()
+    config, verilog_path = _verilog_file(fmt, size, lanes, core, root)
+    case_file = root / "cases" / f"{config}-{run_name}.json"
     case_file.parent.mkdir(parents=True, exist_ok=True)
     case_file.write_text(json.dumps({"format": format_to_json(fmt),
                                      "size": [size.oscillators, size.inputs, size.max_length],
                                      "lanes": lanes, "core": core, "idle_prob": idle_prob, "block": block,
                                      "cases": cases, "expected": expected}))
-    return build_and_test(verilog_path, TOPLEVEL, HRU_CORE, BUILD_ROOT, run_name=f"{config}-{run_name}",
+    return build_and_test(verilog_path, TOPLEVEL, HRU_CORE, root, run_name=f"{config}-{run_name}",
                           seed=seed, waves=waves, check=check, timeout_s=timeout_s,
                           extra_env={"HRU_CASES": str(case_file)})
 

@@ -100,8 +100,6 @@ def test_sim_board_serves_from_an_empty_folder_and_builds_there(installed, tmp_p
     assert list((tmp_path / "build" / "board_sim").glob("*/obj/board_sim"))
 
 
-@pytest.mark.xfail(strict=True, reason="hdl/verilog.py builds under the package folder (BUILD_ROOT), "
-                                       "not sim.paths.build_root()")
 def test_verify_core_runs_from_an_empty_folder_and_writes_only_there(installed, tmp_path):
     before = files_under(installed["site"])
     run = echoboard(installed, tmp_path, "verify", "--level", "core", *SMALL, "-L", "8", "--json")
