@@ -45,7 +45,7 @@ and δ's kinetic accumulator (region KIN, P words, added until CLEAR like the ot
          (beat r = the K words ``signed(state_width)`` of oscillators r·K .. r·K + K − 1), each
          ``yz_write`` + 2 cycles after its items' issue (``TIMINGS``: 16 linear, 24 nonlinear).
 ``du``   ECHO: du_j = W(R(Σ_i B_ij·e_i, Fb)) for every echo step, in echo order (j = L−1 .. 0),
-         one beat of N words ``signed(state_width)``, ``HRULane.DU_LATENCY`` + 3 cycles after the
+         one beat of N words ``signed(state_width)``, ``HRULane.DU_LATENCY`` + 4 cycles after the
          last item of the MAC engine's pass over the step's rows (a slot after its OSC pass).
 Both come through FIFOs; a slot starts only when they have room for its output (credits taken
 at the slot's start, returned when a beat leaves), so a slow reader stalls the core between
@@ -266,15 +266,21 @@ class HRUCore(wiring.Component):
         m.d.comb += [y_fifo.w_en.eq(block & lane0.wb.valid & ~lane0.wb.echo),
                      y_fifo.w_data.eq(Cat(lane.wb.y for lane in lanes)),
                      self.y.valid.eq(y_fifo.r_rdy), self.y.payload.eq(y_fifo.r_data), y_fifo.r_en.eq(self.y.ready)]
-        # du_j = W(R(Σ_lanes Σ_rows B_ij·e_i, Fb)): the exact sum over the lanes, registered, then one rounding
+        # du_j = W(R(Σ_lanes Σ_rows B_ij·e_i, Fb)): the exact sum over the lanes, registered, then one
+        # rounding, registered with its wrap flags (timing: the rounding chain ends in a register, not
+        # in the FIFO's write or the flags' count)
         du_total = Signal(data.ArrayLayout(signed(len(lane0.du.sum[0]) + ceil_log2(self.lanes)), inputs))
-        du_total_valid, du_events = Signal(), Signal(range(inputs + 1))
-        m.d.sync += [du_total_valid.eq(lane0.du.valid),
+        du_word = Signal(data.ArrayLayout(signed(ws), inputs))
+        du_total_valid, du_word_valid, du_flags = Signal(), Signal(), Signal(inputs)
+        du_events = Signal(range(inputs + 1))
+        m.d.sync += [du_total_valid.eq(lane0.du.valid), du_word_valid.eq(du_total_valid),
                      *(du_total[j].eq(sum(lane.du.sum[j] for lane in lanes)) for j in range(inputs))]
-        du_words = [wrap(round_shift(du_total[j], fmt.coef_b_frac), ws) for j in range(inputs)]
-        m.d.sync += du_events.eq(Mux(du_total_valid, sum(ovf for _, ovf in du_words), 0))
+        for j in range(inputs):
+            word, ovf = wrap(round_shift(du_total[j], fmt.coef_b_frac), ws)
+            m.d.sync += [du_word[j].eq(word), du_flags[j].eq(du_total_valid & ovf)]
+        m.d.sync += du_events.eq(sum(du_flags))
         m.submodules.du_fifo = du_fifo = SyncFIFOBuffered(width=ws * inputs, depth=self.du_depth)
-        m.d.comb += [du_fifo.w_en.eq(du_total_valid), du_fifo.w_data.eq(Cat(word for word, _ in du_words)),
+        m.d.comb += [du_fifo.w_en.eq(du_word_valid), du_fifo.w_data.eq(du_word),
                      self.du.valid.eq(du_fifo.r_rdy), self.du.payload.eq(du_fifo.r_data), du_fifo.r_en.eq(self.du.ready)]
         # credits: beats reserved when a slot that makes them starts, returned when they leave
         y_credit, du_credit = Signal(range(self.y_depth + 1)), Signal(range(self.du_depth + 1))
