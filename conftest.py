@@ -36,7 +36,7 @@ BOARD_BUILDS = {
     # (serial core) ~30 s, the ULX3S's (pipelined core) ~4 min, mostly nextpnr's routing
     "icebreaker_build": {"board": "icebreaker"},
     "ulx3s_build": {"board": "ulx3s-85f"},
-    # the nonlinear HRU's ULX3S image (slow tests only): ~5 min
+    # the nonlinear HRU's ULX3S image (slow tests only): 46 min measured on 2 cores at load ~10, mostly routing
     "ulx3s_nonlinear_build": {"board": "ulx3s-85f", "hru": "nonlinear"},
 }
 
