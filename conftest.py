@@ -37,7 +37,7 @@ BOARD_BUILDS = {
     "icebreaker_build": {"board": "icebreaker"},
     "ulx3s_build": {"board": "ulx3s-85f"},
     # the nonlinear HRU's ULX3S image (slow tests only): 46 min measured on 2 cores at load ~10, mostly routing
-    "ulx3s_nonlinear_build": {"board": "ulx3s-85f", "hru": "nonlinear"},
+    "ulx3s_nonlinear_build": {"board": "ulx3s-85f", "hru": "nonlinear", "timeout_s": 5400},
 }
 
 BOARD_BUILD_TIMEOUT_S = 1800  # per build (hdl.synth.DEFAULT_TIMEOUT_S): the first yowasp run JIT-compiles
