@@ -143,3 +143,9 @@ def icebreaker_build(_background_board_builds):
 def ulx3s_build(_background_board_builds):
     """The real ULX3S image in its default configuration (BOARD_BUILDS), finished."""
     return _background_board_builds.result("ulx3s_build")
+
+
+@pytest.fixture(scope="session")
+def ulx3s_nonlinear_build(_background_board_builds):
+    """The real ULX3S image with the nonlinear HRU (BOARD_BUILDS), finished."""
+    return _background_board_builds.result("ulx3s_nonlinear_build")
