@@ -390,7 +390,9 @@ def baseline_name(board: str, oscillators=None, inputs=None, lanes=None, hru: st
 
 def default_build_dir(board: str) -> Path:
     """Where ``echoboard build --board B`` builds without ``--build-dir`` (under the current directory)."""
-    return Path("build") / board
+    from sim.paths import build_root
+
+    return build_root(board)
 
 
 def default_bitstream(board: str) -> Path:

@@ -234,10 +234,11 @@ def open_board(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int)
 def build_simulated_board(size: HRUSize, fmt: FixedFormat) -> None:
     """Build (or find in the cache) the simulated board of ``size`` before Board.open("sim") starts it,
     saying so: the first run of a model size spends about a minute in Amaranth and Verilator, silently otherwise."""
-    from sim.board_image import DEFAULT_BUILD_ROOT, ImageConfig, simulated_board_executable
+    from sim.board_image import ImageConfig, simulated_board_executable
+    from sim.paths import build_root
 
     print(f"simulated board (P = {size.oscillators}, N = {size.inputs}): building the Verilated board image "
-          f"unless {DEFAULT_BUILD_ROOT}/ has it (a first build takes about a minute) ...", file=sys.stderr, flush=True)
+          f"unless {build_root('board_sim')}/ has it (a first build takes about a minute) ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     exe = simulated_board_executable(ImageConfig(size, fmt))
     print(f"simulated board ready in {time.monotonic() - t0:.0f} s: {exe}", file=sys.stderr, flush=True)

@@ -31,11 +31,10 @@ from firmware.protocol import (MATRIX_REGION_CODES, Command, CoreConfig, Deframe
 from golden_model.formats import FixedFormat, HRUSize
 from hdl.kinds import hru_kind
 
-__all__ = ["ImageConfig", "REPO", "DEFAULT_BUILD_ROOT", "image_verilog", "simulated_board_executable", "board_config",
+__all__ = ["ImageConfig", "REPO", "image_verilog", "simulated_board_executable", "board_config",
            "ProtocolClient", "verify_board"]
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_BUILD_ROOT = Path("build/board_sim")
 #: Everything the image's Verilog is generated from (the cache key of the Verilog covers them).
 _SOURCES = ("firmware/protocol.py", "firmware/link.py", "firmware/sequencer.py", "firmware/top.py",
             "hdl/fixed.py", "hdl/memories.py", "hdl/address_map.py", "hdl/kinds.py", "hdl/timing.py", "hdl/pipeline.py",
@@ -90,13 +89,10 @@ def _source_key(config: ImageConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def image_verilog(config, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT) -> Path:
+def image_verilog(config, build_root: os.PathLike | str | None = None) -> Path:
     """The byte-stream image's Verilog (module ``firmware.top.SIM_TOP``), cached by source key."""
     config = ImageConfig.of(config)
-    root = Path(build_root)
-    if not root.is_absolute():
-        root = REPO / root
-    path = root / "verilog" / f"{config.name}-{_source_key(config)}.v"
+    path = _root(build_root) / "verilog" / f"{config.name}-{_source_key(config)}.v"
     if path.is_file():
         return path
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")  # reproducible: never a Yosys from PATH
@@ -113,22 +109,21 @@ def image_verilog(config, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT) ->
     return path
 
 
-def simulated_board_executable(config, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT, *,
+def _root(build_root: os.PathLike | str | None) -> Path:
+    """The simulated boards' build folder: ``build_root``, else sim.paths.build_root()'s board_sim/."""
+    from sim.paths import build_root as default
+
+    return Path(build_root).resolve() if build_root is not None else default("board_sim")
+
+
+def simulated_board_executable(config, build_root: os.PathLike | str | None = None, *,
                                quiet: bool = True) -> Path:
     """Build (or reuse) the simulated board of ``config``; return the executable's path."""
     from firmware.top import SIM_TOP
     from sim import board_sim
 
     verilog_path = image_verilog(config, build_root)
-    root = Path(build_root)
-    if not root.is_absolute():
-        root = REPO / root
-    exe = board_sim.build(verilog_path, SIM_TOP, root, extra_args=_VERILATOR_ARGS, quiet=quiet)
-    # Verilator's two precompiled headers are ~90 MB each and useless once the executable exists
-    # (a changed design gets a new build directory); the cache only needs the executable.
-    for pch in exe.parent.glob("*.gch"):
-        pch.unlink(missing_ok=True)
-    return exe
+    return board_sim.build(verilog_path, SIM_TOP, _root(build_root), extra_args=_VERILATOR_ARGS, quiet=quiet)
 
 
 def board_config(config) -> CoreConfig:
@@ -238,7 +233,7 @@ def _decode(wire: bytes) -> Reply:
 
 
 def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: bool = False, wild: bool = False,
-                 address: tuple[str, int] | None = None, build_root: os.PathLike | str = DEFAULT_BUILD_ROOT,
+                 address: tuple[str, int] | None = None, build_root: os.PathLike | str | None = None,
                  corrupt: bool = False, port=None, target: str = "sim", identify: CoreConfig | None = None) -> dict:
     """One random case through the simulated board of ``config`` (started here unless ``address``
     or ``port``).
