@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 ## The main job: train the on-board model on real data (defaults: BasicMotions on the simulated board,
 ## whose Verilated image is built on first use).
 train: venv
-	$(RUN) -m host.cli train $(ARGS)
+	$(RUN) -m echoboard.host.cli train $(ARGS)
 
 ## The default test suite (what CI runs).
 test: venv

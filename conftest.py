@@ -24,8 +24,8 @@ import threading
 
 import pytest
 
-import golden_model  # noqa: F401  (enables JAX x64)
-from sim.verilator import prepare_environment
+import echoboard.golden_model  # noqa: F401  (enables JAX x64)
+from echoboard.sim.verilator import prepare_environment
 
 prepare_environment()
 
@@ -73,7 +73,7 @@ class BoardBuildQueue:
     @staticmethod
     def command(options: dict, build_dir) -> list[str]:
         flags = [arg for key, value in options.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
-        return [sys.executable, "-m", "host.cli", "build", *flags, "--build-dir", str(build_dir), "--json"]
+        return [sys.executable, "-m", "echoboard.host.cli", "build", *flags, "--build-dir", str(build_dir), "--json"]
 
     def _run(self):
         try:

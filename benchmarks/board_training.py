@@ -26,9 +26,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks import save_result
-from golden_model.formats import FixedFormat, HRUSize
-from host.datasets import Dataset, Split
-from host.train import (TARGETS, TrainConfig, initial_state, load_training_data, make_model, open_target,
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.host.datasets import Dataset, Split
+from echoboard.host.train import (TARGETS, TrainConfig, initial_state, load_training_data, make_model, open_target,
                         params_sha256, train_epoch)
 
 ROOT = Path(__file__).resolve().parent.parent

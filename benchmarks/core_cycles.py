@@ -92,10 +92,10 @@ def _hrus(text: str) -> list[str]:
 def measure(p: int, n: int, k: int, length: int, seed: int = 0, hru: str = "linear") -> dict:
     """One Verilated run of a P/N/K core of the ``hru`` kind on a random case of ``length`` steps:
     cycles and speed."""
-    from golden_model.formats import FixedFormat, HRUSize
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
-    from hdl.timing import cycles_per_step, default_macs, oscillator_bound
-    from hdl.verilog import TOPLEVEL, golden_expectation, random_case, run_core_case
+    from echoboard.golden_model.formats import FixedFormat, HRUSize
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.hdl.timing import cycles_per_step, default_macs, oscillator_bound
+    from echoboard.hdl.verilog import TOPLEVEL, golden_expectation, random_case, run_core_case
 
     fmt = NonlinearFormat() if hru == "nonlinear" else FixedFormat()
     size = HRUSize(p, n, max(length, HRUSize.max_length))
@@ -136,9 +136,9 @@ SERIAL_CLOCK_HZ, UART_BAUD = 12_000_000, 3_000_000
 
 def measure_serial(p: int, n: int, length: int, seed: int = 0) -> dict:
     """One Verilated run of the serial core (P/N, FixedFormat()) on a random case of ``length`` steps."""
-    from golden_model.formats import FixedFormat, HRUSize
-    from hdl.hru_serial import cycles_per_step
-    from hdl.verilog import TOPLEVEL, golden_expectation, random_case, run_core_case
+    from echoboard.golden_model.formats import FixedFormat, HRUSize
+    from echoboard.hdl.hru_serial import cycles_per_step
+    from echoboard.hdl.verilog import TOPLEVEL, golden_expectation, random_case, run_core_case
 
     fmt, size = FixedFormat(), HRUSize(p, n, max(length, HRUSize.max_length))
     case = random_case(fmt, size, length, seed)

@@ -44,14 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-import golden_model  # noqa: F401  (enables x64 before jax is used)
+import echoboard.golden_model  # noqa: F401  (enables x64 before jax is used)
 from benchmarks import save_result
 import jax
 import jax.numpy as jnp
 
-from golden_model import hru_fixed as hx
-from golden_model import hru_float as hf
-from golden_model.formats import FixedFormat
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import hru_float as hf
+from echoboard.golden_model.formats import FixedFormat
 
 METHODS = ("bptt_float", "rhel_float", "rhel_fixed")
 DEFAULT_LENGTHS = (1000, 4000, 16000, 50000)

@@ -44,7 +44,7 @@ def run_cell(cmd: list[str]) -> dict:
     summary = out / "summary.json"
     if not summary.exists():
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "host.cli", *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "echoboard.host.cli", *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
         (out / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks import save_result
 from benchmarks.gradient_cost import _maxrss_bytes
-from host.train import TrainConfig, train
+from echoboard.host.train import TrainConfig, train
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "long_range.json"
 CHANCE = 0.25

@@ -33,9 +33,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks import save_result
-from golden_model.formats import FixedFormat, HRUSize
-from host.datasets import Split
-from host.train import TrainConfig, initial_state, load_training_data, make_model, open_target, params_sha256, train_epoch
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.host.datasets import Split
+from echoboard.host.train import TrainConfig, initial_state, load_training_data, make_model, open_target, params_sha256, train_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "multiboard.json"
@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
         return result
     import ray
 
-    from host import multiboard
+    from echoboard.host import multiboard
 
     counts = [int(b) for b in args.boards.split(",") if b]
     kinds = [t for t in args.targets.split(",") if t]

@@ -54,7 +54,7 @@ def _loopback():
 
 
 def free_running(exe: Path, cycles: int, poll_cycles: int) -> dict:
-    from sim.board_sim import parse_stats
+    from echoboard.sim.board_sim import parse_stats
 
     proc = subprocess.run([str(exe), "--max-cycles", str(cycles), "--poll-cycles", str(poll_cycles)],
                           capture_output=True, text=True, timeout=600, check=True)
@@ -64,7 +64,7 @@ def free_running(exe: Path, cycles: int, poll_cycles: int) -> dict:
 
 
 def streaming(exe: Path, nbytes: int, poll_cycles: int, seed: int) -> dict:
-    from sim.board_sim import SimulatedBoard
+    from echoboard.sim.board_sim import SimulatedBoard
 
     lb = _loopback()
     data = random.Random(seed).randbytes(nbytes)
@@ -98,7 +98,7 @@ def streaming(exe: Path, nbytes: int, poll_cycles: int, seed: int) -> dict:
 
 
 def round_trips(exe: Path, count: int, poll_cycles: int, size: int = 16) -> dict:
-    from sim.board_sim import SimulatedBoard
+    from echoboard.sim.board_sim import SimulatedBoard
 
     rng = random.Random(0)
     times = []
@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
 
-    from sim.board_sim import build
+    from echoboard.sim.board_sim import build
 
     lb = _loopback()
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Cost of one HSSM gradient: time per training sample and peak memory of BPTT vs RHEL (issue 10).
 
-One sample through the golden model's HSSM (golden_model.hssm: encoder, K blocks of norm → linear
+One sample through the golden model's HSSM (echoboard.golden_model.hssm: encoder, K blocks of norm → linear
 HRU → C/D read-out → GELU → GLU → skip, mean, head; default K = 2, H = 32, P = 32, N = 4) at
 L ∈ {1k, 16k, 50k}, by
 
@@ -9,7 +9,7 @@ L ∈ {1k, 16k, 50k}, by
 - ``rhel_fixed``: block by block, the bit-exact integer blocks (hssm.FixedBlocks), the host's
   float64 feed-forward parts in between: what a host and one board compute;
 - ``rhel_float_lockstep`` / ``rhel_fixed_lockstep``: all blocks one step at a time
-  (golden_model.hssm_lockstep), each block's forward states recomputed by an un-nudged retrace.
+  (echoboard.golden_model.hssm_lockstep), each block's forward states recomputed by an un-nudged retrace.
 
 Block by block, every method keeps each block's input and output sequence, O(L·H) per block
 (rhel-algorithm.md §2.7); BPTT also keeps what autodiff stores inside each HRU's scan. The
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-import golden_model  # noqa: F401  (enables x64 before jax is used)
+import echoboard.golden_model  # noqa: F401  (enables x64 before jax is used)
 import jax
 from benchmarks import save_result
 from benchmarks.gradient_cost import _maxrss_bytes, _proc_status, _reset_peak_rss
-from golden_model import hru_block as hb
-from golden_model import hssm
-from golden_model.hssm_lockstep import LockstepBlocks
-from golden_model.report import cosine
+from echoboard.golden_model import hru_block as hb
+from echoboard.golden_model import hssm
+from echoboard.golden_model.hssm_lockstep import LockstepBlocks
+from echoboard.golden_model.report import cosine
 
 #: method -> (algorithm, schedule): block by block (what one board does) or lockstep (hssm_lockstep)
 METHODS = {"bptt_float": ("bptt", None), "rhel_float": ("rhel-float", "blocks"), "rhel_fixed": ("rhel", "blocks"),
@@ -57,7 +57,7 @@ PAPER_CODE_L16K_PEAK_GB = {"bptt": 2.0, "rhel": 9.3}
 
 def make_problem(length: int, blocks: int, hidden: int, oscillators: int, inputs: int, seed: int = 0):
     """(params, x (1, L, N), lengths, labels, arch, fmt): one random sample, the HRU coefficients
-    quantised (golden_model.report.check_stack_gradients does the same), norm statistics calibrated."""
+    quantised (echoboard.golden_model.report.check_stack_gradients does the same), norm statistics calibrated."""
     arch = hssm.Architecture(inputs, 4, blocks, hidden, oscillators, "linear")
     fmt = hb.default_format("linear").for_length(length)
     rng = np.random.default_rng(seed)

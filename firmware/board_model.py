@@ -107,10 +107,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from firmware.protocol import (Capability, Command, CoreConfig, Deframer, EchoMode, ForwardFlags, FrameError,
+from echoboard.firmware.protocol import (Capability, Command, CoreConfig, Deframer, EchoMode, ForwardFlags, FrameError,
                                Layout, MATRIX_REGION_CODES, Messages, PassState, PayloadLengthError, ProtocolError, Region, Reply, Status,
                                UnknownCommand, decode_frame, word_bytes)
-from golden_model import hru_fixed
+from echoboard.golden_model import hru_fixed
 
 __all__ = ["GoldenBoard", "WrongState", "MODEL_BUILD_HASH", "DEFRAMER_LIMIT"]
 
@@ -313,7 +313,7 @@ class GoldenBoard:
         if self.config.hru == "linear":
             model, params = hru_fixed, hru_fixed.LinearParamsInt
         else:
-            from golden_model import hru_fixed_nonlinear as model
+            from echoboard.golden_model import hru_fixed_nonlinear as model
 
             params = model.NonlinearParamsInt
         return model, params(**{name: self._shaped(region) for name, region in self.config.parameters.items()})

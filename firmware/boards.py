@@ -61,10 +61,10 @@ from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
-from hdl.synth import (DEFAULT_TIMEOUT_S, BaselineMismatch, ToolError, check_against_baseline,
+from echoboard.hdl.synth import (DEFAULT_TIMEOUT_S, BaselineMismatch, ToolError, check_against_baseline,
                        parse_nextpnr_log, parse_nextpnr_report, run_tool, tool_path, tool_versions)
 
-from firmware.link import DEFAULT_BAUD
+from echoboard.firmware.link import DEFAULT_BAUD
 
 __all__ = ["BOARDS", "BoardSpec", "BoardTop", "BoardImageUnavailable", "DesignDoesNotFit", "ToolError", "build_board",
            "firmware_image_factory", "ecp5_pll_params", "baseline_name", "BASELINE_DIR", "add_build_arguments", "run_build",
@@ -130,7 +130,7 @@ def _is_byte_stream(member) -> bool:
 
 
 def _default_serial_factory(divisor: int):
-    from firmware.link import UARTRx, UARTTx
+    from echoboard.firmware.link import UARTRx, UARTTx
 
     return UARTRx(divisor), UARTTx(divisor)
 
@@ -258,7 +258,7 @@ def firmware_image_factory(oscillators: int | None = None, inputs: int | None = 
     """``top_factory`` for the real board image: ``firmware.top.make_image(clock_hz=..., oscillators=...,
     inputs=..., lanes=..., core=..., hru=...)`` (None: the image's default). BoardImageUnavailable until it exists."""
     try:
-        from firmware import top
+        from echoboard.firmware import top
     except ImportError as exc:
         raise BoardImageUnavailable(
             f"the board image is not available yet: `firmware.top` cannot be imported ({exc}); "
@@ -276,7 +276,7 @@ def _tool_env(family: str) -> dict:
     tools = ["yosys"] + (["nextpnr-ecp5", "ecppack"] if family == "ecp5" else ["nextpnr-ice40", "icepack"])
     for tool in tools:
         env[tool.upper().replace("-", "_")] = tool_path(tool)
-    from firmware.program import loader_path
+    from echoboard.firmware.program import loader_path
 
     env["OPENFPGALOADER"] = str(loader_path())  # ULX3S lists it; `echoboard program` runs the same binary
     env.pop("AMARANTH_ENV_YOSYS", None)
@@ -375,7 +375,7 @@ def _overused_resources(nextpnr_log: Path) -> str:
 
 def image_size(oscillators=None, inputs=None, lanes=None) -> tuple[int, int, int]:
     """(P, N, K) of the real image; None: its default (``firmware.top.DEFAULT_SIZE``, one lane)."""
-    from firmware.top import DEFAULT_SIZE
+    from echoboard.firmware.top import DEFAULT_SIZE
 
     return oscillators or DEFAULT_SIZE.oscillators, inputs or DEFAULT_SIZE.inputs, lanes or 1
 
@@ -390,7 +390,7 @@ def baseline_name(board: str, oscillators=None, inputs=None, lanes=None, hru: st
 
 def default_build_dir(board: str) -> Path:
     """Where ``echoboard build --board B`` builds without ``--build-dir`` (under the current directory)."""
-    from sim.paths import build_root
+    from echoboard.sim.paths import build_root
 
     return build_root(board)
 
@@ -471,7 +471,7 @@ def run_build(args, top_factory=None) -> int:
     status = 0 if result["timing_met"] else 1
     name = baseline_name(args.board, args.oscillators, args.inputs, args.lanes, hru)
     if args.write_baseline:
-        from hdl.synth import baseline_from_result, write_baseline
+        from echoboard.hdl.synth import baseline_from_result, write_baseline
 
         command = " ".join(["echoboard build", f"--board {args.board}", *([f"--hru {hru}"] if hru != "linear" else []),
                             *(f"--{k.replace('_', '-')} {getattr(args, k):g}" for k in

@@ -21,8 +21,8 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import crc, data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware import protocol
-from firmware.protocol import Status
+from echoboard.firmware import protocol
+from echoboard.firmware.protocol import Status
 
 __all__ = ["DEFAULT_CLOCK_HZ", "DEFAULT_BAUD", "baud_divisor", "DecodedByte", "FrameByte", "ReplyByte",
            "FrameHeader", "UARTRx", "UARTTx", "COBSDecoder", "COBSEncoder", "CRCAppender", "FrameReceiver",

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from firmware.boards import BOARDS, default_bitstream
+from echoboard.firmware.boards import BOARDS, default_bitstream
 
 __all__ = ["LIBRARY_PACKAGES", "LoaderUnavailable", "loader_path", "check_loader", "program_command",
            "add_program_arguments", "run_program"]

@@ -36,8 +36,8 @@ from typing import Iterable, Sequence
 
 from cobs import cobs
 
-from golden_model.formats import FixedFormat, HRUSize
-from hdl.kinds import base_format, hru_kind
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.hdl.kinds import base_format, hru_kind
 
 # ---------------------------------------------------------------- version and limits
 
@@ -918,8 +918,8 @@ def unpack_identify(payload: bytes) -> CoreConfig:
     if v["hru"] not in kinds:
         raise ProtocolError(f"unknown HRU kind code {v['hru']}")
     if kinds[v["hru"]] == "nonlinear":  # imported only then: it needs JAX
-        from golden_model.hru_fixed_nonlinear import NonlinearFormat
-        from golden_model.tanh_table import TanhSpec
+        from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+        from echoboard.golden_model.tanh_table import TanhSpec
 
         fmt = NonlinearFormat(base=fmt, tanh=TanhSpec(**{name: v[f"tanh_{name}"] for name in TANH_FIELDS}),
                               **{name: v[name] for name in NONLINEAR_FORMAT_FIELDS})

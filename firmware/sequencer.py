@@ -43,13 +43,13 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware import protocol
-from firmware.link import FrameByte, FrameHeader, ReplyByte
-from firmware.protocol import (IDENTIFY_REQUEST, IDENTIFY_V1_REPLY, Capability, Command, CoreConfig, EchoMode,
+from echoboard.firmware import protocol
+from echoboard.firmware.link import FrameByte, FrameHeader, ReplyByte
+from echoboard.firmware.protocol import (IDENTIFY_REQUEST, IDENTIFY_V1_REPLY, Capability, Command, CoreConfig, EchoMode,
                                ForwardFlags, Messages, PassState, Region, Status, word_bytes)
-from hdl.address_map import PHASES
-from hdl.hru_core import HRUCore, Op
-from hdl.memories import MemoryBus
+from echoboard.hdl.address_map import PHASES
+from echoboard.hdl.hru_core import HRUCore, Op
+from echoboard.hdl.memories import MemoryBus
 
 __all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "Sequencer", "core_config"]
 

@@ -33,11 +33,11 @@ from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware import link
-from firmware.protocol import BUILD_HASH_BYTES, CoreConfig
-from firmware.sequencer import Sequencer, core_config
-from golden_model.formats import FixedFormat, HRUSize
-from hdl.cores import check_core, make_core
+from echoboard.firmware import link
+from echoboard.firmware.protocol import BUILD_HASH_BYTES, CoreConfig
+from echoboard.firmware.sequencer import Sequencer, core_config
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.hdl.cores import check_core, make_core
 
 __all__ = ["BoardImage", "make_image", "design_hash", "image_config", "image_format", "DEFAULT_SIZE", "SIM_TOP"]
 
@@ -154,7 +154,7 @@ def image_format(hru: str = "linear"):
         return FixedFormat()
     if hru != "nonlinear":
         raise ValueError(f"unknown HRU {hru!r}; known: linear, nonlinear")
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 
     return NonlinearFormat()
 

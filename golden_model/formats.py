@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model.fixed import int_range
+from echoboard.golden_model.fixed import int_range
 
 
 @dataclass(frozen=True)

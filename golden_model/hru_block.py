@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model import hru_fixed as hx
-from golden_model import hru_fixed_nonlinear as nl
-from golden_model.fixed import add_wrap, count, round_shift, wrap
-from golden_model.formats import FixedFormat, dequantize, quantize
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import hru_fixed_nonlinear as nl
+from echoboard.golden_model.fixed import add_wrap, count, round_shift, wrap
+from echoboard.golden_model.formats import FixedFormat, dequantize, quantize
 
 HRU_KINDS = ("linear", "nonlinear")
 #: the trained float parameters of each kind (hru_float's names; the nonlinear σc is sigmoid(c))

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from golden_model.fixed import add_wrap, count, floor_shift, round_shift, wrap
-from golden_model.formats import FixedFormat, quantize, dequantize
+from echoboard.golden_model.fixed import add_wrap, count, floor_shift, round_shift, wrap
+from echoboard.golden_model.formats import FixedFormat, quantize, dequantize
 
 PHASES = ("forward", "echo_plus", "echo_minus", "gradient")
 

@@ -58,10 +58,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model.fixed import add_wrap, count, round_shift, wrap
-from golden_model.formats import FixedFormat, dequantize, quantize
-from golden_model.hru_fixed import ForwardResult, drift_shift, run_echo, run_forward
-from golden_model.tanh_table import TanhSpec, tanh_fixed
+from echoboard.golden_model.fixed import add_wrap, count, round_shift, wrap
+from echoboard.golden_model.formats import FixedFormat, dequantize, quantize
+from echoboard.golden_model.hru_fixed import ForwardResult, drift_shift, run_echo, run_forward
+from echoboard.golden_model.tanh_table import TanhSpec, tanh_fixed
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model import hru_block as hb
-from golden_model import hru_float as hf
-from golden_model.fixed import add_wrap, int_range
-from golden_model.formats import round_half_away
-from golden_model.model import ALGOS, check_batch, chunks  # noqa: F401 (ALGOS: the same three)
+from echoboard.golden_model import hru_block as hb
+from echoboard.golden_model import hru_float as hf
+from echoboard.golden_model.fixed import add_wrap, int_range
+from echoboard.golden_model.formats import round_half_away
+from echoboard.golden_model.model import ALGOS, check_batch, chunks  # noqa: F401 (ALGOS: the same three)
 
 NORM_EPS = 1e-5
 FEED_FORWARD = ("C", "D", "glu.W1", "glu.b1", "glu.W2", "glu.b2")

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model import hru_block as hb
-from golden_model import hru_fixed as hx
-from golden_model import hru_float as hf
-from golden_model.hssm import (FEED_FORWARD, HEAD, NORM_EPS, Architecture, _add, _block, _hru_params, _sum_live_lanes,
+from echoboard.golden_model import hru_block as hb
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import hru_float as hf
+from echoboard.golden_model.hssm import (FEED_FORWARD, HEAD, NORM_EPS, Architecture, _add, _block, _hru_params, _sum_live_lanes,
                                block_output, encode, head_loss, normalize, nudge_exponent, saturate, FLOAT_EPSILON)
 
 ENCODER = ("encoder.W", "encoder.b")

@@ -42,10 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model import hru_fixed as hx
-from golden_model import hru_float as hf
-from golden_model.fixed import int_range, wrap
-from golden_model.formats import FixedFormat, dequantize
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import hru_float as hf
+from echoboard.golden_model.fixed import int_range, wrap
+from echoboard.golden_model.formats import FixedFormat, dequantize
 
 ALGOS = ("bptt", "rhel-float", "rhel")
 TRAINED = ("A", "B", "W", "c")  # delta is fixed (see module docstring)

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model import hru_block as hb
-from golden_model import hru_fixed, hru_float, hssm
-from golden_model import hru_fixed_nonlinear as nl
-from golden_model.formats import FixedFormat
-from golden_model.hru_fixed_nonlinear import NonlinearFormat
+from echoboard.golden_model import hru_block as hb
+from echoboard.golden_model import hru_fixed, hru_float, hssm
+from echoboard.golden_model import hru_fixed_nonlinear as nl
+from echoboard.golden_model.formats import FixedFormat
+from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 
 
 def cosine(reference, estimate) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from amaranth.utils import ceil_log2
 
-from hdl.memories import addr_width
+from echoboard.hdl.memories import addr_width
 
 __all__ = ["PHASES", "Region", "LinearRegion", "AddressMap", "region_width"]
 

@@ -4,8 +4,8 @@
 multipliers at P16/N8/K1 — the ECP5 image. ``serial`` (hdl.hru_serial.SerialHRUCore): one 16×16
 multiplier walking the integer model's operations — the iCE40UP5K image (linear HRU, one lane).
 """
-from hdl.hru_core import HRUCore, check_config
-from hdl.hru_serial import SerialHRUCore, check_serial_config
+from echoboard.hdl.hru_core import HRUCore, check_config
+from echoboard.hdl.hru_serial import SerialHRUCore, check_serial_config
 
 __all__ = ["CORES", "check_core", "make_core"]
 

@@ -73,13 +73,13 @@ from amaranth.lib import enum as hdl_enum
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from golden_model.formats import HRUSize
-from hdl.address_map import PHASES, AddressMap, Region
-from hdl.fixed import round_shift, saturating_add, wrap
-from hdl.hru_lane import HRULane
-from hdl.kinds import base_format, hru_kind
-from hdl.memories import MemoryBus, addr_width
-from hdl.timing import TIMINGS, SlotLengths, default_macs
+from echoboard.golden_model.formats import HRUSize
+from echoboard.hdl.address_map import PHASES, AddressMap, Region
+from echoboard.hdl.fixed import round_shift, saturating_add, wrap
+from echoboard.hdl.hru_lane import HRULane
+from echoboard.hdl.kinds import base_format, hru_kind
+from echoboard.hdl.memories import MemoryBus, addr_width
+from echoboard.hdl.timing import TIMINGS, SlotLengths, default_macs
 
 __all__ = ["Op", "HRUCore", "check_config", "lane_class"]
 
@@ -95,7 +95,7 @@ def lane_class(fmt) -> type["HRULane"]:
     only then: the tanh ROM's contents come from golden_model.tanh_table, which needs JAX)."""
     if hru_kind(fmt) == "linear":
         return HRULane
-    from hdl.hru_nonlinear import NonlinearLane
+    from echoboard.hdl.hru_nonlinear import NonlinearLane
 
     NonlinearLane.check_format(fmt)
     return NonlinearLane

@@ -37,12 +37,12 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hdl.address_map import PHASES, LinearRegion, Region, region_width
-from hdl.fixed import add_round_shift, round_shift, sub_round_shift, wrap
-from hdl.kinds import base_format
-from hdl.memories import AccumulatorMemory, MemoryBus, SharedMemory, addr_width
-from hdl.pipeline import Pipeline
-from hdl.timing import TIMINGS, LaneTiming, mac_latency
+from echoboard.hdl.address_map import PHASES, LinearRegion, Region, region_width
+from echoboard.hdl.fixed import add_round_shift, round_shift, sub_round_shift, wrap
+from echoboard.hdl.kinds import base_format
+from echoboard.hdl.memories import AccumulatorMemory, MemoryBus, SharedMemory, addr_width
+from echoboard.hdl.pipeline import Pipeline
+from echoboard.hdl.timing import TIMINGS, LaneTiming, mac_latency
 
 __all__ = ["HRULane", "mac_layout", "osc_layout"]
 

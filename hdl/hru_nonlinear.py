@@ -34,11 +34,11 @@ import enum
 
 from amaranth.hdl import Module, Mux, signed
 
-from golden_model.hru_fixed_nonlinear import NonlinearFormat
-from hdl.fixed import add_round_shift, round_shift, wrap
-from hdl.hru_lane import HRULane
-from hdl.pipeline import Pipeline
-from hdl.tanh import TanhRom, tanh_stages
+from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+from echoboard.hdl.fixed import add_round_shift, round_shift, wrap
+from echoboard.hdl.hru_lane import HRULane
+from echoboard.hdl.pipeline import Pipeline
+from echoboard.hdl.tanh import TanhRom, tanh_stages
 
 __all__ = ["NonlinearRegion", "NonlinearLane"]
 

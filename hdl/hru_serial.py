@@ -44,13 +44,13 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from golden_model.formats import HRUSize
-from hdl.address_map import PHASES, AddressMap, Region
-from hdl.fixed import add_round_shift, wrap
-from hdl.hru_core import Op, check_config
-from hdl.hru_lane import HRULane
-from hdl.kinds import hru_kind
-from hdl.memories import MemoryBus, SharedMemory
+from echoboard.golden_model.formats import HRUSize
+from echoboard.hdl.address_map import PHASES, AddressMap, Region
+from echoboard.hdl.fixed import add_round_shift, wrap
+from echoboard.hdl.hru_core import Op, check_config
+from echoboard.hdl.hru_lane import HRULane
+from echoboard.hdl.kinds import hru_kind
+from echoboard.hdl.memories import MemoryBus, SharedMemory
 
 __all__ = ["SerialHRUCore", "LIMB", "SCRATCH", "check_serial_config", "cycles_per_step", "limbs", "products"]
 

@@ -1,7 +1,7 @@
 """Which HRU a format builds: the format's type is the build-time choice of the HRU."""
 from __future__ import annotations
 
-from golden_model.formats import FixedFormat
+from echoboard.golden_model.formats import FixedFormat
 
 __all__ = ["base_format", "hru_kind"]
 

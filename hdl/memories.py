@@ -11,7 +11,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from hdl.fixed import wrap
+from echoboard.hdl.fixed import wrap
 
 __all__ = ["MemoryBus", "SharedMemory", "AccumulatorMemory", "addr_width"]
 

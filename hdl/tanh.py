@@ -28,9 +28,9 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Const, Module, Mux, Value, signed, unsigned
 from amaranth.lib import memory
 
-from golden_model.tanh_table import TanhSpec
-from hdl.fixed import add_round_shift, partial_products, sub_round_shift
-from hdl.pipeline import Pipeline
+from echoboard.golden_model.tanh_table import TanhSpec
+from echoboard.hdl.fixed import add_round_shift, partial_products, sub_round_shift
+from echoboard.hdl.pipeline import Pipeline
 
 __all__ = ["TanhRom", "tanh_stages", "TANH_LATENCY"]
 

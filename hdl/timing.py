@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from amaranth.utils import ceil_log2
 
-from golden_model.formats import HRUSize
+from echoboard.golden_model.formats import HRUSize
 
 __all__ = ["LaneTiming", "TIMINGS", "SlotLengths", "cycles_per_step", "default_macs", "mac_latency",
            "oscillator_bound"]

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from golden_model.formats import FixedFormat, HRUSize
-from hdl.cores import check_core, make_core
-from hdl.kinds import base_format, hru_kind
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.hdl.cores import check_core, make_core
+from echoboard.hdl.kinds import base_format, hru_kind
 
 __all__ = ["core_verilog", "format_to_json", "format_from_json", "random_case", "golden_expectation",
            "run_core_case", "verify_core"]
@@ -38,7 +38,7 @@ TOPLEVEL = "hru_core"
 def _build_root() -> Path:
     """Verilog, Verilator builds, case files and runs: sim.paths.build_root()/hru_core (the current
     directory's build/ or --build-dir, never the package's folder)."""
-    from sim.paths import build_root
+    from echoboard.sim.paths import build_root
 
     return build_root(TOPLEVEL)
 
@@ -60,8 +60,8 @@ def format_to_json(fmt) -> dict:
 def format_from_json(spec: dict):
     if "nonlinear" not in spec:
         return FixedFormat(**spec)
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
-    from golden_model.tanh_table import TanhSpec
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.golden_model.tanh_table import TanhSpec
 
     fields = dict(spec["nonlinear"])
     return NonlinearFormat(base=FixedFormat(**fields.pop("base")), tanh=TanhSpec(**fields.pop("tanh")), **fields)
@@ -136,14 +136,14 @@ def golden_expectation(fmt, case: dict, block: bool = False, steps: bool | None 
     """
     import jax.numpy as jnp
 
-    from golden_model import hru_fixed
+    from echoboard.golden_model import hru_fixed
 
     ints = lambda x: np.asarray(x).tolist()  # noqa: E731
     arrays = {k: jnp.asarray(v, jnp.int64) for k, v in case.items()}
     if hru_kind(fmt) == "linear":
         model, q = hru_fixed, hru_fixed.LinearParamsInt(*(arrays[k] for k in ("A", "B", "delta")))
     else:
-        from golden_model import hru_fixed_nonlinear as model
+        from echoboard.golden_model import hru_fixed_nonlinear as model
 
         q = model.NonlinearParamsInt(*(arrays[k] for k in ("W", "bias", "sigma_c", "alpha", "B", "delta")))
     fwd = model.forward(q, arrays["u"], arrays["y0"], arrays["z0"], fmt)
@@ -172,13 +172,13 @@ def block_params(fmt, case: dict):
     """The case's words as a golden_model.hru_block.BlockParamsInt (linear: g = δ; nonlinear: the case's gain)."""
     import jax.numpy as jnp
 
-    from golden_model import hru_block, hru_fixed
+    from echoboard.golden_model import hru_block, hru_fixed
 
     a = {k: jnp.asarray(v, jnp.int64) for k, v in case.items()}
     if hru_kind(fmt) == "linear":
         q = hru_fixed.LinearParamsInt(a["A"], a["B"], a["delta"])
         return hru_block.BlockParamsInt(q, q.delta)
-    from golden_model import hru_fixed_nonlinear as nl
+    from echoboard.golden_model import hru_fixed_nonlinear as nl
 
     return hru_block.BlockParamsInt(nl.NonlinearParamsInt(*(a[k] for k in ("W", "bias", "sigma_c", "alpha", "B", "delta"))),
                                     a["gain"])
@@ -197,8 +197,8 @@ def block_steps(fmt, case: dict, y_final, z_final) -> tuple[dict, list, list]:
     """
     import jax.numpy as jnp
 
-    from golden_model import hru_block
-    from golden_model import hru_fixed as hx
+    from echoboard.golden_model import hru_block
+    from echoboard.golden_model import hru_fixed as hx
 
     hru, base = hru_kind(fmt), base_format(fmt)
     bq = block_params(fmt, case)
@@ -273,7 +273,7 @@ class StepAssembler:
 @functools.lru_cache(maxsize=None)
 def _verilog_file(fmt, size: HRUSize, lanes: int, core: str, root: Path) -> tuple[str, Path]:
     """(configuration name, Verilog path under ``root``) of a core, converted once per process."""
-    from sim.verilator import amaranth_to_verilog
+    from echoboard.sim.verilator import amaranth_to_verilog
 
     fmt_key = hashlib.sha256(json.dumps(format_to_json(fmt), sort_keys=True).encode()).hexdigest()[:8]
     prefix = ("" if hru_kind(fmt) == "linear" else "nl-") + ("" if core == "pipelined" else f"{core}-")
@@ -292,8 +292,8 @@ def run_core_case(fmt, size: HRUSize, lanes: int, cases: list[dict], expected: l
     Returns sim.verilator's ``SimResult``; its ``scoreboards["hru_core"]`` holds the summary and
     ``test_dir / "hru_core.cycles.json"`` the cycles of every command.
     """
-    from sim.testbenches import HRU_CORE
-    from sim.verilator import build_and_test
+    from echoboard.sim.testbenches import HRU_CORE
+    from echoboard.sim.verilator import build_and_test
 
     root = _build_root()
     config, verilog_path = _verilog_file(fmt, size, lanes, core, root)

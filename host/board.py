@@ -25,15 +25,15 @@ from contextlib import suppress
 
 import numpy as np
 
-from firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
-from firmware.protocol import (MATRIX_REGION_CODES, Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages,
+from echoboard.firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
+from echoboard.firmware.protocol import (MATRIX_REGION_CODES, Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages,
                                PassState, ProtocolError, Region, identify_request, unpack_identify)
-from golden_model import hru_fixed
-from golden_model.fixed import int_range
-from golden_model.formats import HRUSize
-from hdl.kinds import hru_kind
-from host.client import Client, LinkError
-from host.transports import Faults, FaultyTransport, GoldenTransport, open_serial
+from echoboard.golden_model import hru_fixed
+from echoboard.golden_model.fixed import int_range
+from echoboard.golden_model.formats import HRUSize
+from echoboard.hdl.kinds import hru_kind
+from echoboard.host.client import Client, LinkError
+from echoboard.host.transports import Faults, FaultyTransport, GoldenTransport, open_serial
 
 __all__ = ["Board"]
 
@@ -78,7 +78,7 @@ class Board:
         its HRU must be ``hru`` (or ``fmt``'s kind) when given.
         ``faults`` injects byte faults in both directions (host.transports.FaultyTransport).
         """
-        from firmware.top import image_format
+        from echoboard.firmware.top import image_format
 
         if fmt is not None and hru is not None and hru_kind(fmt) != hru:
             raise ValueError(f"fmt is a {hru_kind(fmt)} HRU's format, not a {hru} one")
@@ -86,8 +86,8 @@ class Board:
         process = None
         local_fmt = fmt or image_format(hru or "linear")
         if url == "sim":  # build (cached) and start the Verilated board image of this size; stop it on close
-            from sim.board_image import ImageConfig, simulated_board_executable
-            from sim.board_sim import SimulatedBoard
+            from echoboard.sim.board_image import ImageConfig, simulated_board_executable
+            from echoboard.sim.board_sim import SimulatedBoard
 
             config = ImageConfig(size or HRUSize(16, 8), local_fmt, core=core)
             # poll the socket every 128 cycles, not the harness's 1024: a request's round trip is
@@ -206,7 +206,7 @@ class Board:
         sums = {name: self._read_shaped(region) for name, region in self.config.accumulators.items()}
         if self.config.hru == "linear":
             return sums["acc_a"], sums["acc_b"]
-        from golden_model.hru_fixed_nonlinear import NonlinearAccumulators
+        from echoboard.golden_model.hru_fixed_nonlinear import NonlinearAccumulators
 
         return NonlinearAccumulators(**{name[len("acc_"):]: value for name, value in sums.items()})
 
@@ -214,7 +214,7 @@ class Board:
         """hru_fixed.LinearParamsInt or hru_fixed_nonlinear.NonlinearParamsInt (imported only then: JAX)."""
         if self.config.hru == "linear":
             return hru_fixed.LinearParamsInt
-        from golden_model.hru_fixed_nonlinear import NonlinearParamsInt
+        from echoboard.golden_model.hru_fixed_nonlinear import NonlinearParamsInt
 
         return NonlinearParamsInt
 

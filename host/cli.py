@@ -80,7 +80,7 @@ def add_check_gradients_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check_gradients(args) -> int:
-    from golden_model import report
+    from echoboard.golden_model import report
 
     if args.blocks < 0:
         raise ValueError(f"--blocks must be >= 0, got {args.blocks}")
@@ -104,7 +104,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sweep(args) -> int:
-    from golden_model import report
+    from echoboard.golden_model import report
 
     start = time.time()
     rows = report.sweep_formats(args.length, args.oscillators, args.inputs, tuple(args.seeds),
@@ -122,8 +122,8 @@ def run_sweep(args) -> int:
 
 
 def add_core_size_arguments(parser: argparse.ArgumentParser, default_lanes: int = 4) -> None:
-    from golden_model.formats import HRUSize
-    from hdl.cores import CORES
+    from echoboard.golden_model.formats import HRUSize
+    from echoboard.hdl.cores import CORES
 
     parser.add_argument("--oscillators", "-P", type=positive_int, default=HRUSize.oscillators, help="P")
     parser.add_argument("--inputs", "-N", type=positive_int, default=HRUSize.inputs, help="N")
@@ -140,21 +140,21 @@ def core_config(args):
     """(format, HRUSize, lanes) from add_core_size_arguments' options: the default FixedFormat, or
     with ``--hru nonlinear`` the default golden_model.hru_fixed_nonlinear.NonlinearFormat (the
     pipelined core's, core and board image alike)."""
-    from golden_model.formats import FixedFormat, HRUSize
+    from echoboard.golden_model.formats import FixedFormat, HRUSize
 
-    from firmware.protocol import check_addressable
+    from echoboard.firmware.protocol import check_addressable
 
     size = HRUSize(args.oscillators, args.inputs, args.max_length)
     check_addressable(size)  # -P 1000000: refused now, not after minutes of elaboration
     if args.hru == "linear":
         return FixedFormat(), size, args.lanes
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 
     return NonlinearFormat(), size, args.lanes
 
 
 def add_build_root_argument(parser: argparse.ArgumentParser) -> None:
-    from sim.paths import DEFAULT, ENV
+    from echoboard.sim.paths import DEFAULT, ENV
 
     parser.add_argument("--build-dir", dest="build_root", type=Path, default=None, metavar="DIR",
                         help=f"folder for generated Verilog, Verilator builds, runs and waves (default ${ENV}, "
@@ -168,8 +168,8 @@ def add_verilog_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_verilog(args) -> int:
-    from hdl.cores import check_core
-    from hdl.verilog import TOPLEVEL, core_verilog
+    from echoboard.hdl.cores import check_core
+    from echoboard.hdl.verilog import TOPLEVEL, core_verilog
 
     fmt, size, lanes = core_config(args)
     check_core(args.core, fmt, size, lanes)
@@ -181,7 +181,7 @@ def run_verilog(args) -> int:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    from host.selftest import BOARD_TARGETS, board_target
+    from echoboard.host.selftest import BOARD_TARGETS, board_target
 
     add_core_size_arguments(parser)
     parser.add_argument("--level", choices=("core", "board"), default="core",
@@ -216,7 +216,7 @@ def stdout_to_stderr():
 
 
 def run_verify(args) -> int:
-    from sim import waves
+    from echoboard.sim import waves
 
     fmt, size, lanes = core_config(args)
     if args.waves and args.level == "board" and args.target != "sim":
@@ -225,12 +225,12 @@ def run_verify(args) -> int:
     per_step = args.nudge == "per-step"
     with stdout_to_stderr(), (waves.recording() if args.waves else contextlib.nullcontext()) as traces:
         if args.level == "core":
-            from hdl.verilog import verify_core
+            from echoboard.hdl.verilog import verify_core
 
             passed, report = verify_core(fmt, size, lanes, length=args.length, seed=args.seed, per_step_nudge=per_step,
                                          core=args.core)
         else:
-            from host.selftest import verify_board_at
+            from echoboard.host.selftest import verify_board_at
 
             result = verify_board_at(args.target, fmt, size, lanes, args.core, seed=args.seed, length=args.length,
                                      per_step_nudge=per_step)
@@ -259,9 +259,9 @@ def add_sim_board_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sim_board(args) -> int:
-    from sim import board_sim
-    from sim.board_image import ImageConfig, simulated_board_executable
-    from sim.paths import build_root
+    from echoboard.sim import board_sim
+    from echoboard.sim.board_image import ImageConfig, simulated_board_executable
+    from echoboard.sim.paths import build_root
 
     fmt, size, lanes = core_config(args)
     config = ImageConfig(size, fmt, lanes, args.core)  # --core serial: the iCEBreaker's image
@@ -309,7 +309,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from host import train
+    from echoboard.host import train
 
     parser = Parser(prog="echoboard", description="RHEL-trained Hamiltonian recurrent units on FPGAs.",
                     formatter_class=HelpFormatter,
@@ -318,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "a real board's bring-up: docs/bringup.md")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from firmware import boards, program
-    from host import selftest
+    from echoboard.firmware import boards, program
+    from echoboard.host import selftest
 
     subcommands = [
         ("check-gradients", add_check_gradients_arguments, "RHEL (float and fixed point) against float64 BPTT, per parameter"),
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         command = f"echoboard {args.command}"
         if getattr(args, "build_root", None) is not None:
-            from sim.paths import set_build_root
+            from echoboard.sim.paths import set_build_root
 
             set_build_root(args.build_root)
         return int(args.run(args) or 0)

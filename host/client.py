@@ -25,9 +25,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from firmware.protocol import (Command, CoreConfig, Deframer, FrameError, Reply, Request, Status, identify_request,
+from echoboard.firmware.protocol import (Command, CoreConfig, Deframer, FrameError, Reply, Request, Status, identify_request,
                                unpack_identify)
-from host.transports import Transport
+from echoboard.host.transports import Transport
 
 __all__ = ["Client", "LinkError", "LinkStats"]
 

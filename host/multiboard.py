@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from golden_model import hru_fixed as hx
-from golden_model.fixed import wrap
-from golden_model.formats import FixedFormat, HRUSize
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model.fixed import wrap
+from echoboard.golden_model.formats import FixedFormat, HRUSize
 
 __all__ = ["BoardActor", "BoardFailure", "MultiBoardTarget", "board_targets", "open_multiboard", "resource_name"]
 
@@ -95,7 +95,7 @@ class BoardActor:
     """
 
     def __init__(self, cfg, fmt: FixedFormat, size: HRUSize, n_inputs: int):
-        from host.train import BoardTarget, open_board
+        from echoboard.host.train import BoardTarget, open_board
 
         self.board = open_board(cfg, fmt, size, n_inputs)
         self.target = BoardTarget(self.board)
@@ -124,7 +124,7 @@ class BoardActor:
         return self.target.finish()
 
     def link(self) -> dict:
-        from host.train import link_summary
+        from echoboard.host.train import link_summary
 
         return link_summary(self.board)
 
@@ -133,7 +133,7 @@ class BoardActor:
 
 
 class MultiBoardTarget:
-    """golden_model.model's FixedTarget over B board actors (module docstring)."""
+    """echoboard.golden_model.model's FixedTarget over B board actors (module docstring)."""
 
     def __init__(self, actors: list, urls: list[str], fmt: FixedFormat):
         self.actors, self.urls, self.fmt = list(actors), list(urls), fmt
@@ -256,7 +256,7 @@ def open_multiboard(cfg, fmt: FixedFormat, size: HRUSize, n_inputs: int, stack) 
     for url in urls:
         needed[resource_name(url)] = needed.get(resource_name(url), 0) + 1
     if "sim" in urls:  # build (or find) the image here once, not in every actor at the same time
-        from host.train import build_simulated_board
+        from echoboard.host.train import build_simulated_board
 
         build_simulated_board(HRUSize(cfg.oscillators, n_inputs, size.max_length), fmt)
     if _init_ray(cfg.ray_address, needed):

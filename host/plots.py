@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from golden_model import hru_fixed as hx
-from golden_model.formats import FixedFormat, dequantize
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model.formats import FixedFormat, dequantize
 
 __all__ = ["plot_history", "echo_trajectories", "plot_echo_retrace"]
 

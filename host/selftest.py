@@ -39,7 +39,7 @@ from contextlib import suppress
 
 import numpy as np
 
-from firmware.protocol import Capability, Command, CoreConfig, ProtocolError, Region, Status
+from echoboard.firmware.protocol import Capability, Command, CoreConfig, ProtocolError, Region, Status
 
 __all__ = ["BOARD_TARGETS", "board_target", "expected_config", "run_selftest", "verify_board_at",
            "add_selftest_arguments"]
@@ -60,15 +60,15 @@ def board_target(text: str) -> str:
 
 def expected_config(target: str, reported: CoreConfig, *, size=None, fmt=None, core: str = "pipelined") -> CoreConfig:
     """What IDENTIFY must say: the configuration of the image the host would build (module docstring)."""
-    from firmware.top import image_format
-    from golden_model.formats import HRUSize
+    from echoboard.firmware.top import image_format
+    from echoboard.golden_model.formats import HRUSize
 
     if target == "golden":
-        from firmware.board_model import MODEL_BUILD_HASH
+        from echoboard.firmware.board_model import MODEL_BUILD_HASH
 
         return CoreConfig(size or HRUSize(16, 8), fmt or image_format(), capabilities=Capability.ECHO_STREAM,
                           build_hash=MODEL_BUILD_HASH)
-    from sim.board_image import ImageConfig, board_config
+    from echoboard.sim.board_image import ImageConfig, board_config
 
     if target == "sim":
         return board_config(ImageConfig(size or HRUSize(16, 8), fmt or image_format(), 1, core))
@@ -93,7 +93,7 @@ def _show(value) -> str:
 
 def _other_core(reported: CoreConfig, core: str) -> str | None:
     """The other core whose image has the reported hash, if any (a hint for --core)."""
-    from sim.board_image import ImageConfig, board_config
+    from echoboard.sim.board_image import ImageConfig, board_config
 
     for other in ("pipelined", "serial"):
         if other == core:
@@ -179,7 +179,7 @@ def _accumulators(board) -> list:
 
 
 def check_retrace(board, *, passes: int, length: int, seed: int) -> dict:
-    from hdl.verilog import random_case
+    from echoboard.hdl.verilog import random_case
 
     config = board.config
     P, ws = config.size.oscillators, config.base.state_width
@@ -284,11 +284,11 @@ def verify_board_at(target: str, fmt, size, lanes: int, core: str, **case) -> di
     ``serial://`` is verified at the size, format and lanes it reports, and must report the build
     hash of this checkout's image of that configuration with ``core``.
     """
-    from firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
-    from firmware.top import image_config
-    from host.board import Board
-    from host.transports import GoldenTransport, open_serial
-    from sim.board_image import ImageConfig, verify_board
+    from echoboard.firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
+    from echoboard.firmware.top import image_config
+    from echoboard.host.board import Board
+    from echoboard.host.transports import GoldenTransport, open_serial
+    from echoboard.sim.board_image import ImageConfig, verify_board
 
     if target == "sim":
         size.check_length(case["length"])
@@ -310,8 +310,8 @@ def verify_board_at(target: str, fmt, size, lanes: int, core: str, **case) -> di
 
 
 def add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
-    from hdl.cores import CORES
-    from host.cli import positive_int
+    from echoboard.hdl.cores import CORES
+    from echoboard.host.cli import positive_int
 
     parser.add_argument("--target", type=board_target, default="sim", metavar="URL",
                         help=f"{BOARD_TARGETS} (default sim: the simulated board, started here)")
@@ -332,8 +332,8 @@ def add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_selftest_command(args) -> int:
-    from golden_model.formats import HRUSize
-    from host.board import Board
+    from echoboard.golden_model.formats import HRUSize
+    from echoboard.host.board import Board
 
     if not args.timeout > 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
@@ -345,7 +345,7 @@ def run_selftest_command(args) -> int:
     local = args.target in ("sim", "golden")
     fmt = None
     if args.hru is not None or local:
-        from firmware.top import image_format
+        from echoboard.firmware.top import image_format
 
         fmt = image_format(args.hru or "linear")
     try:  # a board of another size is the identify check's failure, not an error
@@ -363,6 +363,6 @@ def run_selftest_command(args) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from host.cli import main
+    from echoboard.host.cli import main
 
     sys.exit(main(["selftest", *sys.argv[1:]]))

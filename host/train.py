@@ -45,14 +45,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from golden_model import hru_block as hb
-from golden_model import hru_fixed as hx
-from golden_model import hssm, model
-from golden_model.formats import FixedFormat, HRUSize
-from golden_model.hssm_lockstep import LockstepBlocks
-from golden_model.fixed import int_range
-from host import plots
-from host.datasets import FEATURES, load_dataset
+from echoboard.golden_model import hru_block as hb
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import hssm, model
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.golden_model.hssm_lockstep import LockstepBlocks
+from echoboard.golden_model.fixed import int_range
+from echoboard.host import plots
+from echoboard.host.datasets import FEATURES, load_dataset
 
 TARGETS = ("sim", "golden", "inprocess")  # plus socket:// and serial:// board URLs
 URL_SCHEMES = ("socket://", "serial://")
@@ -139,7 +139,7 @@ def load_checkpoint(path: str) -> tuple[dict, dict, np.random.Generator, dict]:
 
 
 class BoardTarget:
-    """golden_model.model's FixedTarget on a board, through the Board API (one sample at a time).
+    """echoboard.golden_model.model's FixedTarget on a board, through the Board API (one sample at a time).
 
     ``load`` writes the quantised parameters (and clears accumulators left by anything else);
     ``run`` per live lane: FORWARD from zero state, the host's head and nudge, ECHO (the board
@@ -216,8 +216,8 @@ def is_board_target(target: str) -> bool:
 
 def open_board(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int):
     """The Board for ``cfg.target`` (sized for the model when it is the golden board model)."""
-    from host.board import Board
-    from host.transports import Faults
+    from echoboard.host.board import Board
+    from echoboard.host.transports import Faults
 
     kw = {}
     if cfg.faults:
@@ -234,8 +234,8 @@ def open_board(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int)
 def build_simulated_board(size: HRUSize, fmt: FixedFormat) -> None:
     """Build (or find in the cache) the simulated board of ``size`` before Board.open("sim") starts it,
     saying so: the first run of a model size spends about a minute in Amaranth and Verilator, silently otherwise."""
-    from sim.board_image import ImageConfig, simulated_board_executable
-    from sim.paths import build_root
+    from echoboard.sim.board_image import ImageConfig, simulated_board_executable
+    from echoboard.sim.paths import build_root
 
     print(f"simulated board (P = {size.oscillators}, N = {size.inputs}): building the Verilated board image "
           f"unless {build_root('board_sim')}/ has it (a first build takes about a minute) ...", file=sys.stderr, flush=True)
@@ -267,7 +267,7 @@ def _target_kind(target: str) -> str:
 
 def _validate(cfg: TrainConfig) -> None:
     if uses_ray(cfg):
-        from host.multiboard import board_targets
+        from echoboard.host.multiboard import board_targets
 
         board_targets(cfg.target, cfg.boards)
         if cfg.algo != "rhel" or cfg.blocks:
@@ -423,7 +423,7 @@ def open_target(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int
     if not is_board_target(cfg.target):
         return None, model.InProcessTarget(fmt)
     if uses_ray(cfg):  # B boards through Ray: the summary's link and boards come from the target
-        from host.multiboard import open_multiboard
+        from echoboard.host.multiboard import open_multiboard
 
         return None, open_multiboard(cfg, fmt, size, n_inputs, stack)
     board = stack.enter_context(open_board(cfg, fmt, size, n_inputs))

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import serial
 from serial.urlhandler import protocol_socket
 
-from firmware.board_model import GoldenBoard
+from echoboard.firmware.board_model import GoldenBoard
 
 __all__ = ["Transport", "DEFAULT_BAUD", "open_serial", "SocketPort", "GoldenTransport", "Faults", "FaultyTransport"]
 

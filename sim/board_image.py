@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware.protocol import (MATRIX_REGION_CODES, Command, CoreConfig, Deframer, EchoMode, Messages, Region, Reply,
+from echoboard.firmware.protocol import (MATRIX_REGION_CODES, Command, CoreConfig, Deframer, EchoMode, Messages, Region, Reply,
                                Request, identify_request)
-from golden_model.formats import FixedFormat, HRUSize
-from hdl.kinds import hru_kind
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.hdl.kinds import hru_kind
 
 __all__ = ["ImageConfig", "REPO", "image_verilog", "simulated_board_executable", "board_config",
            "ProtocolClient", "verify_board"]
@@ -59,7 +59,7 @@ class ImageConfig:
 
     def __post_init__(self):
         """Clear errors before a slow build: the core must accept the size, and frames must drive it."""
-        from hdl.cores import check_core
+        from echoboard.hdl.cores import check_core
 
         check_core(self.core, self.fmt, self.size, self.lanes)
         CoreConfig(self.size, self.fmt, self.lanes)
@@ -71,7 +71,7 @@ class ImageConfig:
 
     @property
     def name(self) -> str:
-        from hdl.verilog import format_to_json
+        from echoboard.hdl.verilog import format_to_json
 
         fmt_key = hashlib.sha256(json.dumps(format_to_json(self.fmt), sort_keys=True).encode()).hexdigest()[:8]
         s, prefix = self.size, ("" if self.core == "pipelined" else f"{self.core}-") + (
@@ -98,7 +98,7 @@ def image_verilog(config, build_root: os.PathLike | str | None = None) -> Path:
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")  # reproducible: never a Yosys from PATH
     from amaranth.back import verilog
 
-    from firmware.top import SIM_TOP, BoardImage
+    from echoboard.firmware.top import SIM_TOP, BoardImage
 
     text = verilog.convert(BoardImage(config.fmt, config.size, config.lanes, core=config.core), name=SIM_TOP,
                            emit_src=False)
@@ -111,7 +111,7 @@ def image_verilog(config, build_root: os.PathLike | str | None = None) -> Path:
 
 def _root(build_root: os.PathLike | str | None) -> Path:
     """The simulated boards' build folder: ``build_root``, else sim.paths.build_root()'s board_sim/."""
-    from sim.paths import build_root as default
+    from echoboard.sim.paths import build_root as default
 
     return Path(build_root).resolve() if build_root is not None else default("board_sim")
 
@@ -119,8 +119,8 @@ def _root(build_root: os.PathLike | str | None) -> Path:
 def simulated_board_executable(config, build_root: os.PathLike | str | None = None, *,
                                quiet: bool = True) -> Path:
     """Build (or reuse) the simulated board of ``config``; return the executable's path."""
-    from firmware.top import SIM_TOP
-    from sim import board_sim
+    from echoboard.firmware.top import SIM_TOP
+    from echoboard.sim import board_sim
 
     verilog_path = image_verilog(config, build_root)
     return board_sim.build(verilog_path, SIM_TOP, _root(build_root), extra_args=_VERILATOR_ARGS, quiet=quiet)
@@ -128,7 +128,7 @@ def simulated_board_executable(config, build_root: os.PathLike | str | None = No
 
 def board_config(config) -> CoreConfig:
     """What the image of ``config`` reports through IDENTIFY (with its design hash)."""
-    from firmware.top import design_hash, image_config
+    from echoboard.firmware.top import design_hash, image_config
 
     c = ImageConfig.of(config)
     return image_config(c.fmt, c.size, c.lanes, design_hash(c.fmt, c.size, c.lanes, c.core))
@@ -255,9 +255,9 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
     plus replies checked byte for byte against the golden board; ``corrupt`` flips one expected
     integer (to prove that a mismatch is caught).
     """
-    from firmware.board_model import GoldenBoard
-    from hdl.verilog import golden_expectation, random_case
-    from sim import board_sim
+    from echoboard.firmware.board_model import GoldenBoard
+    from echoboard.hdl.verilog import golden_expectation, random_case
+    from echoboard.sim import board_sim
 
     image = ImageConfig.of(config)
     core_config = board_config(image) if identify is None else identify

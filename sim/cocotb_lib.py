@@ -27,7 +27,7 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, ReadOnly, with_timeout
 
-from sim.verilator import MISMATCH_SUFFIX, SUMMARY_SUFFIX
+from echoboard.sim.verilator import MISMATCH_SUFFIX, SUMMARY_SUFFIX
 
 #: The clock period every testbench uses unless it says otherwise.
 CLOCK_PERIOD_NS = 10

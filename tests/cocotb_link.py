@@ -21,9 +21,9 @@ import cocotb
 from cobs import cobs
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, Timer
 
-from firmware import protocol
-from firmware.link import FrameByte, FrameHeader, ReplyByte
-from sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, start_clock_and_reset
+from echoboard.firmware import protocol
+from echoboard.firmware.link import FrameByte, FrameHeader, ReplyByte
+from echoboard.sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, start_clock_and_reset
 from test_firmware_link_pysim import COUNTERS, counts, expected_frames
 
 REPLY_TIMEOUT_CYCLES = 200_000

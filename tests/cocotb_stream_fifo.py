@@ -10,7 +10,7 @@ import random
 import cocotb
 from cocotb.simtime import get_sim_time
 
-from sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, StreamMonitor, start_clock_and_reset
+from echoboard.sim.cocotb_lib import CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, StreamMonitor, start_clock_and_reset
 from stream_dut import Sample
 
 

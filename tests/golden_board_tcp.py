@@ -4,8 +4,8 @@ import socket
 import threading
 from contextlib import contextmanager
 
-from firmware.board_model import GoldenBoard
-from firmware.protocol import CoreConfig
+from echoboard.firmware.board_model import GoldenBoard
+from echoboard.firmware.protocol import CoreConfig
 
 
 @contextmanager

@@ -107,7 +107,7 @@ def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
 
 def test_check_gradients_table_names_the_command_of_each_report(tmp_path):
     from benchmarks import check_gradients_table
-    from golden_model import report
+    from echoboard.golden_model import report
 
     path = tmp_path / "check_gradients_x.json"
     path.write_text(json.dumps(report.check_stack_gradients("linear", 2, 4, 48, 4, 2)))

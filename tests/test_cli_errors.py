@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from host import cli
+from echoboard.host import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,18 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # Python started so never raises KeyboardInterrupt: the Ctrl-C test starts the CLI through this
 # one-liner, which gives SIGINT its default disposition and execs the CLI (kept across exec).
 DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                  "os.execv(sys.executable, [sys.executable, '-m', 'host.cli', *sys.argv[1:]])")
+                  "os.execv(sys.executable, [sys.executable, '-m', 'echoboard.host.cli', *sys.argv[1:]])")
 
 
 def start_cli(*argv, cwd=None, env=None, default_sigint=False) -> subprocess.Popen:
-    launcher = ["-c", DEFAULT_SIGINT] if default_sigint else ["-m", "host.cli"]
+    launcher = ["-c", DEFAULT_SIGINT] if default_sigint else ["-m", "echoboard.host.cli"]
     return subprocess.Popen([sys.executable, *launcher, *argv], cwd=cwd or ROOT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def run_cli(*argv, cwd=None, env=None) -> tuple[int, str, list[str], float]:
-    """(exit status, stdout, stderr lines, seconds) of `python -m host.cli ARGV`."""
+    """(exit status, stdout, stderr lines, seconds) of `python -m echoboard.host.cli ARGV`."""
     start = time.monotonic()
     proc = start_cli(*argv, cwd=cwd, env=env)
     out, err = proc.communicate(timeout=120)
@@ -111,7 +111,7 @@ def test_port_in_use_is_one_line_before_the_build():
 
 def test_missing_serial_device_is_one_line(monkeypatch, capsys):
     """An OSError from pyserial (serial.SerialException) reaching main: one line, exit 1."""
-    from host.transports import open_serial
+    from echoboard.host.transports import open_serial
 
     monkeypatch.setattr(cli, "run_verilog", lambda args: open_serial("serial:///dev/ttyEchoboardNone?baud=3000000"))
     assert cli.main(["verilog"]) == 1

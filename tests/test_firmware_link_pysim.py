@@ -15,10 +15,10 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 from cobs import cobs
 
-from firmware import protocol
-from firmware.link import (COBSDecoder, COBSEncoder, CRCAppender, FrameByte, FrameHeader, FrameReceiver, Link,
+from echoboard.firmware import protocol
+from echoboard.firmware.link import (COBSDecoder, COBSEncoder, CRCAppender, FrameByte, FrameHeader, FrameReceiver, Link,
                            ReplyByte, ReplyCache, UARTRx, UARTTx, baud_divisor)
-from firmware.protocol import MAX_FRAME_BYTES, FrameError, Status
+from echoboard.firmware.protocol import MAX_FRAME_BYTES, FrameError, Status
 
 COUNTERS = ("frames_ok", "crc_errors", "framing_errors", "overruns")
 

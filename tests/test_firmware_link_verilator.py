@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware.link import Link
-from sim.verilator import amaranth_to_verilog, build_and_test
+from echoboard.firmware.link import Link
+from echoboard.sim.verilator import amaranth_to_verilog, build_and_test
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE.parent / "build" / "sim"

@@ -9,9 +9,9 @@ from cobs import cobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware import protocol as p
-from golden_model.formats import FixedFormat, HRUSize
-from hdl import address_map
+from echoboard.firmware import protocol as p
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.hdl import address_map
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -225,8 +225,8 @@ def test_identify_rejects_other_versions_and_lists_every_format_field():
 
 
 def test_nonlinear_identify_round_trip_and_format_fields():
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
-    from golden_model.tanh_table import TanhSpec
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.golden_model.tanh_table import TanhSpec
 
     fmt = NonlinearFormat(base=FixedFormat(loss_scale_log2=3), tanh=TanhSpec(7, 3, 16), coef_w_frac=15,
                           acc_ty_shift=12)
@@ -312,8 +312,8 @@ def test_default_core_limits():
 
 
 def test_regions_match_the_core_address_map():
-    from hdl.hru_lane import HRULane
-    from hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
+    from echoboard.hdl.hru_lane import HRULane
+    from echoboard.hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
 
     assert {r.name: int(r) for r in p.Region} == {r.name: int(r) for r in address_map.Region}
     # the HSSM block mode's own regions (hdl: BLOCK_PARAMETERS, BLOCK_ACCUMULATORS) are not the board's yet
@@ -325,7 +325,7 @@ def test_regions_match_the_core_address_map():
 
 
 def test_nonlinear_regions_widths_and_access():
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 
     config = p.CoreConfig(HRUSize(16, 8, 1000), NonlinearFormat())
     f, m = config.base, p.Messages(config)
@@ -388,9 +388,9 @@ def test_docs_examples_are_what_the_code_encodes():
 
 
 def test_draft_block_regions_match_the_core():
-    from hdl.address_map import LinearRegion
-    from hdl.hru_lane import HRULane
-    from hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
+    from echoboard.hdl.address_map import LinearRegion
+    from echoboard.hdl.hru_lane import HRULane
+    from echoboard.hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
 
     assert {r.name: int(r) for r in p.LinearBlockRegion} == {r.name: int(r) for r in LinearRegion}
     assert {r.name: int(r) for r in p.NonlinearBlockRegion} == {r.name: int(r) for r in NonlinearRegion}
@@ -401,7 +401,7 @@ def test_draft_block_regions_match_the_core():
 
 
 def test_draft_capability_gates_the_block_regions():
-    from golden_model.hru_fixed_nonlinear import NonlinearFormat
+    from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 
     plain = p.CoreConfig(HRUSize(4, 2, 100), capabilities=p.Capability.ECHO_STREAM)
     block = dataclasses.replace(plain, capabilities=p.Capability.ECHO_STREAM | p.Capability.ECHO_OUTPUTS)
@@ -422,7 +422,7 @@ def test_draft_capability_gates_the_block_regions():
 def test_draft_codes_are_refused_by_a_board_without_the_capability():
     """Outside Command/ForwardFlags/EchoMode, so today's board (the golden board; the sequencer
     takes the same sets) answers them with UNKNOWN_COMMAND / BAD_ARGUMENT instead of ignoring them."""
-    from firmware.board_model import GoldenBoard
+    from echoboard.firmware.board_model import GoldenBoard
 
     assert {int(c) for c in p.StreamCommand}.isdisjoint(int(c) for c in p.Command)
     flags = int(p.StreamFlags.OUTPUTS)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from golden_model.fixed import floor_shift, round_shift, wrap
-from golden_model.formats import FixedFormat, quantize
+from echoboard.golden_model.fixed import floor_shift, round_shift, wrap
+from echoboard.golden_model.formats import FixedFormat, quantize
 
 INT62 = st.integers(min_value=-(2**62), max_value=2**62)
 

@@ -10,15 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from golden_model import hru_block as hb
-from golden_model import hru_fixed as hx
-from golden_model import hru_float as hf
-from golden_model import hssm, hssm_lockstep, report
-from golden_model.formats import FixedFormat, length_scale_log2
-from golden_model.report import cosine, norm_ratio
-from host import cli
-from host import train as host_train
-from host.train import TrainConfig, train
+from echoboard.golden_model import hru_block as hb
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import hru_float as hf
+from echoboard.golden_model import hssm, hssm_lockstep, report
+from echoboard.golden_model.formats import FixedFormat, length_scale_log2
+from echoboard.golden_model.report import cosine, norm_ratio
+from echoboard.host import cli
+from echoboard.host import train as host_train
+from echoboard.host.train import TrainConfig, train
 
 
 def _block_case(hru: str, length: int = 300, P: int = 6, N: int = 3, seed: int = 0):

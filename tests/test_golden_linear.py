@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import golden_oracle
-from golden_model import hru_fixed, report
-from golden_model.formats import FixedFormat
+from echoboard.golden_model import hru_fixed, report
+from echoboard.golden_model.formats import FixedFormat
 
 FMT = FixedFormat()
 

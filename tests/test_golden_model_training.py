@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from golden_model import hru_fixed as hx
-from golden_model import hru_float as hf
-from golden_model import model
-from golden_model.formats import FixedFormat
-from host import cli
-from host.datasets import load_dataset
-from host.train import TrainConfig, train
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import hru_float as hf
+from echoboard.golden_model import model
+from echoboard.golden_model.formats import FixedFormat
+from echoboard.host import cli
+from echoboard.host.datasets import load_dataset
+from echoboard.host.train import TrainConfig, train
 
 FMT = FixedFormat()
 P, N, C = 12, 5, 4
@@ -126,7 +126,7 @@ def test_bad_input_is_a_clear_error(batch):
 
 
 def test_a_few_fixed_point_rhel_steps_reduce_the_loss():
-    from host.train import adam_step
+    from echoboard.host.train import adam_step
 
     d = load_dataset("BasicMotions", clip=15.0)
     idx = np.arange(0, 40, 5)  # two samples per class

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import golden_model  # noqa: F401  (enables x64)
-from golden_model import hru_fixed, hru_float
-from golden_model import hru_fixed_nonlinear as nl
-from golden_model.formats import FixedFormat
-from golden_model.tanh_table import MAX_ENTRIES, TanhSpec, tanh_fixed
+import echoboard.golden_model  # noqa: F401  (enables x64)
+from echoboard.golden_model import hru_fixed, hru_float
+from echoboard.golden_model import hru_fixed_nonlinear as nl
+from echoboard.golden_model.formats import FixedFormat
+from echoboard.golden_model.tanh_table import MAX_ENTRIES, TanhSpec, tanh_fixed
 
 FMT = nl.NonlinearFormat()
 PARAMS = ("W", "b", "c", "alpha", "B")

@@ -1,5 +1,5 @@
 """Float64 nonlinear HRU: RHEL approaches BPTT with an O(ε²) bias."""
-from golden_model import report
+from echoboard.golden_model import report
 
 
 def test_nonlinear_rhel_matches_bptt_with_quadratic_bias():

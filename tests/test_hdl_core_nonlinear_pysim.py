@@ -9,15 +9,15 @@ import dataclasses
 import pytest
 from test_hdl_core_pysim import SMALL, check_block_mode, check_forced_overflows_saturate, run_core, run_minibatch
 
-import hdl.timing
-from golden_model.formats import FixedFormat, HRUSize
-from golden_model.hru_fixed_nonlinear import NonlinearFormat
-from golden_model.tanh_table import TanhSpec
-from hdl.address_map import AddressMap, Region
-from hdl.hru_core import HRUCore, lane_class
-from hdl.hru_nonlinear import NonlinearRegion
-from hdl.timing import TIMINGS, SlotLengths, cycles_per_step, oscillator_bound
-from hdl.verilog import golden_expectation, random_case
+import echoboard.hdl.timing
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+from echoboard.golden_model.tanh_table import TanhSpec
+from echoboard.hdl.address_map import AddressMap, Region
+from echoboard.hdl.hru_core import HRUCore, lane_class
+from echoboard.hdl.hru_nonlinear import NonlinearRegion
+from echoboard.hdl.timing import TIMINGS, SlotLengths, cycles_per_step, oscillator_bound
+from echoboard.hdl.verilog import golden_expectation, random_case
 
 # 16-bit state, a 128-entry tanh table (T = 10): every product still spans two DSP limbs somewhere
 SMALL_NL = NonlinearFormat(base=SMALL, tanh=TanhSpec(addr_frac=4, range_log2=3, out_frac=10), coef_w_frac=8,
@@ -111,7 +111,7 @@ def test_nonlinear_slot_minimum_is_tight(size, monkeypatch):
         osc = lengths.osc - echo
         return SlotLengths(mac=lengths.mac, osc=osc, both=max(lengths.mac, osc))
 
-    monkeypatch.setattr(hdl.timing.SlotLengths, "of", one_short)
+    monkeypatch.setattr(echoboard.hdl.timing.SlotLengths, "of", one_short)
     got = run_core(SMALL_NL, size, 1, case)
     assert got["forward"] == want["forward"] and got["echo"] != want["echo"]
 

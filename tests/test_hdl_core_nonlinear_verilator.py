@@ -13,10 +13,10 @@ import json
 import pytest
 from test_hdl_core_verilator import _cases, block_cases, block_compared, the_only_mismatch
 
-from golden_model.formats import HRUSize
-from golden_model.hru_fixed_nonlinear import NonlinearFormat
-from hdl.timing import cycles_per_step
-from hdl.verilog import golden_expectation, random_case, run_core_case
+from echoboard.golden_model.formats import HRUSize
+from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+from echoboard.hdl.timing import cycles_per_step
+from echoboard.hdl.verilog import golden_expectation, random_case, run_core_case
 
 CONFIGS = {  # name: (format, size, lanes)
     "small": (NonlinearFormat(), HRUSize(oscillators=4, inputs=2, max_length=4096), 2),
@@ -66,7 +66,7 @@ def test_nonlinear_corrupted_expectation_fails_and_names_the_field():
 
 
 def test_nonlinear_verilog_cli_writes_the_core(tmp_path):
-    from host.cli import main
+    from echoboard.host.cli import main
 
     out = tmp_path / "core.v"
     assert main(["verilog", "--hru", "nonlinear", "-P", "4", "-N", "2", "-K", "2", "-o", str(out)]) == 0
@@ -75,7 +75,7 @@ def test_nonlinear_verilog_cli_writes_the_core(tmp_path):
 
 
 def test_nonlinear_verify_cli_reports_a_clean_run(capfd):
-    from host.cli import main
+    from echoboard.host.cli import main
 
     fmt, size, lanes = CONFIGS["small"]
     assert fmt == NonlinearFormat()  # the CLI builds the default format: the same Verilog as above

@@ -8,11 +8,11 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from golden_model.formats import FixedFormat, HRUSize
-from hdl.address_map import PHASES, Region
-from hdl.hru_core import HRUCore, Op
-from hdl.timing import SlotLengths, cycles_per_step, default_macs, oscillator_bound
-from hdl.verilog import StepAssembler, golden_expectation, random_case
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.hdl.address_map import PHASES, Region
+from echoboard.hdl.hru_core import HRUCore, Op
+from echoboard.hdl.timing import SlotLengths, cycles_per_step, default_macs, oscillator_bound
+from echoboard.hdl.verilog import StepAssembler, golden_expectation, random_case
 
 SMALL = FixedFormat(state_width=16, state_frac=8, input_width=8, input_frac=5, coef_width=10,
                     coef_a_frac=6, coef_b_frac=7, delta_frac=8, acc_width=24, acc_a_shift=4,
@@ -320,18 +320,18 @@ def test_zero_nudge_echo_returns_the_initial_state_bit_for_bit():
                                   HRUSize(oscillators=8, inputs=1, max_length=64)])  # echo: d's hazard = 16
 def test_slot_minimum_is_tight(size, monkeypatch):
     """The hazard minimum of a slot is necessary, not just sufficient: one cycle less breaks the result."""
-    import hdl.timing
+    import echoboard.hdl.timing
 
     case = random_case(SMALL, size, length=6, seed=41)
     want = golden_expectation(SMALL, case)
     assert run_core(SMALL, size, 1, case)["echo"] == want["echo"]
-    exact = hdl.timing.SlotLengths.of
+    exact = echoboard.hdl.timing.SlotLengths.of
 
-    def one_short(rows, inputs, echo, macs=1, timing=hdl.timing.TIMINGS["linear"]):
+    def one_short(rows, inputs, echo, macs=1, timing=echoboard.hdl.timing.TIMINGS["linear"]):
         lengths = exact(rows, inputs, echo, macs, timing)
-        return hdl.timing.SlotLengths(mac=lengths.mac, osc=lengths.osc - 1, both=max(lengths.mac, lengths.osc - 1))
+        return echoboard.hdl.timing.SlotLengths(mac=lengths.mac, osc=lengths.osc - 1, both=max(lengths.mac, lengths.osc - 1))
 
-    monkeypatch.setattr(hdl.timing.SlotLengths, "of", one_short)
+    monkeypatch.setattr(echoboard.hdl.timing.SlotLengths, "of", one_short)
     assert run_core(SMALL, size, 1, case)["echo"] != want["echo"]
 
 

@@ -9,12 +9,12 @@ from amaranth.sim import Simulator
 from test_hdl_core_pysim import (SMALL, CoreDriver, check_forced_overflows_saturate, check_minibatch_sums,
                                  check_per_step_nudge_stream, run_core)
 
-from golden_model.formats import FixedFormat, HRUSize
-from golden_model.hru_fixed_nonlinear import NonlinearFormat
-from hdl.cores import check_core
-from hdl.address_map import Region
-from hdl.hru_serial import SerialHRUCore, cycles_per_step, limbs
-from hdl.verilog import golden_expectation, random_case, run_core_case
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
+from echoboard.hdl.cores import check_core
+from echoboard.hdl.address_map import Region
+from echoboard.hdl.hru_serial import SerialHRUCore, cycles_per_step, limbs
+from echoboard.hdl.verilog import golden_expectation, random_case, run_core_case
 
 CONFIGS = [
     (SMALL, HRUSize(oscillators=2, inputs=1, max_length=64)),  # one limb per state operand
@@ -120,7 +120,7 @@ def test_serial_core_matches_golden_under_verilator():
 def test_serial_board_image_through_the_protocol(per_step):
     """The iCEBreaker's image (link + sequencer + serial core) as a simulated board: every integer
     and every reply equal to the golden board's, constant nudge or echo STREAM mode."""
-    from sim.board_image import ImageConfig, verify_board
+    from echoboard.sim.board_image import ImageConfig, verify_board
 
     config = ImageConfig(HRUSize(4, 2, 65536), FixedFormat(), 1, core="serial")
     result = verify_board(config, seed=3 + per_step, length=30, per_step_nudge=per_step)

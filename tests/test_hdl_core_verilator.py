@@ -1,6 +1,6 @@
 """HRUCore under cocotb + Verilator against golden_model.hru_fixed: every field compared with ==.
 
-Three size/format configurations (one Verilator build each, cached by sim.verilator), random
+Three size/format configurations (one Verilator build each, cached by echoboard.sim.verilator), random
 parameters, inputs and nudges (constant, and per step through the nudge stream), random idle on
 the input streams; a 10,000-step ε = 0 echo that must return the initial state bit for bit; a
 corrupted expectation that must fail; throughput; the ``echoboard verify`` command. HSSM block
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from golden_model.formats import FixedFormat, HRUSize
-from hdl.timing import cycles_per_step, oscillator_bound
-from hdl.verilog import golden_expectation, random_case, run_core_case
-from sim.verilator import MISMATCH_SUFFIX, SimulationFailed
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.hdl.timing import cycles_per_step, oscillator_bound
+from echoboard.hdl.verilog import golden_expectation, random_case, run_core_case
+from echoboard.sim.verilator import MISMATCH_SUFFIX, SimulationFailed
 
 SMALL = FixedFormat(state_width=16, state_frac=8, input_width=8, input_frac=5, coef_width=10,
                     coef_a_frac=6, coef_b_frac=7, delta_frac=8, acc_width=24, acc_a_shift=4,
@@ -100,10 +100,10 @@ def test_corrupted_step_fails_and_names_the_step(where):
 def test_the_core_testbench_ships_with_the_package():
     """verify --level core loads its testbench from the sim package, not from tests/ (an installed
     wheel has no tests/)."""
-    import sim
-    from sim.testbenches import HRU_CORE
+    import echoboard.sim
+    from echoboard.sim.testbenches import HRU_CORE
 
-    assert HRU_CORE.is_file() and HRU_CORE.parent.parent == Path(sim.__file__).parent
+    assert HRU_CORE.is_file() and HRU_CORE.parent.parent == Path(echoboard.sim.__file__).parent
 
 
 def test_zero_nudge_echo_of_10000_steps_returns_the_initial_state():
@@ -161,7 +161,7 @@ def test_cycles_per_step_reach_the_resource_bound():
 
 
 def test_verilog_cli_writes_the_core(tmp_path, capsys):
-    from host.cli import main
+    from echoboard.host.cli import main
 
     out = tmp_path / "core.v"
     assert main(["verilog", "-P", "4", "-N", "2", "-K", "2", "-o", str(out)]) == 0
@@ -173,7 +173,7 @@ def test_verilog_cli_writes_the_core(tmp_path, capsys):
 
 def _verify_default_config(capfd, *extra) -> tuple[int, dict]:
     """``echoboard verify`` on the "default" configuration (same Verilog, so the same build)."""
-    from host.cli import main
+    from echoboard.host.cli import main
 
     fmt, size, lanes = CONFIGS["default"]
     assert fmt == FixedFormat()  # the CLI builds the default format
@@ -195,9 +195,9 @@ def test_verify_cli_reports_a_clean_run(capfd):
 
 
 def test_verify_cli_fails_on_a_mismatch(capfd, monkeypatch):
-    import hdl.verilog
+    import echoboard.hdl.verilog
 
-    real = hdl.verilog.golden_expectation
+    real = echoboard.hdl.verilog.golden_expectation
 
     def corrupted(fmt, case, **kwargs):
         want = real(fmt, case, **kwargs)

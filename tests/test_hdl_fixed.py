@@ -8,8 +8,8 @@ from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golden_model import fixed as golden
-from hdl import fixed
+from echoboard.golden_model import fixed as golden
+from echoboard.hdl import fixed
 
 
 def _simulate(inputs: dict, outputs: dict, vectors: list[dict]) -> list[dict]:

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import serial
 
-from firmware import link
-from firmware import protocol as p
+from echoboard.firmware import link
+from echoboard.firmware import protocol as p
 from golden_board_tcp import golden_on_tcp
-from firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
-from golden_model import hru_fixed as hx
-from golden_model.formats import FixedFormat, HRUSize
-from host.board import Board
-from host.client import Client, LinkError
-from host.transports import DEFAULT_BAUD, Faults, FaultyTransport, GoldenTransport, open_serial
+from echoboard.firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.host.board import Board
+from echoboard.host.client import Client, LinkError
+from echoboard.host.transports import DEFAULT_BAUD, Faults, FaultyTransport, GoldenTransport, open_serial
 
 DEFAULT_CORE = p.CoreConfig(HRUSize(16, 8), FixedFormat(), capabilities=p.Capability.ECHO_STREAM,
                             build_hash=MODEL_BUILD_HASH)

@@ -3,7 +3,7 @@ import aeon.datasets
 import numpy as np
 import pytest
 
-from host.datasets import available_datasets, load_dataset
+from echoboard.host.datasets import available_datasets, load_dataset
 
 
 def test_available_lists_shipped_classification_sets_only():
@@ -111,7 +111,7 @@ def test_unknown_features_are_an_error():
 
 # --- the generated delayed-recall task -------------------------------------------------------
 
-from host.datasets import RECALL_MAX_LENGTH, _delayed_recall, _recall_pulse, _recall_samples  # noqa: E402
+from echoboard.host.datasets import RECALL_MAX_LENGTH, _delayed_recall, _recall_pulse, _recall_samples  # noqa: E402
 
 CLIP = (2 ** 15 - 1) / 2 ** 11  # what training passes for the default 16-bit Q.11 input word
 

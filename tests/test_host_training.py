@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from golden_board_tcp import golden_on_tcp
-from firmware.board_model import MODEL_BUILD_HASH
-from firmware.protocol import Capability, CoreConfig
-from golden_model import hru_fixed as hx
-from golden_model import model
-from golden_model.formats import FixedFormat, HRUSize
-from host import cli, plots
-from host.board import Board
-from host.datasets import load_dataset
-from host.train import BoardTarget, TrainConfig, adam_step, params_sha256, train
-from host.transports import Faults
+from echoboard.firmware.board_model import MODEL_BUILD_HASH
+from echoboard.firmware.protocol import Capability, CoreConfig
+from echoboard.golden_model import hru_fixed as hx
+from echoboard.golden_model import model
+from echoboard.golden_model.formats import FixedFormat, HRUSize
+from echoboard.host import cli, plots
+from echoboard.host.board import Board
+from echoboard.host.datasets import load_dataset
+from echoboard.host.train import BoardTarget, TrainConfig, adam_step, params_sha256, train
+from echoboard.host.transports import Faults
 
 FMT = FixedFormat()
 P = 8

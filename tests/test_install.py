@@ -62,13 +62,13 @@ def files_under(folder: Path) -> set[Path]:
 
 
 def test_the_modules_and_their_data_come_from_the_wheel(installed, tmp_path):
-    import firmware
-    import hdl
-    import host.cli
+    import echoboard.firmware
+    import echoboard.hdl
+    import echoboard.host.cli
 
-    code = (f"import importlib.resources, {host.cli.__name__} as m; print(m.__file__); "
+    code = (f"import importlib.resources, {echoboard.host.cli.__name__} as m; print(m.__file__); "
             f"print(*(len(list((importlib.resources.files(p) / 'baselines').glob('*.json'))) "
-            f"for p in {[firmware.__name__, hdl.__name__]}))")
+            f"for p in {[echoboard.firmware.__name__, echoboard.hdl.__name__]}))")
     where, baselines = subprocess.run([str(installed["bin"] / "python"), "-c", code], cwd=tmp_path,
                                       env=installed["env"], check=True, capture_output=True, text=True).stdout.splitlines()
     assert Path(where).is_relative_to(installed["site"]), where

@@ -12,9 +12,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from host import cli  # noqa: E402
-from host import multiboard  # noqa: E402
-from host.train import CHECKPOINT, TrainConfig, _target_kind, load_checkpoint, train  # noqa: E402
+from echoboard.host import cli  # noqa: E402
+from echoboard.host import multiboard  # noqa: E402
+from echoboard.host.train import CHECKPOINT, TrainConfig, _target_kind, load_checkpoint, train  # noqa: E402
 
 SMALL = ["--dataset", "BasicMotions", "--epochs", "2", "--batch", "20", "--oscillators", "4", "--seed", "2"]
 
@@ -84,7 +84,7 @@ def test_a_board_that_dies_stops_the_run_and_resume_on_one_board_ends_the_same(r
 
 
 def test_a_link_that_gives_up_names_the_board(local_ray):
-    from host.client import LinkError
+    from echoboard.host.client import LinkError
 
     @ray.remote(num_cpus=0)
     def fails(exc):

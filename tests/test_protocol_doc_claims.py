@@ -14,10 +14,10 @@ import time
 import pytest
 from cobs import cobs
 
-from firmware.board_model import GoldenBoard
-from firmware.protocol import READ_ONLY_REGIONS, Command, Messages, Region, Reply, Request, Status
-from sim import board_sim
-from sim.board_image import ImageConfig, ProtocolClient, board_config, simulated_board_executable
+from echoboard.firmware.board_model import GoldenBoard
+from echoboard.firmware.protocol import READ_ONLY_REGIONS, Command, Messages, Region, Reply, Request, Status
+from echoboard.sim import board_sim
+from echoboard.sim.board_image import ImageConfig, ProtocolClient, board_config, simulated_board_executable
 
 IMAGE = ImageConfig()
 COUNTERS = ("frames_ok", "crc_errors", "framing_errors", "overruns", "command_errors")

@@ -12,11 +12,11 @@ import json
 import numpy as np
 import pytest
 
-from firmware.board_model import GoldenBoard
-from firmware.protocol import READ_ONLY_REGIONS, Region
-from host import selftest
-from host.board import Board
-from host.cli import main
+from echoboard.firmware.board_model import GoldenBoard
+from echoboard.firmware.protocol import READ_ONLY_REGIONS, Region
+from echoboard.host import selftest
+from echoboard.host.board import Board
+from echoboard.host.cli import main
 
 FAST = ["--passes", "2", "--length", "48"]
 
@@ -46,8 +46,8 @@ def test_golden_passes_with_one_verdict_line(capsys):
 def test_sim_passes(capsys):
     status, result = _json(capsys, "selftest", "--target", "sim", *FAST)
     assert status == 0 and result["verdict"] == "PASS", result
-    from firmware.top import design_hash
-    from golden_model.formats import FixedFormat, HRUSize
+    from echoboard.firmware.top import design_hash
+    from echoboard.golden_model.formats import FixedFormat, HRUSize
 
     assert result["config"]["build_hash"] == design_hash(FixedFormat(), HRUSize(16, 8), 1).hex()
 
@@ -87,7 +87,7 @@ def test_a_region_that_reads_back_wrong_fails(capsys, monkeypatch):
 
 
 def test_another_build_hash_fails_identify(capsys, monkeypatch):
-    import host.board
+    import echoboard.host.board
 
     monkeypatch.setattr(host.board, "MODEL_BUILD_HASH", bytes(range(16)))
     status, result = _json(capsys, "selftest", "--target", "golden", *FAST)
@@ -113,9 +113,9 @@ def test_an_echo_that_does_not_retrace_fails(capsys, monkeypatch):
 
 
 def test_a_wrap_is_reported_not_failed(capsys, monkeypatch):
-    import hdl.verilog
+    import echoboard.hdl.verilog
 
-    random_case = hdl.verilog.random_case
+    random_case = echoboard.hdl.verilog.random_case
     monkeypatch.setattr(hdl.verilog, "random_case", lambda *a, **k: random_case(*a, **k, wild=True))
     status, result = _json(capsys, "selftest", "--target", "golden", *FAST)
     retrace = result["checks"][2]
@@ -154,8 +154,8 @@ def test_errors_and_exit_codes(capsys):
 
 def test_a_simulated_board_on_a_socket_twice(capsys):
     """selftest and verify reach a running board; the second session meets a used board."""
-    from sim import board_sim
-    from sim.board_image import ImageConfig, simulated_board_executable
+    from echoboard.sim import board_sim
+    from echoboard.sim.board_image import ImageConfig, simulated_board_executable
 
     with board_sim.SimulatedBoard(simulated_board_executable(ImageConfig())) as board:
         for _ in range(2):
@@ -204,8 +204,8 @@ def test_nonlinear_golden_and_sim_pass_selftest_and_verify(capsys):
 
 def test_a_board_of_the_other_hru_is_refused_in_one_line(capsys):
     """A host that asks for one HRU and meets a board of the other gets one clear line, exit 2."""
-    from sim import board_sim
-    from sim.board_image import ImageConfig, simulated_board_executable
+    from echoboard.sim import board_sim
+    from echoboard.sim.board_image import ImageConfig, simulated_board_executable
 
     with board_sim.SimulatedBoard(simulated_board_executable(ImageConfig())) as board:
         url = board.url
@@ -213,7 +213,7 @@ def test_a_board_of_the_other_hru_is_refused_in_one_line(capsys):
     assert status == 2 and out == "" and err.count("\n") == 1
     assert f"the board at {url} holds the linear HRU, not the nonlinear one" in err
     with pytest.raises(ValueError, match="holds the nonlinear HRU: write_params takes NonlinearParamsInt"):
-        from golden_model import hru_fixed
+        from echoboard.golden_model import hru_fixed
 
         with Board.open("golden", hru="nonlinear") as nonlinear:
             nonlinear.write_params(hru_fixed.LinearParamsInt(np.zeros(16), np.zeros((16, 8)), np.ones(16)))

@@ -19,7 +19,7 @@ import pytest
 import serial
 
 from board_sim_loopback import TOP_NAME, transform, write_verilog
-from sim.board_sim import (BoardStartError, BuildError, SimulatedBoard, build, build_key, parse_stats,
+from echoboard.sim.board_sim import (BoardStartError, BuildError, SimulatedBoard, build, build_key, parse_stats,
                            serve_forever)
 
 HERE = Path(__file__).resolve().parent

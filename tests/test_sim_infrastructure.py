@@ -10,8 +10,8 @@ from amaranth.lib import data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.cocotb_lib import PayloadCodec, Scoreboard
-from sim.verilator import (MISMATCH_SUFFIX, MISMATCH_VCD_SUFFIX, SimulationFailed, amaranth_to_verilog, build,
+from echoboard.sim.cocotb_lib import PayloadCodec, Scoreboard
+from echoboard.sim.verilator import (MISMATCH_SUFFIX, MISMATCH_VCD_SUFFIX, SimulationFailed, amaranth_to_verilog, build,
                            build_and_test, cut_vcd, read_results)
 from stream_dut import Sample, StreamFifo
 
@@ -65,7 +65,7 @@ def test_codec_rejects_values_that_do_not_fit():
 # ---------------------------------------------------------------- scoreboard and VCD cut (no simulator)
 
 def test_scoreboard_reports_lane_and_refuses_floats(tmp_path, monkeypatch):
-    monkeypatch.setattr("sim.cocotb_lib.get_sim_time", lambda unit: 1234.0)
+    monkeypatch.setattr("echoboard.sim.cocotb_lib.get_sim_time", lambda unit: 1234.0)
     board = Scoreboard("unit", out_dir=tmp_path)
     board.expect({"y": [1, 2, 3], "n": 4}, phase="forward", step=7)
     board.check({"y": [1, 5, 3], "n": 4})
@@ -88,7 +88,7 @@ def test_scoreboard_reports_lane_and_refuses_floats(tmp_path, monkeypatch):
 def test_scoreboard_counts_values_on_one_side_only(tmp_path, monkeypatch, expected, actual, field, lane, exp, act):
     """A comparison that differs is never a pass without a mismatch: values present on one side
     only (a length difference, an extra field) count, and so does a differing empty shape."""
-    monkeypatch.setattr("sim.cocotb_lib.get_sim_time", lambda unit: 0.0)
+    monkeypatch.setattr("echoboard.sim.cocotb_lib.get_sim_time", lambda unit: 0.0)
     board = Scoreboard("unit", out_dir=tmp_path)
     assert board.compare(expected, actual, phase="echo", step=3) is False
     assert board.mismatches == 1

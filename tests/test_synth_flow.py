@@ -18,7 +18,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl import synth
+from echoboard.hdl import synth
 
 STANDIN_BASELINE = "ecp5-85f-standin-mac32x18"
 STANDIN_CLOCK_MHZ = 100.0

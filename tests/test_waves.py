@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import hdl.verilog as verilog
-from host.cli import main
+import echoboard.hdl.verilog as verilog
+from echoboard.host.cli import main
 
 SMALL = ["-P", "4", "-N", "2", "-K", "2", "--max-length", "64"]
 
@@ -94,9 +94,9 @@ def test_waves_need_a_simulation(capfd):
 
 
 def test_tracing_is_a_separate_build_that_plain_runs_do_not_pay_for(tmp_path):
-    from golden_model.formats import FixedFormat, HRUSize
-    from sim import board_sim, waves
-    from sim.board_image import ImageConfig, simulated_board_executable
+    from echoboard.golden_model.formats import FixedFormat, HRUSize
+    from echoboard.sim import board_sim, waves
+    from echoboard.sim.board_image import ImageConfig, simulated_board_executable
 
     config = ImageConfig(HRUSize(4, 2, 64), FixedFormat(), 1)
     plain = simulated_board_executable(config)

@@ -33,12 +33,12 @@ import cocotb
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ReadOnly
 
-from golden_model.formats import HRUSize
-from hdl.cores import make_core
-from hdl.address_map import PHASES, Region
-from hdl.hru_core import HRUCore, Op
-from hdl.verilog import StepAssembler, format_from_json
-from sim.cocotb_lib import (CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, StreamMonitor,
+from echoboard.golden_model.formats import HRUSize
+from echoboard.hdl.cores import make_core
+from echoboard.hdl.address_map import PHASES, Region
+from echoboard.hdl.hru_core import HRUCore, Op
+from echoboard.hdl.verilog import StepAssembler, format_from_json
+from echoboard.sim.cocotb_lib import (CLOCK_PERIOD_NS, PayloadCodec, Scoreboard, StreamDriver, StreamMonitor,
                             start_clock_and_reset)
 
 #: cycles a pass's last stream beats may trail its ``done`` (the y / du FIFOs and their reader)
