@@ -392,7 +392,7 @@ def default_build_dir(board: str) -> Path:
     """Where ``echoboard build --board B`` builds without ``--build-dir`` (under the current directory)."""
     from echoboard.sim.paths import build_root
 
-    return build_root(board)
+    return build_root(board, relative=True)
 
 
 def default_bitstream(board: str) -> Path:

@@ -16,9 +16,11 @@ ENV = "ECHOBOARD_BUILD_DIR"
 DEFAULT = "build"
 
 
-def build_root(*parts: str) -> Path:
-    """The absolute build folder (or ``parts`` below it), read from the environment at each call."""
-    return Path(os.environ.get(ENV) or DEFAULT).resolve().joinpath(*parts)
+def build_root(*parts: str, relative: bool = False) -> Path:
+    """The absolute build folder (or ``parts`` below it), read from the environment at each call;
+    ``relative``: as named (``build/...`` by default), for paths printed to a user."""
+    root = Path(os.environ.get(ENV) or DEFAULT)
+    return (root if relative else root.resolve()).joinpath(*parts)
 
 
 def set_build_root(path: os.PathLike | str) -> Path:
