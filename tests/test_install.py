@@ -5,7 +5,7 @@ user) from a copy of this checkout's files, so the working tree is neither built
 to, and installed with ``--no-deps`` into a new venv; the dependencies come from this test's own
 environment through a ``.pth`` line (a path line only: the editable install's finder in that
 environment is not activated, so ``echoboard``'s own modules can only come from the wheel, which
-the first test checks). Slow: the wheel, the venv and two Verilator builds take minutes.
+the first test checks). Slow: the wheel, the venv, two Verilator builds, a small bitstream and a one-epoch run take minutes.
 """
 import json
 import os
@@ -52,7 +52,7 @@ def installed(tmp_path_factory) -> dict:
     return {"bin": venv / "bin", "site": site, "env": env}
 
 
-def echoboard(installed, cwd: Path, *argv, timeout=900) -> subprocess.CompletedProcess:
+def run_cli(installed, cwd: Path, *argv, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run([str(installed["bin"] / "echoboard"), *argv], cwd=cwd, env=installed["env"],
                           capture_output=True, text=True, timeout=timeout)
 
@@ -73,7 +73,7 @@ def test_the_modules_and_their_data_come_from_the_wheel(installed, tmp_path):
                                       env=installed["env"], check=True, capture_output=True, text=True).stdout.splitlines()
     assert Path(where).is_relative_to(installed["site"]), where
     assert all(int(n) > 0 for n in baselines.split()), baselines  # echoboard build compares against them
-    version = echoboard(installed, tmp_path, "--version")
+    version = run_cli(installed, tmp_path, "--version")
     assert version.returncode == 0 and version.stdout.split() == ["echoboard", "0.1.0"], version
 
 
@@ -102,8 +102,23 @@ def test_sim_board_serves_from_an_empty_folder_and_builds_there(installed, tmp_p
 
 def test_verify_core_runs_from_an_empty_folder_and_writes_only_there(installed, tmp_path):
     before = files_under(installed["site"])
-    run = echoboard(installed, tmp_path, "verify", "--level", "core", *SMALL, "-L", "8", "--json")
+    run = run_cli(installed, tmp_path, "verify", "--level", "core", *SMALL, "-L", "8", "--json")
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout)["mismatches"] == 0
     assert files_under(installed["site"]) == before
     assert (tmp_path / "build").is_dir()
+
+
+def test_train_and_build_run_from_an_empty_folder_and_write_only_there(installed, tmp_path):
+    """One epoch in process and a small iCEBreaker bitstream, from an empty folder: their output
+    (the run folder, the bitstream under ./build) lands there, nothing in the installed packages."""
+    before = files_under(installed["site"])
+    run = run_cli(installed, tmp_path, "train", "--dataset", "BasicMotions", "--target", "inprocess", "--epochs", "1",
+                  "--out", "run")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 1
+    build = run_cli(installed, tmp_path, "build", "--board", "icebreaker", "-P", "4", "-N", "2", "--json")
+    assert build.returncode == 0, build.stderr[-3000:]
+    bitstream = Path(json.loads(build.stdout)["bitstream"])
+    assert bitstream.is_file() and (tmp_path / "build") in bitstream.resolve().parents
+    assert files_under(installed["site"]) == before
