@@ -204,7 +204,7 @@ def test_verify_cli_fails_on_a_mismatch(capfd, monkeypatch):
         want["forward"]["pos_sum"][5] ^= 4
         return want
 
-    monkeypatch.setattr(hdl.verilog, "golden_expectation", corrupted)
+    monkeypatch.setattr(echoboard.hdl.verilog, "golden_expectation", corrupted)
     status, report = _verify_default_config(capfd)
     assert status == 1 and report["mismatches"] == 1
     first = report["first_mismatch"]

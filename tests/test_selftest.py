@@ -89,7 +89,7 @@ def test_a_region_that_reads_back_wrong_fails(capsys, monkeypatch):
 def test_another_build_hash_fails_identify(capsys, monkeypatch):
     import echoboard.host.board
 
-    monkeypatch.setattr(host.board, "MODEL_BUILD_HASH", bytes(range(16)))
+    monkeypatch.setattr(echoboard.host.board, "MODEL_BUILD_HASH", bytes(range(16)))
     status, result = _json(capsys, "selftest", "--target", "golden", *FAST)
     assert status == 1 and result["verdict"] == "FAIL"
     identify = result["checks"][0]
@@ -116,7 +116,7 @@ def test_a_wrap_is_reported_not_failed(capsys, monkeypatch):
     import echoboard.hdl.verilog
 
     random_case = echoboard.hdl.verilog.random_case
-    monkeypatch.setattr(hdl.verilog, "random_case", lambda *a, **k: random_case(*a, **k, wild=True))
+    monkeypatch.setattr(echoboard.hdl.verilog, "random_case", lambda *a, **k: random_case(*a, **k, wild=True))
     status, result = _json(capsys, "selftest", "--target", "golden", *FAST)
     retrace = result["checks"][2]
     assert status == 0 and result["verdict"] == "PASS"
