@@ -1,6 +1,8 @@
 """Smoke test of benchmarks/: tiny sizes, so the benchmark code cannot rot. No timing assertions."""
 import json
 
+import pytest
+
 import numpy as np
 
 from benchmarks import core_cycles, gradient_cost, run_all
@@ -56,6 +58,7 @@ def test_board_training_on_every_target_is_bit_identical(tmp_path, capsys):
     assert "bit-identical parameters on every target: True" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two Verilator builds and L = 2000 runs: 2.5-5 min, the default suite's longest test
 def test_core_cycles_linear_and_nonlinear_rows(tmp_path):
     out = tmp_path / "cc.json"
     core_cycles.main(["--configs", "4x2x2", "--lengths", "8", "--serial", "4x2", "--out", str(out)])
