@@ -94,7 +94,7 @@ def dequantize_block_params(hru: str, bq: BlockParamsInt, fmt) -> dict:
     return {k: v for k, v in nl.dequantize_nonlinear_params(bq.q, fmt).items() if k in PARAM_NAMES["nonlinear"]}
 
 
-def _step(hru: str, q, fmt):
+def step_function(hru: str, q, fmt):
     if hru == "linear":
         return lambda y, z, b: hx.leapfrog_step(q, y, z, b, fmt)
     return lambda y, z, b: nl.leapfrog_step(q, y, z, b, fmt)
@@ -104,12 +104,12 @@ def _step(hru: str, q, fmt):
 def forward(hru: str, bq: BlockParamsInt, uq, fmt) -> BlockForward:
     """Forward from the zero state over uq (L, N): final state, every position, overflow events."""
     zero = jnp.zeros(bq.gain.shape, jnp.int64)
-    result, positions = hx.run_forward(_step(hru, bq.q, fmt), bq.q, uq, zero, zero, base_format(fmt),
+    result, positions = hx.run_forward(step_function(hru, bq.q, fmt), bq.q, uq, zero, zero, base_format(fmt),
                                        emit_positions=True)
     return BlockForward(result.y, result.z, positions, result.overflows)
 
 
-def _accumulate(hru: str, bq: BlockParamsInt, fmt, acc, read_out, u_j, z_in, z_out):
+def accumulate(hru: str, bq: BlockParamsInt, fmt, acc, read_out, u_j, z_in, z_out):
     """The HRU's own read-out plus kin and du_j (module docstring); returns (acc, events, du_j)."""
     base = base_format(fmt)
     w = base.state_width
@@ -134,7 +134,7 @@ def _accumulate(hru: str, bq: BlockParamsInt, fmt, acc, read_out, u_j, z_in, z_o
     return (hru_acc, kin), events, du
 
 
-def _zero_accumulators(hru: str, p: int, n: int):
+def zero_accumulators(hru: str, p: int, n: int):
     zeros = jnp.zeros(p, jnp.int64)
     if hru == "linear":
         return zeros, jnp.zeros((p, n), jnp.int64)
@@ -145,11 +145,39 @@ def _zero_accumulators(hru: str, p: int, n: int):
 def echo(hru: str, bq: BlockParamsInt, uq, y_final, z_final, nudge, fmt) -> BlockEcho:
     """The ±ε echo pair with a per-step nudge stream (L, P): accumulators, kin, the du stream, overflows."""
     p, n = bq.q.B.shape
-    acc0 = (_zero_accumulators(hru, p, n), jnp.zeros(p, jnp.int64))
+    acc0 = (zero_accumulators(hru, p, n), jnp.zeros(p, jnp.int64))
     _, _, (acc, kin), overflows, du = hx.run_echo(
-        _step(hru, bq.q, fmt), partial(_accumulate, hru, bq, fmt), acc0, bq.q, uq, y_final, z_final, nudge,
+        step_function(hru, bq.q, fmt), partial(accumulate, hru, bq, fmt), acc0, bq.q, uq, y_final, z_final, nudge,
         base_format(fmt))
     return BlockEcho(acc, kin, du, overflows)
+
+
+@partial(jax.jit, static_argnames=("hru", "fmt"))
+def forward_chunk(hru: str, q, carry, uq, fmt):
+    """Some steps of a forward pass, resumable: ``carry`` is hru_fixed.forward_start's (y, z, Σy,
+    overflows) or what the previous chunk returned; uq (k, N). Returns (carry, positions (k, P)).
+    A board's forward pass as its DATA chunks arrive (firmware.board_model)."""
+
+    def body(c, u_k):
+        c = hx.forward_step(step_function(hru, q, fmt), q, base_format(fmt), c, u_k)
+        return c, c[0]
+
+    return jax.lax.scan(body, carry, uq)
+
+
+@partial(jax.jit, static_argnames=("hru", "fmt"))
+def echo_chunk(hru: str, bq: BlockParamsInt, carry, uq, nudges, fmt):
+    """Some steps of an echo pair, resumable: ``carry`` is hru_fixed.echo_start's with the block's
+    accumulators (``(hru accumulators, kin)``) or what the previous chunk returned; uq (k, N) in
+    echo order (u_{L−1} first), nudges (k, P) the nudge for the state each step starts from.
+    Returns (carry, du (k, N) in echo order): the same integers as :func:`echo`, chunk by chunk."""
+
+    def body(c, xs):
+        u_j, n_j = xs
+        return hx.echo_step(step_function(hru, bq.q, fmt), partial(accumulate, hru, bq, fmt), bq.q,
+                            base_format(fmt), c, u_j, n_j)
+
+    return jax.lax.scan(body, carry, (uq, nudges))
 
 
 def gradients(hru: str, bq: BlockParamsInt, acc, kin, fmt) -> dict:

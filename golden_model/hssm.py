@@ -175,12 +175,14 @@ def project(params: dict, arch: Architecture, fmt) -> tuple[dict, int]:
 
 # ---- the float pieces, one sample: x (L, N) ------------------------------------------------------
 
-def _block(p: dict, k: int) -> dict:
+def block_slice(p: dict, k: int) -> dict:
+    """Block k's tensors of a stack's ``p`` under their names within the block (``A``, ``norm.mean``, …)."""
     prefix = f"block{k}."
     return {name[len(prefix):]: v for name, v in p.items() if name.startswith(prefix)}
 
 
-def _hru_params(pk: dict, hru: str) -> dict:
+def hru_params(pk: dict, hru: str) -> dict:
+    """The HRU's own float parameters (hru_block.PARAM_NAMES) of a block's tensors."""
     return {n: pk[n] for n in hb.PARAM_NAMES[hru]}
 
 
@@ -213,10 +215,10 @@ def stack_loss(p: dict, x, label, arch: Architecture):
     zero = jnp.zeros(arch.oscillators)
     h, inputs = encode(p, x), []
     for k in range(arch.blocks):
-        pk = _block(p, k)
+        pk = block_slice(p, k)
         inputs.append(h)
         u = normalize(pk, h)
-        h = block_output(pk, h, u, hf.trajectory(hru, _hru_params(pk, arch.hru), u, zero, zero))
+        h = block_output(pk, h, u, hf.trajectory(hru, hru_params(pk, arch.hru), u, zero, zero))
     loss, logits = head_loss(p, h, label)
     return loss, (logits, inputs)
 
@@ -298,7 +300,7 @@ _fixed_block_echo = jax.jit(jax.vmap(hb.echo, in_axes=(None, None, 0, 0, 0, 0, N
 
 
 @partial(jax.jit, static_argnames="width")
-def _sum_live_lanes(total, lanes, live, width: int):
+def sum_live_lanes(total, lanes, live, width: int):
     """``total`` plus every live lane of ``lanes`` (a pytree of (G, ...) integer arrays, ``total`` the
     same pytree without G), lane after lane in two's complement at ``width`` bits: (sum, wraps)."""
     totals, treedef = jax.tree.flatten(total)
@@ -354,7 +356,7 @@ class StagedBlocks:
         h = _encode(p, x)
         saved = []
         for k in range(arch.blocks):
-            pk = _block(p, k)
+            pk = block_slice(p, k)
             moments[k] = moments[k] + _moments(h, live)
             u = _normalize(pk, h)
             ys, ctx = self.forward(k, u, live)
@@ -362,16 +364,16 @@ class StagedBlocks:
             h = _block_output(pk, h, u, ys)
         loss, logits, g_head, dh = _head({n: p[n] for n in HEAD}, h, jnp.asarray(labels), jnp.asarray(live, jnp.float64))
         if grads is not None:
-            _add(grads, g_head)
+            add_into(grads, g_head)
             scale = 2.0 ** nudge_exponent(dh, live, x.shape[1])
             for k in reversed(range(arch.blocks)):
-                pk = _block(p, k)
+                pk = block_slice(p, k)
                 h_in, u, ys, ctx = saved[k]
                 g_ff, dh_skip, du, dys = _block_output_vjp({n: pk[n] for n in FEED_FORWARD}, h_in, u, ys, dh)
-                _add(grads, {f"block{k}.{n}": v for n, v in g_ff.items()})
+                add_into(grads, {f"block{k}.{n}": v for n, v in g_ff.items()})
                 du = du + self.backward(k, ctx, dys, live, scale)  # D⊙u's share plus the HRU's echo
                 dh = dh_skip + du / jnp.sqrt(pk["norm.var"] + NORM_EPS)  # the statistics are constants
-            _add(grads, _encode_vjp({n: p[n] for n in ("encoder.W", "encoder.b")}, x, dh))
+            add_into(grads, _encode_vjp({n: p[n] for n in ("encoder.W", "encoder.b")}, x, dh))
         return np.asarray(loss), np.asarray(logits)
 
 
@@ -385,7 +387,7 @@ class FloatBlocks(StagedBlocks):
     def load(self, params: dict) -> None:
         """New parameters for one batch; the counters start from zero."""
         self.overflow_events = self.clipped = 0
-        self.hp = [_hru_params(_block(params, k), self.arch.hru) for k in range(self.arch.blocks)]
+        self.hp = [hru_params(block_slice(params, k), self.arch.hru) for k in range(self.arch.blocks)]
         self.grads = [{} for _ in range(self.arch.blocks)]
 
     def forward(self, k: int, u, live):
@@ -395,7 +397,7 @@ class FloatBlocks(StagedBlocks):
     def backward(self, k: int, saved, dys, live, scale: float):
         u, y, z = saved
         g, du = _float_block_echo(self.hp[k], u, y, z, jnp.asarray(dys) * scale, self.arch.hru, self.epsilon)
-        _add(self.grads[k], {n: np.asarray(v) / scale for n, v in g.items()})
+        add_into(self.grads[k], {n: np.asarray(v) / scale for n, v in g.items()})
         return du / scale
 
     def finish(self) -> list[dict]:
@@ -429,7 +431,7 @@ class FixedBlocks(StagedBlocks):
         """New parameters for one batch; accumulators and counters start from zero."""
         self.overflow_events = self.clipped = 0
         hru = self.arch.hru
-        self.bq = [hb.quantize_block_params(hru, _hru_params(_block(params, k), hru), self.fmt)
+        self.bq = [hb.quantize_block_params(hru, hru_params(block_slice(params, k), hru), self.fmt)
                    for k in range(self.arch.blocks)]
         self.grads = [{} for _ in range(self.arch.blocks)]
 
@@ -449,10 +451,10 @@ class FixedBlocks(StagedBlocks):
         self.overflow_events += int(np.sum(np.asarray(ech.overflows)[live]))
         lanes = (ech.acc, ech.kin)
         zero = jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), lanes)
-        (acc, kin), wraps = _sum_live_lanes(zero, lanes, jnp.asarray(live), self.base.acc_width)
+        (acc, kin), wraps = sum_live_lanes(zero, lanes, jnp.asarray(live), self.base.acc_width)
         self.overflow_events += int(wraps)
         grads = hb.gradients(self.arch.hru, self.bq[k], acc, kin, self.fmt)
-        _add(self.grads[k], {n: np.asarray(v) / scale for n, v in grads.items()})
+        add_into(self.grads[k], {n: np.asarray(v) / scale for n, v in grads.items()})
         return jnp.asarray(hb.input_gradient(self.arch.hru, ech.du, self.fmt) / scale)
 
     def finish(self) -> list[dict]:
@@ -471,7 +473,8 @@ def _moments(h, live) -> np.ndarray:
     return np.concatenate([[hl.shape[0] * hl.shape[1]], hl.sum(axis=(0, 1)), (hl * hl).sum(axis=(0, 1))])
 
 
-def _add(total: dict, part: dict):
+def add_into(total: dict, part: dict):
+    """total[k] += part[k] (float64 numpy), creating missing keys: gradients summed in a fixed order."""
     for k, v in part.items():
         total[k] = total.get(k, 0.0) + np.asarray(v)
 
@@ -525,7 +528,7 @@ def _run(params, x, lengths, labels, arch: Architecture, algo: str, fmt, with_gr
         xc, lc = jnp.asarray(x[idx, :length]), labels[idx]
         if autodiff:
             loss, lg, inputs, g = _bptt_chunk(p, xc, jnp.asarray(lc), jnp.asarray(live, jnp.float64), arch)
-            _add(grads, {k: g[k] for k in arch.trained()})
+            add_into(grads, {k: g[k] for k in arch.trained()})
             for k, h in enumerate(inputs):
                 moments[k] = moments[k] + _moments(h, live)
             loss, lg = np.asarray(loss), np.asarray(lg)
@@ -537,7 +540,7 @@ def _run(params, x, lengths, labels, arch: Architecture, algo: str, fmt, with_gr
     if not autodiff:
         if with_grads:
             for k, g in enumerate(blocks.finish()):
-                _add(grads, {f"block{k}.{name}": v for name, v in g.items()})
+                add_into(grads, {f"block{k}.{name}": v for name, v in g.items()})
         overflows, clipped = blocks.overflow_events, blocks.clipped
     return total, grads, logits, moments, overflows, clipped
 

@@ -29,7 +29,7 @@ import numpy as np
 from echoboard.golden_model import hru_block as hb
 from echoboard.golden_model import hru_fixed as hx
 from echoboard.golden_model import hru_float as hf
-from echoboard.golden_model.hssm import (FEED_FORWARD, HEAD, NORM_EPS, Architecture, _add, _block, _hru_params, _sum_live_lanes,
+from echoboard.golden_model.hssm import (FEED_FORWARD, HEAD, NORM_EPS, Architecture, add_into, block_slice, hru_params, sum_live_lanes,
                                block_output, encode, head_loss, normalize, nudge_exponent, saturate, FLOAT_EPSILON)
 
 ENCODER = ("encoder.W", "encoder.b")
@@ -102,7 +102,7 @@ class _FixedHRU:
     def step(self, bq, state, u):
         uq, clipped = self._words(u)
         *carry, total_clipped = state
-        carry = hx.forward_step(hb._step(self.hru, bq.q, self.fmt), bq.q, self.base, tuple(carry), uq)
+        carry = hx.forward_step(hb.step_function(self.hru, bq.q, self.fmt), bq.q, self.base, tuple(carry), uq)
         return carry + (total_clipped + clipped,), carry[0] * 2.0 ** -self.base.state_frac
 
     def position(self, state):
@@ -114,12 +114,12 @@ class _FixedHRU:
 
     def echo_start(self, bq, state):
         p, n = bq.q.B.shape
-        return hx.echo_start(state[0], state[1], (hb._zero_accumulators(self.hru, p, n), jnp.zeros(p, jnp.int64)))
+        return hx.echo_start(state[0], state[1], (hb.zero_accumulators(self.hru, p, n), jnp.zeros(p, jnp.int64)))
 
     def echo_step(self, bq, carry, u, nudge):
         uq, _ = self._words(u)  # the forward pass counted this input's clipping
         nq, clipped = saturate(nudge * self.fmt.nudge_scale, self.base.state_width, self.base.state_frac)
-        carry, du = hx.echo_step(hb._step(self.hru, bq.q, self.fmt), partial(hb._accumulate, self.hru, bq, self.fmt),
+        carry, du = hx.echo_step(hb.step_function(self.hru, bq.q, self.fmt), partial(hb.accumulate, self.hru, bq, self.fmt),
                                  bq.q, self.base, carry, uq, nq)
         return carry, hb.input_gradient(self.hru, du, self.fmt), clipped
 
@@ -127,7 +127,7 @@ class _FixedHRU:
         """The lanes' accumulators summed as integers (wraps counted), then scaled (hru_block.gradients)."""
         lanes = carries[2]
         zero = jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), lanes)
-        (acc, kin), wraps = _sum_live_lanes(zero, lanes, jnp.asarray(live), self.base.acc_width)
+        (acc, kin), wraps = sum_live_lanes(zero, lanes, jnp.asarray(live), self.base.acc_width)
         grads = hb.gradients(self.hru, bq, acc, kin, self.fmt)
         return {n: np.asarray(v) / scale for n, v in grads.items()}, int(wraps)
 
@@ -153,7 +153,7 @@ def _column(p, blocks, x_k, positions):
 @partial(jax.jit, static_argnames=("arch", "hrus"))
 def _forward(p, hps, x, arch: Architecture, hrus):
     """Per lane: final states, Σ_k h_top, Σh and Σh² of each block's input."""
-    blocks = [_block(p, k) for k in range(arch.blocks)]
+    blocks = [block_slice(p, k) for k in range(arch.blocks)]
 
     def lane(xx):
         def step(carry, x_k):
@@ -179,7 +179,7 @@ def _forward(p, hps, x, arch: Architecture, hrus):
 def _backward(p, hps, x, states, dh_top, scale, arch: Architecture, hrus):
     """Per lane: the echo carries, the retraced states (they end at the zero state) and the summed
     feed-forward and encoder gradients; ``dh_top`` (H,) is dL/dh_top per step, ``scale`` 2^s."""
-    blocks = [_block(p, k) for k in range(arch.blocks)]
+    blocks = [block_slice(p, k) for k in range(arch.blocks)]
     ff = [{n: pk[n] for n in FEED_FORWARD} for pk in blocks]
     enc = {n: p[n] for n in ENCODER}
 
@@ -234,7 +234,7 @@ class LockstepBlocks:
     def load(self, params: dict) -> None:
         self.overflow_events = self.clipped = 0
         hru = self.arch.hru
-        floats = [_hru_params(_block(params, k), hru) for k in range(self.arch.blocks)]
+        floats = [hru_params(block_slice(params, k), hru) for k in range(self.arch.blocks)]
         self.hps = ([hb.quantize_block_params(hru, f, self.fmt) for f in floats] if self.fixed
                     else [{n: jnp.asarray(v) for n, v in f.items()} for f in floats])
         self.grads = [{} for _ in range(self.arch.blocks)]
@@ -251,17 +251,17 @@ class LockstepBlocks:
         loss, logits, g_head, gh = _head_of_mean({n: p[n] for n in HEAD}, h_sum, float(length), jnp.asarray(labels),
                                                  jnp.asarray(live, jnp.float64))
         if grads is not None:
-            _add(grads, g_head)
+            add_into(grads, g_head)
             dh = gh / length  # dL/dh_top at every step (the mean's vjp)
             scale = 2.0 ** nudge_exponent(dh, live, length)
             retraced, echoes, g_ff, g_enc, clipped = _backward(p, self.hps, x, states, dh, scale, arch, hrus)
             self.clipped += int(np.sum(np.asarray(clipped)[live_np]))
             for k in range(arch.blocks):
-                _add(grads, {f"block{k}.{n}": np.asarray(v).sum(0) for n, v in g_ff[k].items()})
+                add_into(grads, {f"block{k}.{n}": np.asarray(v).sum(0) for n, v in g_ff[k].items()})
                 g, wraps = hrus.gradients(self.hps[k], echoes[k], live, scale)
-                _add(self.grads[k], g)
+                add_into(self.grads[k], g)
                 self.overflow_events += wraps + hrus.echo_overflows(echoes[k], live)
-            _add(grads, {n: np.asarray(v).sum(0) for n, v in g_enc.items()})
+            add_into(grads, {n: np.asarray(v).sum(0) for n, v in g_enc.items()})
         return np.asarray(loss), np.asarray(logits)
 
     def finish(self) -> list[dict]:

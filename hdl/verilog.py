@@ -203,7 +203,7 @@ def block_steps(fmt, case: dict, y_final, z_final) -> tuple[dict, list, list]:
     hru, base = hru_kind(fmt), base_format(fmt)
     bq = block_params(fmt, case)
     u, y0, z0, nudge = (jnp.asarray(case[k], jnp.int64) for k in ("u", "y0", "z0", "nudge"))
-    step = hru_block._step(hru, bq.q, fmt)
+    step = hru_block.step_function(hru, bq.q, fmt)
 
     def stacked(yz, z, b):
         y, z, *_, events = step(yz[0], z, b)
@@ -217,11 +217,11 @@ def block_steps(fmt, case: dict, y_final, z_final) -> tuple[dict, list, list]:
 
     def accumulate(acc, read_out, u_j, z_in, z_out):
         *read_out, y = read_out
-        acc, events, du = hru_block._accumulate(hru, bq, fmt, acc, tuple(read_out), u_j, z_in, z_out)
+        acc, events, du = hru_block.accumulate(hru, bq, fmt, acc, tuple(read_out), u_j, z_in, z_out)
         return acc, events, (du, y, z_out)
 
     p, n = bq.q.B.shape
-    acc0 = (hru_block._zero_accumulators(hru, p, n), jnp.zeros(p, jnp.int64))
+    acc0 = (hru_block.zero_accumulators(hru, p, n), jnp.zeros(p, jnp.int64))
     _, _, (_, kin), overflows, (du, ys, zs) = hx.run_echo(with_y, accumulate, acc0, bq.q, u, y_final, z_final,
                                                          nudge, base)
     states, ys, zs, du = (np.asarray(v).tolist() for v in (states, ys[::-1], zs[::-1], du[::-1]))
