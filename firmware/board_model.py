@@ -107,9 +107,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from echoboard.firmware.protocol import (Capability, Command, CoreConfig, Deframer, EchoMode, ForwardFlags, FrameError,
-                               Layout, MATRIX_REGION_CODES, Messages, PassState, PayloadLengthError, ProtocolError, Region, Reply, Status,
-                               UnknownCommand, decode_frame, word_bytes)
+from echoboard.firmware.protocol import (BLOCK_ACCUMULATORS, BLOCK_PARAMETERS, ECHO_OUTPUTS_FLAG, Capability, Command,
+                                         CoreConfig, Deframer, EchoMode, ForwardFlags, FrameError, Layout,
+                                         MATRIX_REGION_CODES, Messages, PassState, PayloadLengthError, ProtocolError,
+                                         Region, Reply, Status, UnknownCommand, decode_frame, word_bytes)
 from echoboard.golden_model import hru_fixed
 
 __all__ = ["GoldenBoard", "WrongState", "MODEL_BUILD_HASH", "DEFRAMER_LIMIT"]
@@ -122,7 +123,7 @@ DEFRAMER_LIMIT = 1 << 20
 
 _COUNTER_INDEX = {phase: i for i, phase in enumerate(hru_fixed.PHASES)}
 _U32 = (1 << 32) - 1
-_FORWARD_FLAGS = sum(int(flag) for flag in ForwardFlags)  # the flag bits that have a meaning
+_OUTPUTS_CAPABILITIES = Capability.FORWARD_OUTPUTS | Capability.ECHO_OUTPUTS
 
 #: Commands allowed in every state; the others are allowed in IDLE only, except DATA.
 _ANY_STATE = frozenset({Command.IDENTIFY, Command.STATUS, Command.ABORT})
@@ -149,6 +150,11 @@ class _Pass:
     mode: EchoMode | None = None
     nudges: np.ndarray | None = None  # (length, P), STREAM only
     steps_done: int = 0
+    # an outputs pass runs chunk by chunk (its replies carry the previous chunk's outputs):
+    outputs: bool = False
+    carry: tuple | None = None  # hru_block.forward_chunk's / echo_chunk's resumable state
+    pending_nudge: np.ndarray | None = None  # echo: the nudge for the next step's state
+    previous_part: bytes = b""  # the outputs part of the previous chunk
 
 
 class GoldenBoard:
@@ -163,12 +169,15 @@ class GoldenBoard:
         self._deframer = Deframer(limit=DEFRAMER_LIMIT)
         self._last_good: tuple[int, int] | None = None
         self._cached_reply = b""
+        self._last_outputs = self.messages.pack_outputs(PassState.FORWARD, 0, [])  # what OUTPUTS answers
+        self._accumulator_regions = [*config.accumulators.values(),
+                                     *(BLOCK_ACCUMULATORS[config.hru].values() if config.block else ())]
         self.frames_ok = self.crc_errors = self.framing_errors = self.overruns = self.command_errors = 0
         self._handlers = {
             Command.IDENTIFY: self._identify, Command.STATUS: self._status, Command.ABORT: self._abort,
             Command.WRITE: self._write, Command.READ: self._read, Command.CLEAR_GRADIENTS: self._clear_gradients,
             Command.FORWARD_START: self._forward_start, Command.FORWARD_DATA: self._data,
-            Command.ECHO_START: self._echo_start, Command.ECHO_DATA: self._data,
+            Command.ECHO_START: self._echo_start, Command.ECHO_DATA: self._data, Command.OUTPUTS: self._outputs,
         }
 
     # ------------------------------------------------------------------ the link
@@ -197,7 +206,8 @@ class GoldenBoard:
 
     def _execute(self, seq: int, cmd: int, payload: bytes) -> Reply:
         try:
-            if cmd not in Command._value2member_map_:
+            if cmd not in Command._value2member_map_ or (
+                    cmd == Command.OUTPUTS and not self.config.capabilities & _OUTPUTS_CAPABILITIES):
                 raise UnknownCommand(f"unknown command 0x{cmd:02x}")
             command = Command(cmd)
             self._check_state(command)
@@ -229,6 +239,7 @@ class GoldenBoard:
         self.messages.empty.unpack(payload)
         if self._pass:
             self._finish_pass()  # the unsent steps are the zeros already in the buffers
+            self._last_outputs = self.messages.pack_outputs(PassState.FORWARD, 0, [])  # discarded
         return b""
 
     def _write(self, payload):
@@ -247,7 +258,7 @@ class GoldenBoard:
 
     def _clear_gradients(self, payload):
         self.messages.empty.unpack(payload)
-        for region in self.config.accumulators.values():
+        for region in self._accumulator_regions:
             self._regions[region][:] = 0
         self._regions[Region.COUNTERS][_COUNTER_INDEX["gradient"]] = 0
         return b""
@@ -255,36 +266,50 @@ class GoldenBoard:
     def _forward_start(self, payload):
         v = self.messages.forward_start.unpack(payload)
         self._check_length(v["length"])
-        if v["flags"] & ~_FORWARD_FLAGS:
+        known = ForwardFlags.ZERO_STATE | (ForwardFlags.OUTPUTS if self.config.capabilities & Capability.FORWARD_OUTPUTS
+                                           else 0)
+        if v["flags"] & ~known:
             raise ProtocolError(f"FORWARD_START flags 0x{v['flags']:02x} set reserved bits")
         if v["flags"] & ForwardFlags.ZERO_STATE:
             self._regions[Region.Y0][:] = 0
             self._regions[Region.Z0][:] = 0
         self._regions[Region.POS_SUM][:] = 0
         self._regions[Region.COUNTERS][_COUNTER_INDEX["forward"]] = 0
-        self._pass = _Pass(PassState.FORWARD, v["length"], np.zeros((v["length"], self._shape[1]), np.int64))
+        self._pass = p = _Pass(PassState.FORWARD, v["length"], np.zeros((v["length"], self._shape[1]), np.int64),
+                               outputs=bool(v["flags"] & ForwardFlags.OUTPUTS))
+        self._start_outputs(p)
         return b""
 
     def _echo_start(self, payload):
         v = _unpack_truncating(self.messages.echo_start, payload)
         self._check_length(v["length"])
-        if v["mode"] not in EchoMode._value2member_map_:
+        outputs = bool(self.config.capabilities & Capability.ECHO_OUTPUTS and v["mode"] & ECHO_OUTPUTS_FLAG)
+        code = v["mode"] & ~ECHO_OUTPUTS_FLAG if outputs else v["mode"]
+        if code not in EchoMode._value2member_map_:
             raise ProtocolError(f"unknown echo mode {v['mode']}")
-        mode = EchoMode(v["mode"])
+        mode = EchoMode(code)
         if mode is EchoMode.STREAM and not self.config.capabilities & Capability.ECHO_STREAM:
             raise ProtocolError("echo STREAM mode is not implemented by this board")
         self._regions[Region.NUDGE][:] = v["nudge"]
         self._regions[Region.COUNTERS][[_COUNTER_INDEX["echo_plus"], _COUNTER_INDEX["echo_minus"]]] = 0
         length, (P, N) = v["length"], self._shape
         nudges = np.zeros((length, P), np.int64) if mode is EchoMode.STREAM else None
-        self._pass = _Pass(PassState.ECHO, length, np.zeros((length, N), np.int64), mode, nudges)
+        self._pass = p = _Pass(PassState.ECHO, length, np.zeros((length, N), np.int64), mode, nudges, outputs=outputs)
+        self._start_outputs(p)
         return b""
+
+    def _outputs(self, payload):
+        self.messages.empty.unpack(payload)
+        return self._last_outputs
 
     def _data(self, payload):
         p = self._pass
         layout = self.messages.forward_data if p.state is PassState.FORWARD else self.messages.echo_data(p.mode)
         v = _unpack_truncating(layout, payload)
         steps = layout.steps(len(payload))
+        if p.outputs and steps > self.messages.max_output_steps(p.state):
+            raise PayloadLengthError(f"{steps} steps in one chunk of an outputs pass; at most "
+                                     f"{self.messages.max_output_steps(p.state)} fit a reply")
         if v["offset"] != p.steps_done:
             raise ProtocolError(f"offset {v['offset']} but {p.steps_done} steps are done")
         if p.steps_done + steps > p.length:
@@ -294,7 +319,13 @@ class GoldenBoard:
         if p.nudges is not None:
             p.nudges[rows] = np.reshape(v["nudges"], (steps, -1))
         p.steps_done += steps
-        return self._finish_pass() if p.steps_done == p.length else b""
+        if not p.outputs:
+            return self._finish_pass() if p.steps_done == p.length else b""
+        reply, p.previous_part = p.previous_part, self._run_chunk(p, rows)
+        if p.steps_done < p.length:
+            return reply
+        self._last_outputs = p.previous_part
+        return reply + self._finish_pass()
 
     def _check_length(self, length: int) -> None:
         if not 1 <= length <= self.config.size.max_length:
@@ -305,7 +336,77 @@ class GoldenBoard:
     def _finish_pass(self) -> bytes:
         """Run the pass in progress on its buffered steps, store its results, return to IDLE."""
         p, self._pass = self._pass, None
+        if p.outputs:
+            if p.steps_done < p.length:  # ABORT: the unsent steps are zeros
+                self._run_chunk(p, slice(p.steps_done, p.length))
+            return self._store_forward(p) if p.state is PassState.FORWARD else self._store_echo(p)
         return self._run_forward(p) if p.state is PassState.FORWARD else self._run_echo(p)
+
+    # ---- outputs passes: an HSSM block's integers (golden_model.hru_block), run as chunks arrive
+
+    def _start_outputs(self, p: _Pass) -> None:
+        """Any START forgets the last outputs; an outputs pass gets its resumable state."""
+        self._last_outputs = self.messages.pack_outputs(p.state, 0, [])
+        p.previous_part = self._last_outputs
+        if not p.outputs:
+            return
+        r = self._regions
+        if p.state is PassState.FORWARD:
+            p.carry = hru_fixed.forward_start(r[Region.Y0].copy(), r[Region.Z0].copy())
+            return
+        p.pending_nudge = r[Region.NUDGE].copy()
+        p.carry = hru_fixed.echo_start(r[Region.Y0].copy(), r[Region.Z0].copy(), self._stored_block_accumulators())
+
+    def _run_chunk(self, p: _Pass, rows: slice) -> bytes:
+        """Steps ``rows`` of an outputs pass: advance its state, return their outputs part."""
+        from echoboard.golden_model import hru_block  # imported only for an outputs pass: JAX
+
+        model, q = self._model()
+        if p.state is PassState.FORWARD:
+            p.carry, outputs = hru_block.forward_chunk(self.config.hru, q, p.carry, p.inputs[rows], self.config.fmt)
+        else:
+            if p.mode is EchoMode.STREAM:  # each step starts from the nudge the step before it carried
+                carried = p.nudges[rows]
+                nudges = np.concatenate([p.pending_nudge[None, :], carried[:-1]])
+                p.pending_nudge = carried[-1].copy()
+            else:
+                nudges = np.broadcast_to(self._regions[Region.NUDGE], (rows.stop - rows.start, self._shape[0]))
+            p.carry, outputs = hru_block.echo_chunk(self.config.hru, self._block_params(q), p.carry, p.inputs[rows],
+                                                    nudges, self.config.fmt)
+        return self.messages.pack_outputs(p.state, rows.start, np.asarray(outputs).tolist())
+
+    def _block_params(self, q):
+        """hru_block.BlockParamsInt: the gain is DELTA (linear) or the GAIN region (nonlinear)."""
+        from echoboard.golden_model.hru_block import BlockParamsInt
+
+        gains = BLOCK_PARAMETERS[self.config.hru]
+        return BlockParamsInt(q, self._regions[gains["gain"]].copy() if gains else q.delta)
+
+    def _stored_block_accumulators(self):
+        """(the HRU's accumulators as hru_block keeps them, KIN) from the stored regions."""
+        stored = {name: self._shaped(region) for name, region in self.config.accumulators.items()}
+        if self.config.hru == "linear":
+            hru_acc = (stored["acc_a"].copy(), stored["acc_b"].copy())
+        else:
+            from echoboard.golden_model.hru_fixed_nonlinear import NonlinearAccumulators
+
+            hru_acc = NonlinearAccumulators(**{name[4:]: value.copy() for name, value in stored.items()})
+        kin = self._regions[BLOCK_ACCUMULATORS[self.config.hru]["kin"]]
+        return hru_acc, kin.copy()
+
+    def _store_forward(self, p: _Pass) -> bytes:
+        y, z, pos_sum, overflows = (np.asarray(x) for x in p.carry)
+        return self._forward_stores(y, z, pos_sum, int(overflows))
+
+    def _store_echo(self, p: _Pass) -> bytes:
+        y, z, (hru_acc, kin), echo_overflows, gradient_overflows = p.carry
+        if self.config.hru == "linear":
+            sums = {"acc_a": hru_acc[0], "acc_b": hru_acc[1]}
+        else:
+            sums = {f"acc_{name}": value for name, value in hru_acc._asdict().items()}
+        self._regions[BLOCK_ACCUMULATORS[self.config.hru]["kin"]][:] = np.asarray(kin)
+        return self._echo_stores(np.asarray(y), np.asarray(z), sums, *(int(x) for x in echo_overflows),
+                                 int(gradient_overflows))
 
     def _model(self):
         """The golden integer model of this HRU and its parameters as stored: hru_fixed and
@@ -327,9 +428,14 @@ class GoldenBoard:
         r, fmt = self._regions, self.config.fmt
         model, q = self._model()
         result = model.forward(q, p.inputs, r[Region.Y0], r[Region.Z0], fmt)
-        r[Region.Y0][:], r[Region.Z0][:], r[Region.POS_SUM][:] = result.y, result.z, result.pos_sum
-        r[Region.COUNTERS][_COUNTER_INDEX["forward"]] = int(result.overflows)
-        return self.messages.forward_result.pack(overflow_forward=int(result.overflows),
+        return self._forward_stores(result.y, result.z, result.pos_sum, int(result.overflows))
+
+    def _forward_stores(self, y, z, pos_sum, overflows: int) -> bytes:
+        """A finished forward pass into the stores; its final reply."""
+        r = self._regions
+        r[Region.Y0][:], r[Region.Z0][:], r[Region.POS_SUM][:] = y, z, pos_sum
+        r[Region.COUNTERS][_COUNTER_INDEX["forward"]] = overflows
+        return self.messages.forward_result.pack(overflow_forward=overflows,
                                                  pos_sum=_field_value(r[Region.POS_SUM].tolist()))
 
     def _run_echo(self, p: _Pass) -> bytes:
@@ -348,14 +454,18 @@ class GoldenBoard:
             acc = model.NonlinearAccumulators(**{name[4:]: value for name, value in stored.items()})
             result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, acc=acc)
             sums = {f"acc_{name}": value for name, value in result.acc._asdict().items()}
+        return self._echo_stores(result.y, result.z, sums, *(int(x) for x in result.overflows))
+
+    def _echo_stores(self, y, z, sums: dict, plus: int, minus: int, gradient: int) -> bytes:
+        """A finished echo pair into the stores (the gradient counter adds, saturating); its final reply."""
+        r = self._regions
         counters = r[Region.COUNTERS]
-        plus, minus, gradient = (int(x) for x in result.overflows)
         limit = (1 << self.config.base.counter_width) - 1
         counters[_COUNTER_INDEX["echo_plus"]] = plus
         counters[_COUNTER_INDEX["echo_minus"]] = minus
         counters[_COUNTER_INDEX["gradient"]] = min(int(counters[_COUNTER_INDEX["gradient"]]) + gradient, limit)
-        r[Region.Y0][:], r[Region.Z0][:] = result.y[0], result.z[0]
-        r[Region.Y1][:], r[Region.Z1][:] = result.y[1], result.z[1]
+        r[Region.Y0][:], r[Region.Z0][:] = y[0], z[0]
+        r[Region.Y1][:], r[Region.Z1][:] = y[1], z[1]
         for name, region in self.config.accumulators.items():
             r[region][:] = np.ravel(sums[name])
         return self.messages.echo_result.pack(overflow_echo_plus=plus, overflow_echo_minus=minus,
@@ -371,6 +481,7 @@ class GoldenBoard:
         """
         p = self._pass
         snapshot = {r.name: self._regions[r].tolist() for r in self.config.regions}
+        snapshot["outputs"] = self._last_outputs
         snapshot["pass"] = None if p is None else (p.state, p.length, p.steps_done, p.inputs.tolist(),
                                                    None if p.nudges is None else p.nudges.tolist())
         return snapshot

@@ -84,6 +84,7 @@ class Command(enum.IntEnum):
     FORWARD_DATA = 0x21
     ECHO_START = 0x30
     ECHO_DATA = 0x31
+    OUTPUTS = 0x22  # the per-step outputs of an outputs pass's last chunk (IDLE; FORWARD/ECHO_OUTPUTS)
 
 
 class Status(enum.IntEnum):
@@ -173,9 +174,10 @@ ACCUMULATORS = {"linear": {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B},
                               "acc_ty": NonlinearRegion.ACC_TY}}
 
 
-#: Draft (Capability.ECHO_OUTPUTS): an HSSM block's regions, numbered as the core numbers them
+#: With Capability.ECHO_OUTPUTS, an HSSM block's regions, numbered as the core numbers them
 #: (hdl.address_map.LinearRegion, hdl.hru_nonlinear.NonlinearRegion; checked by a test): KIN,
-#: δ's kinetic accumulator (B3: P words, acc_width, read-only); GAIN, the nonlinear g = δσc/W
+#: δ's kinetic accumulator (B3: P words, acc_width, read-only, added by every outputs echo, zeroed by
+#: CLEAR_GRADIENTS like the other accumulators); GAIN, the nonlinear g = δσc/W
 #: (B4': P words, coef_width, delta_frac, written by the host).
 LinearBlockRegion = enum.IntEnum("LinearBlockRegion", {**{r.name: r.value for r in Region}, "KIN": 12})
 NonlinearBlockRegion = enum.IntEnum("NonlinearBlockRegion",
@@ -207,31 +209,25 @@ class PassState(enum.IntEnum):
 
 class ForwardFlags(enum.IntFlag):
     ZERO_STATE = 1  # clear Y0/Z0 before the pass (otherwise start from what was written there)
+    OUTPUTS = 2  # Capability.FORWARD_OUTPUTS: the DATA replies carry y_k of every step (an HSSM block)
 
 
-# ---- draft: per-step streams (docs/protocol.md, *Draft: per-step streams*). Kept out of Command
-# and ForwardFlags, which the sequencer and the golden board take as the set they implement: a
-# board without the capability answers these with UNKNOWN_COMMAND / BAD_ARGUMENT (reserved bits).
-
-class StreamCommand(enum.IntEnum):
-    OUTPUTS = 0x22  # the per-step outputs of an outputs pass's last chunk (IDLE, after the pass)
-
-
-class StreamFlags(enum.IntFlag):
-    """Bit 1 of FORWARD_START's ``flags`` (Capability.FORWARD_OUTPUTS: y_k of every step) and of
-    ECHO_START's ``mode`` byte, ORed with the EchoMode (Capability.ECHO_OUTPUTS: du_j of every
-    step, KIN accumulated): the pass's DATA replies carry its per-step outputs."""
-
-    OUTPUTS = 2
+#: Bit 1 of ECHO_START's ``mode`` byte, beside the EchoMode in bit 0 (Capability.ECHO_OUTPUTS): an
+#: HSSM block's echo, whose DATA replies carry du_j of every step and which adds to KIN.
+ECHO_OUTPUTS_FLAG = 2
 
 
 class Capability(enum.IntFlag):
     """IDENTIFY's ``capabilities``: what a board implements beyond the protocol's core."""
 
     ECHO_STREAM = 1  # EchoMode.STREAM is implemented
-    FORWARD_OUTPUTS = 2  # draft: StreamFlags.OUTPUTS in FORWARD_START (y_k, docs/numerics.md B1)
-    ECHO_OUTPUTS = 4  # draft: StreamFlags.OUTPUTS in ECHO_START (du_j), the KIN region, nonlinear GAIN (B2-B5)
+    FORWARD_OUTPUTS = 2  # ForwardFlags.OUTPUTS in FORWARD_START (y_k, docs/numerics.md B1), OUTPUTS
+    ECHO_OUTPUTS = 4  # ECHO_OUTPUTS_FLAG in ECHO_START (du_j), OUTPUTS, the KIN region, nonlinear GAIN (B2-B5)
 
+
+#: What the board image with the pipelined core implements (the serial core has no block mode: ECHO_STREAM
+#: only); the golden board's default, so that it is the reference for that image.
+PIPELINED_CAPABILITIES = Capability.ECHO_STREAM | Capability.FORWARD_OUTPUTS | Capability.ECHO_OUTPUTS
 
 DRIFT_ROUNDING_CODES = {"half_away": 0, "floor": 1}
 
@@ -663,7 +659,7 @@ class CoreConfig:
 
     @property
     def block(self) -> bool:
-        """Draft: the board runs HSSM block echoes (Capability.ECHO_OUTPUTS), so it has KIN (and GAIN)."""
+        """The board runs HSSM block echoes (Capability.ECHO_OUTPUTS), so it has KIN (and GAIN)."""
         return bool(self.capabilities & Capability.ECHO_OUTPUTS)
 
     @property
@@ -742,10 +738,10 @@ class Messages:
         self.echo_result = Layout("ECHO_DATA final reply",
                                   counters("overflow_echo_plus", "overflow_echo_minus", "overflow_gradient"))
         self.empty = Layout("empty")
-        #: draft: the head of a per-step outputs part (a DATA reply in an outputs pass, OUTPUTS)
+        #: the head of a per-step outputs part (a DATA reply in an outputs pass, OUTPUTS)
         self.outputs_head = Layout("outputs head", (u32("first"), u16("steps")))
 
-    # ---- draft: per-step outputs (docs/protocol.md, *Draft: per-step streams*)
+    # ---- per-step outputs (docs/protocol.md, *Per-step streams*)
 
     def output_words(self, state: PassState) -> int:
         """Words per step of a pass's outputs: y_k (P) forward, du_j (N) echo, each i(Ws)."""
@@ -878,7 +874,7 @@ class Messages:
     def data_payloads(self, inputs, *, nudges=None, mode: EchoMode | None = None, outputs: bool = False
                       ) -> list[bytes]:
         """Split a sequence (L rows of N inputs, in the order the pass consumes them) into
-        FORWARD_DATA (``mode`` None) or ECHO_DATA payloads, each as full as a frame allows (draft,
+        FORWARD_DATA (``mode`` None) or ECHO_DATA payloads, each as full as a frame allows (with
         ``outputs``: and as its outputs allow, :meth:`max_output_steps`)."""
         layout = self.forward_data if mode is None else self.echo_data(mode)
         rows = [list(r) for r in inputs]

@@ -384,10 +384,10 @@ def test_docs_examples_are_what_the_code_encodes():
         assert f"`{message.encode().hex(' ')}`" in text, message
 
 
-# ---------------------------------------------------------------- draft: per-step streams
+# ---------------------------------------------------------------- per-step streams (HSSM blocks)
 
 
-def test_draft_block_regions_match_the_core():
+def test_block_regions_match_the_core():
     from echoboard.hdl.address_map import LinearRegion
     from echoboard.hdl.hru_lane import HRULane
     from echoboard.hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
@@ -400,7 +400,7 @@ def test_draft_block_regions_match_the_core():
             assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in lanes.items()}
 
 
-def test_draft_capability_gates_the_block_regions():
+def test_capability_gates_the_block_regions():
     from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 
     plain = p.CoreConfig(HRUSize(4, 2, 100), capabilities=p.Capability.ECHO_STREAM)
@@ -419,22 +419,11 @@ def test_draft_capability_gates_the_block_regions():
     assert p.unpack_identify(p.Messages(nonlinear).pack_identify()).regions is p.NonlinearBlockRegion
 
 
-def test_draft_codes_are_refused_by_a_board_without_the_capability():
-    """Outside Command/ForwardFlags/EchoMode, so today's board (the golden board; the sequencer
-    takes the same sets) answers them with UNKNOWN_COMMAND / BAD_ARGUMENT instead of ignoring them."""
-    from echoboard.firmware.board_model import GoldenBoard
-
-    assert {int(c) for c in p.StreamCommand}.isdisjoint(int(c) for c in p.Command)
-    flags = int(p.StreamFlags.OUTPUTS)
-    assert flags & sum(map(int, p.ForwardFlags)) == 0 and flags > max(p.EchoMode)
-    board = GoldenBoard(p.CoreConfig(HRUSize(4, 2, 100), capabilities=p.Capability.ECHO_STREAM))
-    m = board.messages
-    requests = [(p.StreamCommand.OUTPUTS, b"", p.Status.UNKNOWN_COMMAND),
-                (p.Command.FORWARD_START, m.forward_start.pack(length=5, flags=flags), p.Status.BAD_ARGUMENT),
-                (p.Command.ECHO_START, m.echo_start.pack(length=5, mode=flags, nudge=[0] * 4), p.Status.BAD_ARGUMENT)]
-    for seq, (cmd, payload, status) in enumerate(requests):
-        (frame,) = p.Deframer().feed(board.receive(p.Request(seq, cmd, payload).encode()))
-        assert p.Reply.decode(frame).status == status, cmd
+def test_outputs_flags_are_beside_the_modes_they_extend():
+    """Bit 1 of FORWARD_START's flags and of ECHO_START's mode: apart from ZERO_STATE and the echo modes,
+    so a board without the capability refuses it as a reserved bit (tests/test_board_blocks.py)."""
+    assert p.ForwardFlags.OUTPUTS & p.ForwardFlags.ZERO_STATE == 0
+    assert p.ECHO_OUTPUTS_FLAG > max(p.EchoMode) and p.ECHO_OUTPUTS_FLAG == int(p.ForwardFlags.OUTPUTS)
 
 
 @given(st.integers(1, 64), st.data())
@@ -457,7 +446,7 @@ def test_dense_packing_example_and_errors():
         p.unpack_dense(bytes(3), 5, 2)
 
 
-def test_draft_outputs_parts_fit_a_reply_beside_the_final_result():
+def test_outputs_parts_fit_a_reply_beside_the_final_result():
     m = p.Messages(p.CoreConfig())  # P16/N8, Ws = 32: docs/protocol.md's numbers
     assert (m.max_output_steps(p.PassState.FORWARD), m.max_output_steps(p.PassState.ECHO)) == (13, 31)
     for state, final in ((p.PassState.FORWARD, m.forward_result), (p.PassState.ECHO, m.echo_result)):
@@ -476,11 +465,10 @@ def test_draft_outputs_parts_fit_a_reply_beside_the_final_result():
     assert len(m.data_payloads([[0] * 8] * 100)) == 2  # without outputs: 63 steps a chunk
 
 
-def test_docs_draft_tables_match_the_code():
-    assert _doc_table("Draft capabilities") == {c.name: int(c) for c in p.Capability if c != p.Capability.ECHO_STREAM}
-    assert _doc_table("Draft codes") == {"OUTPUTS": int(p.StreamCommand.OUTPUTS),
-                                         "OUTPUTS_FLAG": int(p.StreamFlags.OUTPUTS)}
-    section = DOCS.read_text().split("### Draft regions\n", 1)[1].split("\n#", 1)[0]
+def test_docs_outputs_tables_match_the_code():
+    assert _doc_table("Outputs capabilities") == {c.name: int(c) for c in p.Capability if c != p.Capability.ECHO_STREAM}
+    assert _doc_table("Outputs codes") == {"OUTPUTS": int(p.Command.OUTPUTS), "OUTPUTS_FLAG": int(p.ForwardFlags.OUTPUTS)}
+    section = DOCS.read_text().split("### Block regions\n", 1)[1].split("\n#", 1)[0]
     rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(r"^\| (\w+) \| (\d+|—) \| (\d+) \|", section, re.M)}
     assert rows == {"KIN": (str(int(p.LinearBlockRegion.KIN)), str(int(p.NonlinearBlockRegion.KIN))),
                     "GAIN": ("—", str(int(p.NonlinearBlockRegion.GAIN)))}

@@ -14,7 +14,7 @@ from echoboard.host.board import Board
 from echoboard.host.client import Client, LinkError
 from echoboard.host.transports import DEFAULT_BAUD, Faults, FaultyTransport, GoldenTransport, open_serial
 
-DEFAULT_CORE = p.CoreConfig(HRUSize(16, 8), FixedFormat(), capabilities=p.Capability.ECHO_STREAM,
+DEFAULT_CORE = p.CoreConfig(HRUSize(16, 8), FixedFormat(), capabilities=p.PIPELINED_CAPABILITIES,
                             build_hash=MODEL_BUILD_HASH)
 SMALL = HRUSize(4, 3, 64)
 
