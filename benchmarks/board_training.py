@@ -50,11 +50,11 @@ def measure(cfg: TrainConfig, data: Dataset, split: Split, warmup: int) -> dict:
     link of the last ``cfg.epochs``."""
     fmt, size = FixedFormat(), HRUSize()
     with ExitStack() as stack:
+        net = make_model(cfg, data, fmt)
         t0 = time.perf_counter()
-        board, target = open_target(cfg, fmt, size, data.n_inputs, stack)
+        board, target = open_target(cfg, net, size, data.n_inputs, stack)
         open_s = time.perf_counter() - t0
         params, adam, rng = initial_state(cfg, data, fmt)
-        net = make_model(cfg, data, fmt)
         for _ in range(warmup):
             params, adam, _ = train_epoch(params, adam, rng, split, cfg, net, target)
         before = board.link_stats if board else None

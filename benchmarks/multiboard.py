@@ -78,11 +78,11 @@ class _Timed:
 def measure(cfg: TrainConfig, split: Split, data, warmup: int) -> dict:
     fmt, size = FixedFormat(), HRUSize()
     with ExitStack() as stack:
+        net = make_model(cfg, data, fmt)
         t0 = time.perf_counter()
-        _, target = open_target(cfg, fmt, size, data.n_inputs, stack)
+        _, target = open_target(cfg, net, size, data.n_inputs, stack)
         open_s = time.perf_counter() - t0
         params, adam, rng = initial_state(cfg, data, fmt)
-        net = make_model(cfg, data, fmt)
         for _ in range(warmup):
             params, adam, _ = train_epoch(params, adam, rng, split, cfg, net, target)
         timed = _Timed(target)

@@ -26,8 +26,9 @@ from contextlib import suppress
 import numpy as np
 
 from echoboard.firmware.board_model import MODEL_BUILD_HASH, GoldenBoard
-from echoboard.firmware.protocol import (MATRIX_REGION_CODES, Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages,
-                               PassState, ProtocolError, Region, identify_request, unpack_identify)
+from echoboard.firmware.protocol import (ECHO_OUTPUTS_FLAG, MATRIX_REGION_CODES, PIPELINED_CAPABILITIES, Capability,
+                                         Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState, ProtocolError,
+                                         Region, identify_request, unpack_identify)
 from echoboard.golden_model import hru_fixed
 from echoboard.golden_model.fixed import int_range
 from echoboard.golden_model.formats import HRUSize
@@ -60,7 +61,7 @@ class Board:
 
     @classmethod
     def open(cls, url: str = "golden", *, size: HRUSize | None = None, fmt=None, hru: str | None = None,
-             capabilities: Capability = Capability.ECHO_STREAM, timeout: float = 1.0, retries: int = 8,
+             capabilities: Capability = PIPELINED_CAPABILITIES, timeout: float = 1.0, retries: int = 8,
              seconds_per_step: float = SECONDS_PER_STEP, faults: Faults | None = None,
              fault_seed: int = 0, core: str = "pipelined") -> "Board":
         """Open a session with the board at ``url`` and IDENTIFY it.
@@ -239,7 +240,7 @@ class Board:
         """
         u = self._inputs(u)
         start = self.messages.forward_start.pack(length=len(u), flags=ForwardFlags.ZERO_STATE if zero_state else 0)
-        final = self._pass(Command.FORWARD_START, start, Command.FORWARD_DATA, self.messages.data_payloads(u))
+        final = self._pass(Command.FORWARD_START, start, Command.FORWARD_DATA, self.messages.data_payloads(u))[-1]
         result = self.messages.forward_result.unpack(final)
         y, z = (self.read(Region.Y0), self.read(Region.Z0)) if read_state else (None, None)
         return hru_fixed.ForwardResult(y, z, np.atleast_1d(result["pos_sum"]).astype(np.int64),
@@ -253,6 +254,43 @@ class Board:
         ``hru_fixed.echo``; needs the ECHO_STREAM capability). Returns the overflow counters
         [echo_plus, echo_minus, gradient] (the gradient counter counts since the last clear).
         """
+        start, chunks, mode = self._echo_request(u, nudge, outputs=False)
+        final = self._pass(Command.ECHO_START, start, Command.ECHO_DATA, chunks, mode)[-1]
+        return self._echo_counters(final)
+
+    # ---- outputs passes: an HSSM block (docs/protocol.md, *Per-step streams*)
+
+    def forward_outputs(self, u, zero_state: bool = True) -> tuple[hru_fixed.ForwardResult, np.ndarray]:
+        """:meth:`forward` with every step's positions: (ForwardResult without y, z; y_1..y_L (L, P)),
+        the integers of golden_model.hru_block.forward. Needs the FORWARD_OUTPUTS capability."""
+        self._require(Capability.FORWARD_OUTPUTS, "forward outputs")
+        u = self._inputs(u)
+        flags = ForwardFlags.OUTPUTS | (ForwardFlags.ZERO_STATE if zero_state else 0)
+        start = self.messages.forward_start.pack(length=len(u), flags=flags)
+        replies = self._pass(Command.FORWARD_START, start, Command.FORWARD_DATA,
+                             self.messages.data_payloads(u, outputs=True))
+        final, positions = self._outputs(PassState.FORWARD, replies, len(u))
+        result = self.messages.forward_result.unpack(final)
+        return (hru_fixed.ForwardResult(None, None, np.atleast_1d(result["pos_sum"]).astype(np.int64),
+                                        np.int64(result["overflow_forward"])), positions)
+
+    def echo_outputs(self, u, nudge) -> tuple[np.ndarray, np.ndarray]:
+        """An HSSM block's echo pair (golden_model.hru_block.echo's integers): :meth:`echo` that also
+        adds to KIN and returns (the overflow counters, du (L, N) in the order of ``u``: row j is the
+        echo step that consumed u_j). Needs the ECHO_OUTPUTS capability."""
+        self._require(Capability.ECHO_OUTPUTS, "echo outputs")
+        u = self._inputs(u)
+        start, chunks, mode = self._echo_request(u, nudge, outputs=True)
+        replies = self._pass(Command.ECHO_START, start, Command.ECHO_DATA, chunks, mode)
+        final, du = self._outputs(PassState.ECHO, replies, len(u))
+        return self._echo_counters(final), du[::-1]
+
+    def _require(self, capability: Capability, what: str) -> None:
+        if not self.config.capabilities & capability:
+            raise ValueError(f"this board has no {what} (IDENTIFY capability {capability.name}): "
+                             f"rebuild it with the pipelined core")
+
+    def _echo_request(self, u, nudge, outputs: bool) -> tuple[bytes, list[bytes], EchoMode]:
         u = self._inputs(u)
         P, L, width = self.config.size.oscillators, len(u), self.config.base.state_width
         nudge = np.asarray(nudge)
@@ -264,18 +302,35 @@ class Board:
             mode, first, stream = EchoMode.STREAM, n[L - 1], np.concatenate([n[:-1][::-1], np.zeros((1, P), np.int64)])
         else:
             mode, first, stream = EchoMode.CONSTANT, _integers(nudge, "nudge", (P,), width), None
-        start = self.messages.echo_start.pack(length=L, mode=mode, nudge=_field_value(first))
+        start = self.messages.echo_start.pack(length=L, mode=mode | (ECHO_OUTPUTS_FLAG if outputs else 0),
+                                              nudge=_field_value(first))
         # lists, not arrays: data_payloads re-lists ``nudges`` for every chunk (cheap for a list only)
         chunks = self.messages.data_payloads(u[::-1].tolist(), nudges=None if stream is None else stream.tolist(),
-                                             mode=mode)
-        final = self._pass(Command.ECHO_START, start, Command.ECHO_DATA, chunks, mode)
+                                             mode=mode, outputs=outputs)
+        return start, chunks, mode
+
+    def _echo_counters(self, final: bytes) -> np.ndarray:
         result = self.messages.echo_result.unpack(final)
         return np.array([result["overflow_echo_plus"], result["overflow_echo_minus"], result["overflow_gradient"]],
                         np.int64)
 
+    def _outputs(self, state: PassState, replies: list[bytes], length: int) -> tuple[bytes, np.ndarray]:
+        """An outputs pass's DATA replies, then OUTPUTS -> (the final result's bytes, the steps' words
+        (L, M) in the order the pass consumed them), each part checked to be the steps expected."""
+        rows, final = [], b""
+        for payload in [*replies, self.client.call(Command.OUTPUTS)]:
+            first, words, final_part = self.messages.unpack_outputs(state, payload)
+            if first != len(rows) and words:
+                raise ProtocolError(f"the board sent outputs from step {first}, expected step {len(rows)}")
+            rows += words
+            final = final_part or final
+        if len(rows) != length:
+            raise ProtocolError(f"the board sent outputs of {len(rows)} steps for a pass of {length}")
+        return final, np.asarray(rows, np.int64).reshape(length, self.messages.output_words(state))
+
     def _pass(self, start_cmd: Command, start: bytes, data_cmd: Command, chunks: list[bytes],
-              mode: EchoMode | None = None) -> bytes:
-        """START, then every DATA chunk; the final chunk's reply payload.
+              mode: EchoMode | None = None) -> list[bytes]:
+        """START, then every DATA chunk; the DATA replies' payloads (the last one's is the final result).
 
         On any exception (even in START, whose reply may be lost after it ran, or which may
         have met a pass left over from an interrupted session) the pass is ABORTed, best effort,
@@ -284,13 +339,11 @@ class Board:
         layout = self.messages.forward_data if mode is None else self.messages.echo_data(mode)
         try:
             self.client.call(start_cmd, start)
-            for chunk in chunks:
-                final = self.client.call(data_cmd, chunk, timeout=self._wait(layout.steps(len(chunk))))
+            return [self.client.call(data_cmd, chunk, timeout=self._wait(layout.steps(len(chunk)))) for chunk in chunks]
         except BaseException:
             with suppress(LinkError, ProtocolError, OSError):
                 self.abort()
             raise
-        return final
 
     def _wait(self, steps: int) -> float:
         return self.client.timeout + steps * self.seconds_per_step

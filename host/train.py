@@ -27,8 +27,9 @@ GELU and GLU are the nonlinearity, and squared spikes would saturate the input w
 
 ``--blocks K`` trains the paper's HSSM instead (golden_model.hssm: encoder, K blocks of norm →
 HRU → C/D read-out → GELU → GLU → skip, mean, head; δ trained) with ``--hidden H`` and
-``--hru linear|nonlinear``, in process only for now: its HRU blocks need per-step streams that
-the board image does not have yet, so the board targets refuse ``--blocks``. Without
+``--hru linear|nonlinear``. With ``--algo rhel`` its HRU blocks run where ``--target`` says: in
+process (hssm.FixedBlocks), or one block after another on a board through its per-step streams
+(host.board_blocks.BoardBlocks), ending with the same parameters bit for bit. Without
 ``--blocks`` the single-HRU model trains exactly as before.
 """
 from __future__ import annotations
@@ -292,9 +293,6 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown HRU {cfg.hru!r}; choose one of {', '.join(hb.HRU_KINDS)}")
     if cfg.hru != "linear" and not cfg.blocks:
         raise ValueError("the single-HRU model is linear; --hru nonlinear needs --blocks K (an HSSM)")
-    if cfg.blocks and cfg.algo == "rhel" and is_board_target(cfg.target):
-        raise ValueError(f"--blocks runs in process only for now (--target inprocess): the board image has no "
-                         f"per-step streams for HSSM blocks yet, so --target {cfg.target} cannot train them")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if cfg.schedule == "lockstep" and not (cfg.blocks and cfg.algo != "bptt" and cfg.target == "inprocess"):
@@ -416,10 +414,17 @@ def initial_state(cfg: TrainConfig, data, fmt: FixedFormat) -> tuple[dict, dict,
     return params, adam, rng
 
 
-def open_target(cfg: TrainConfig, fmt: FixedFormat, size: HRUSize, n_inputs: int, stack):
-    """(board or None, the FixedTarget for ``--algo rhel`` or None); a board is closed with ``stack``."""
-    if cfg.algo != "rhel" or cfg.blocks:  # the HSSM's blocks run in process (hssm.FixedBlocks)
-        return None, None
+def open_target(cfg: TrainConfig, net, size: HRUSize, n_inputs: int, stack):
+    """(board or None, where ``net``'s fixed-point HRUs run: the single HRU's FixedTarget, an HSSM's
+    host.board_blocks.BoardBlocks, or None for in process); a board is closed with ``stack``."""
+    fmt = net.fmt
+    if cfg.algo != "rhel" or (cfg.blocks and not is_board_target(cfg.target)):
+        return None, None  # float64 algorithms; an HSSM's integer blocks in process (hssm.FixedBlocks)
+    if cfg.blocks:  # each block's HRU on the board, sized for a block (P oscillators, H inputs)
+        from echoboard.host.board_blocks import BoardBlocks
+
+        board = stack.enter_context(open_board(cfg, fmt, size, cfg.hidden))
+        return board, BoardBlocks(net.arch, board)
     if not is_board_target(cfg.target):
         return None, model.InProcessTarget(fmt)
     if uses_ray(cfg):  # B boards through Ray: the summary's link and boards come from the target
@@ -476,7 +481,7 @@ def _train(cfg, fmt, size, progress, stack) -> dict:
         epoch, history = 0, []
     os.makedirs(out, exist_ok=True)
     net = make_model(cfg, data, fmt)
-    board, target = open_target(cfg, net.fmt, size, data.n_inputs, stack)
+    board, target = open_target(cfg, net, size, data.n_inputs, stack)
 
     train_split, n = data.train, len(data.train)
     n_batches = -(-n // cfg.batch)
@@ -563,8 +568,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"P, the number of oscillators (default {d.oscillators})")
     parser.add_argument("--blocks", type=int, default=d.blocks, metavar="K",
                         help="train the paper's HSSM of K blocks (encoder, K × [norm, HRU, C/D read-out, GELU, GLU, "
-                             "skip], mean, head; δ trained) instead of the single-HRU model; in process only "
-                             f"(--target inprocess) (default {d.blocks}: the single HRU)")
+                             "skip], mean, head; δ trained) instead of the single-HRU model; with --algo rhel each block's "
+                             "HRU runs on --target (a board: one block after another, bit-identical to inprocess) "
+                             f"(default {d.blocks}: the single HRU)")
     parser.add_argument("--hidden", type=int, default=d.hidden, metavar="H",
                         help=f"the HSSM's width between blocks (default {d.hidden})")
     parser.add_argument("--hru", default=d.hru, choices=hb.HRU_KINDS,

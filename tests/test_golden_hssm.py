@@ -235,11 +235,11 @@ def test_single_hru_model_trains_bit_identically_to_before(tmp_path):
     assert s["architecture"]["model"] == "single-hru"
 
 
-def test_cli_refuses_blocks_on_a_board_and_nonlinear_without_blocks(tmp_path, capsys):
+def test_cli_refuses_blocks_on_many_boards_and_nonlinear_without_blocks(tmp_path, capsys):
     base = ["train", "--dataset", "BasicMotions", "--epochs", "1", "--out", str(tmp_path / "x")]
-    assert cli.main(base + ["--blocks", "2", "--target", "golden"]) == 2
+    assert cli.main(base + ["--blocks", "2", "--target", "golden", "--boards", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--blocks runs in process only" in err and len(err.splitlines()) == 1
+    assert "--boards and --ray-address train the single-HRU model" in err and len(err.splitlines()) == 1
     assert cli.main(base + ["--hru", "nonlinear", "--target", "inprocess"]) == 2
     assert "--hru nonlinear needs --blocks" in capsys.readouterr().err
     assert cli.main(base + ["--blocks", "2", "--algo", "bptt", "--target", "inprocess", "--schedule", "lockstep"]) == 2
