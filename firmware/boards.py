@@ -102,6 +102,11 @@ class BoardSpec:
 
         return getattr(importlib.import_module(self.platform_module), self.platform_class)()
 
+    @property
+    def image_clock_hz(self) -> int:
+        """The clock the image runs at by default: ``clock_hz``, or the board oscillator's."""
+        return self.clock_hz or int(self.platform().default_clk_frequency)
+
 
 BOARDS = {
     # 3 Mbaud needs a clock that is a multiple of 3 MHz: the 25 MHz oscillator is 4 % off and the

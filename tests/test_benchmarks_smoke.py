@@ -45,9 +45,9 @@ def test_gradient_cost_memory_child_and_run_all(tmp_path, capsys):
 
 def test_board_training_on_every_target_is_bit_identical(tmp_path, capsys):
     out = tmp_path / "bt.json"
-    assert run_all.main(["--only", "board_training", "--samples", "8", "--epochs", "1", "--warmup", "0",
-                         "--oscillators", "8", "--out", str(out)]) == 0  # P = 8, N = 12: the image tests build
-    saved = json.loads(out.read_text())
+    assert run_all.main(["--only", "board_training", "--models", "single", "--samples", "8", "--epochs", "1",
+                         "--warmup", "0", "--oscillators", "8", "--out", str(out)]) == 0  # P = 8, N = 12: the image tests build
+    saved = json.loads(out.read_text())["models"]["single"]
     assert saved["bit_identical"] and set(saved["targets"]) == {"sim", "golden", "inprocess"}
     for name, r in saved["targets"].items():
         assert r["samples"] == 8 and r["samples_per_s"] > 0
@@ -55,7 +55,25 @@ def test_board_training_on_every_target_is_bit_identical(tmp_path, capsys):
     for name in ("sim", "golden"):
         link = saved["targets"][name]["link"]
         assert link["retries"] == 0 and 0.5 < link["efficiency"] < 1 and link["payload_bytes_per_s"] > 0
-    assert "bit-identical parameters on every target: True" in capsys.readouterr().out
+    assert "single: bit-identical parameters on every target: True" in capsys.readouterr().out
+
+
+def test_board_training_projects_the_hssm_onto_real_boards(tmp_path, capsys):
+    """HSSM rows (golden and in process here; the simulated board's in the full run) and each board's
+    projection: the smaller of the core's and the link's rate, the serial core refusing the HSSM."""
+    out = tmp_path / "bt.json"
+    assert run_all.main(["--only", "board_training", "--models", "single,hssm", "--targets", "golden,inprocess",
+                         "--samples", "4", "--epochs", "1", "--warmup", "0", "--out", str(out)]) == 0
+    models = json.loads(out.read_text())["models"]
+    assert models["hssm"]["bit_identical"] and models["hssm"]["config"]["blocks"] == 2
+    single, hssm = models["single"]["projection"], models["hssm"]["projection"]
+    assert not hssm["icebreaker"]["holds_model"] and single["icebreaker"]["holds_model"]
+    for b in (single["ulx3s-85f"], single["icebreaker"], hssm["ulx3s-85f"]):
+        assert b["samples_per_s"] == min(b["core_samples_per_s"], b["link_samples_per_s"]) > 0
+        assert b["limit"] == ("core" if b["core_samples_per_s"] < b["link_samples_per_s"] else "link")
+    # an HSSM sample carries every step's outputs: far more bytes than the single HRU's position sums
+    assert hssm["ulx3s-85f"]["wire_bytes_per_sample"] > 5 * single["ulx3s-85f"]["wire_bytes_per_sample"]
+    assert "hssm: bit-identical parameters on every target: True" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # two Verilator builds and L = 2000 runs: 2.5-5 min, the default suite's longest test
