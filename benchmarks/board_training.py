@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -144,6 +145,34 @@ def format_table(result: dict) -> str:
     return "\n".join(rows)
 
 
+TARGET_NAMES = {"sim": "`sim` (the simulated board)", "golden": "`golden` (golden board model behind the protocol)",
+                "inprocess": "`inprocess` (no link)"}
+
+
+def markdown_tables(result: dict) -> str:
+    """README's tables: training speed per model and target, then the projection per model and board."""
+    lines = ["| model | target | training samples/s | wire kB/s | link efficiency | requests/sample | bit-identical |",
+             "|---|---|---|---|---|---|---|"]
+    for model, m in result["models"].items():
+        for name, r in m["targets"].items():
+            link = r["link"]
+            cols = ("—", "—", "—") if link is None else (
+                f"{link['wire_bytes_per_s'] / 1e3:.1f}", f"{link['efficiency']:.3f}", f"{link['requests'] / r['samples']:.2f}")
+            lines.append(f"| {model} | {TARGET_NAMES[name]} | {r['samples_per_s']:.1f} | {' | '.join(cols)} | "
+                         f"{m['bit_identical']} |")
+    lines += ["", "| model | board (core) | clock MHz | core samples/s | wire bytes/sample | link samples/s | "
+                  "projected samples/s | limit |", "|---|---|---|---|---|---|---|---|"]
+    for model, m in result["models"].items():
+        for board, b in m.get("projection", {}).items():
+            if not b["holds_model"]:
+                lines.append(f"| {model} | {board} ({b['core']}) | — | — | — | — | cannot run it | no block mode |")
+                continue
+            lines.append(f"| {model} | {board} ({b['core']}) | {b['clock_hz'] / 1e6:g} | {b['core_samples_per_s']:.0f} | "
+                         f"{b['wire_bytes_per_sample']:.0f} | {b['link_samples_per_s']:.1f} | "
+                         f"{b['samples_per_s']:.1f} | {b['limit']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     d = TrainConfig()
     ap = argparse.ArgumentParser(prog="python -m benchmarks.board_training", description=__doc__.split("\n")[0])
@@ -158,7 +187,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--oscillators", type=int, default=d.oscillators, help="the single HRU's P")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--table", action="store_true", help="print README's markdown tables of --out and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_tables(json.loads(args.out.read_text())))
+        return None
     targets = [t for t in args.targets.split(",") if t]
     models = [m for m in args.models.split(",") if m]
     for names, known, what in ((targets, TARGETS, "targets"), (models, MODELS, "models")):
