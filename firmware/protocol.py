@@ -38,6 +38,7 @@ from cobs import cobs
 
 from echoboard.golden_model.formats import FixedFormat, HRUSize
 from echoboard.hdl.kinds import base_format, hru_kind
+from echoboard.hdl.regions import LinearBlockRegion, NonlinearBlockRegion, NonlinearRegion, Region
 
 # ---------------------------------------------------------------- version and limits
 
@@ -105,55 +106,6 @@ class Status(enum.IntEnum):
         return self in (Status.BAD_CRC, Status.TRUNCATED, Status.OVERSIZED)
 
 
-class Region(enum.IntEnum):
-    """The linear HRU's word-addressed stores for WRITE/READ. Numbering equals hdl.address_map.Region
-    (checked by a test).
-
-    Index ``i`` of per-oscillator regions is oscillator ``i``; B and ACC_B are row-major
-    P×N (index ``i*N + j``); COUNTERS holds the overflow counters in
-    golden_model.hru_fixed.PHASES order (forward, echo_plus, echo_minus, gradient).
-    """
-
-    A = 0
-    B = 1
-    DELTA = 2
-    NUDGE = 3  # constant echo nudge n (state units): +n for the +ε echo, -n for the -ε echo
-    Y0 = 4  # slot 0: initial / final forward state; after an echo the +ε echo's final state
-    Z0 = 5
-    Y1 = 6  # slot 1: the -ε echo's final state
-    Z1 = 7
-    POS_SUM = 8
-    ACC_A = 9
-    ACC_B = 10
-    COUNTERS = 11
-
-
-class NonlinearRegion(enum.IntEnum):
-    """The nonlinear HRU's stores. Numbering equals hdl.hru_nonlinear.NonlinearRegion (checked by a
-    test): every region that carries over keeps :class:`Region`'s code (α in A's place, ACC_YY in
-    ACC_A's, the P×N ACC_TU in ACC_B's); W, BIAS, SIGMA (σc) and the other accumulators follow.
-    """
-
-    ALPHA = 0
-    B = 1
-    DELTA = 2
-    NUDGE = 3
-    Y0 = 4
-    Z0 = 5
-    Y1 = 6
-    Z1 = 7
-    POS_SUM = 8
-    ACC_YY = 9
-    ACC_TU = 10
-    COUNTERS = 11
-    W = 12
-    BIAS = 13
-    SIGMA = 14
-    ACC_T = 15
-    ACC_LC = 16
-    ACC_TY = 17
-
-
 #: Wire code of IDENTIFY's ``hru`` field, and the region enum of each HRU kind.
 HRU_CODES = {"linear": 0, "nonlinear": 1}
 REGIONS = {"linear": Region, "nonlinear": NonlinearRegion}
@@ -174,14 +126,6 @@ ACCUMULATORS = {"linear": {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B},
                               "acc_ty": NonlinearRegion.ACC_TY}}
 
 
-#: With Capability.ECHO_OUTPUTS, an HSSM block's regions, numbered as the core numbers them
-#: (hdl.address_map.LinearRegion, hdl.hru_nonlinear.NonlinearRegion; checked by a test): KIN,
-#: δ's kinetic accumulator (B3: P words, acc_width, read-only, added by every outputs echo, zeroed by
-#: CLEAR_GRADIENTS like the other accumulators); GAIN, the nonlinear g = δσc/W
-#: (B4': P words, coef_width, delta_frac, written by the host).
-LinearBlockRegion = enum.IntEnum("LinearBlockRegion", {**{r.name: r.value for r in Region}, "KIN": 12})
-NonlinearBlockRegion = enum.IntEnum("NonlinearBlockRegion",
-                                    {**{r.name: r.value for r in NonlinearRegion}, "KIN": 18, "GAIN": 19})
 BLOCK_REGIONS = {"linear": LinearBlockRegion, "nonlinear": NonlinearBlockRegion}
 BLOCK_PARAMETERS = {"linear": {}, "nonlinear": {"gain": NonlinearBlockRegion.GAIN}}
 BLOCK_ACCUMULATORS = {"linear": {"kin": LinearBlockRegion.KIN}, "nonlinear": {"kin": NonlinearBlockRegion.KIN}}

@@ -1,7 +1,7 @@
-"""The HRU core's host address map: regions and ``{region, lane, index}`` addresses.
+"""The HRU core's host address map: ``{region, lane, index}`` addresses of hdl.regions' stores.
 
-Shared by the pipelined core (hdl.hru_core), the serial core (hdl.hru_serial), the board's
-sequencer and the protocol (firmware/protocol.py numbers its regions the same, checked by a test).
+Shared by the pipelined core (hdl.hru_core), the serial core (hdl.hru_serial) and the board's
+sequencer; the protocol (firmware/protocol.py) takes the same region enums.
 """
 from __future__ import annotations
 
@@ -11,34 +11,12 @@ from dataclasses import dataclass
 from amaranth.utils import ceil_log2
 
 from echoboard.hdl.memories import addr_width
+from echoboard.hdl.regions import Region
 
-__all__ = ["PHASES", "Region", "LinearRegion", "AddressMap", "region_width"]
+__all__ = ["PHASES", "Region", "AddressMap", "region_width"]
 
 PHASES = ("forward", "echo_plus", "echo_minus", "gradient")  # order of golden_model.hru_fixed.PHASES
 
-
-class Region(enum.IntEnum):
-    """Top address field of the host port. Per-oscillator regions hold P words, B/ACC_B P×N."""
-
-    A = 0
-    B = 1
-    DELTA = 2
-    NUDGE = 3  # the constant nudge vector n (state units), added as ±n (not the streamed ones)
-    Y0 = 4  # slot 0: forward state; after ECHO the +ε echo's state
-    Z0 = 5
-    Y1 = 6  # slot 1: the −ε echo's state after ECHO
-    Z1 = 7
-    POS_SUM = 8
-    ACC_A = 9
-    ACC_B = 10
-    COUNTERS = 11  # index = position in PHASES; read-only
-
-
-#: The linear core's regions: Region plus KIN, δ's kinetic accumulator of an HSSM block
-#: (docs/numerics.md B3; P words, acc_width, read-only). Region stays the numbering the board's
-#: protocol uses (firmware.protocol.Region equals it) until the board reads KIN; 12 is the first
-#: free 4-bit number (the nonlinear core's 12..17 were taken before, so its KIN is 18).
-LinearRegion = enum.IntEnum("LinearRegion", {**{r.name: r.value for r in Region}, "KIN": 12})
 
 _MATRIX_REGIONS = (Region.B, Region.ACC_B)  # the nonlinear core's B and ACC_TU share these numbers
 _REGION_WIDTH = 4  # the linear core's; a larger region enum (the nonlinear core's) gets more bits

@@ -37,7 +37,8 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from echoboard.hdl.address_map import PHASES, LinearRegion, Region, region_width
+from echoboard.hdl.address_map import PHASES, Region, region_width
+from echoboard.hdl.regions import LinearBlockRegion
 from echoboard.hdl.fixed import add_round_shift, round_shift, sub_round_shift, wrap
 from echoboard.hdl.kinds import base_format
 from echoboard.hdl.memories import AccumulatorMemory, MemoryBus, SharedMemory, addr_width
@@ -120,14 +121,14 @@ class HRULane(wiring.Component):
     """
 
     kind = "linear"
-    regions = LinearRegion
+    regions = LinearBlockRegion
     #: case / host names of the parameters and of the accumulators -> their regions
     PARAMETERS = {"A": Region.A, "delta": Region.DELTA, "B": Region.B}
     ACCUMULATORS = {"acc_a": Region.ACC_A, "acc_b": Region.ACC_B}
     #: what only an HSSM block adds: the input-gradient gain g (linear: g = δ, the DELTA word
     #: itself, golden_model.hru_block) and δ's kinetic accumulator
     BLOCK_PARAMETERS: dict = {}
-    BLOCK_ACCUMULATORS = {"kin": LinearRegion.KIN}
+    BLOCK_ACCUMULATORS = {"kin": LinearBlockRegion.KIN}
     GAIN = Region.DELTA  # the region the MAC engine's copy of g is written through
     #: per-oscillator coefficient stores besides δ, read with the state: pipeline field -> region
     COEFFICIENTS = {"a": Region.A}

@@ -30,67 +30,33 @@ B·u 1 and Δt·u 2 per MAC column: 26 + 3·M (50 with M = 8); an HSSM block add
 """
 from __future__ import annotations
 
-import enum
-
 from amaranth.hdl import Module, Mux, signed
 
 from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 from echoboard.hdl.fixed import add_round_shift, round_shift, wrap
 from echoboard.hdl.hru_lane import HRULane
 from echoboard.hdl.pipeline import Pipeline
+from echoboard.hdl.regions import NonlinearBlockRegion
 from echoboard.hdl.tanh import TanhRom, tanh_stages
 
-__all__ = ["NonlinearRegion", "NonlinearLane"]
-
-
-class NonlinearRegion(enum.IntEnum):
-    """The nonlinear core's host regions (5 address bits).
-
-    Every region whose meaning carries over keeps hdl.address_map.Region's number (the shared lane
-    code and AddressMap rely on it: B and ACC_TU are the P×N matrices at 1 and 10, COUNTERS is
-    11): α takes A's place (the spring constant), ACC_YY = Σ(yh⁺² − yh⁻²) is exactly the linear
-    ACC_A, ACC_TU = Σ Δt·u takes ACC_B's. The other accumulators (P words each, acc_width):
-    ACC_T = Σ Δt, ACC_LC = Σ R(tanh(ā)·Δa), ACC_TY = Σ R(t⁺·yh⁺ − t⁻·yh⁻)
-    (golden_model.hru_fixed_nonlinear's module docstring).
-    """
-
-    ALPHA = 0  # α per oscillator (coef_a_frac); a scalar α is the same word written P times
-    B = 1
-    DELTA = 2
-    NUDGE = 3
-    Y0 = 4
-    Z0 = 5
-    Y1 = 6
-    Z1 = 7
-    POS_SUM = 8
-    ACC_YY = 9
-    ACC_TU = 10
-    COUNTERS = 11
-    W = 12  # coef_w_frac
-    BIAS = 13  # coef_bias_frac
-    SIGMA = 14  # σc = σ(c), coef_sigma_frac
-    ACC_T = 15
-    ACC_LC = 16
-    ACC_TY = 17
-    KIN = 18  # an HSSM block's δ kinetic accumulator (hdl.address_map.LinearRegion.KIN; 12 is W here)
-    GAIN = 19  # an HSSM block's input-gradient gain g = δσc/W (coef_width, delta_frac; host-written)
+__all__ = ["NonlinearLane"]
 
 
 class NonlinearLane(HRULane):
     """R oscillators of the nonlinear core (see the module docstring for the pipeline)."""
 
     kind = "nonlinear"
-    regions = NonlinearRegion
-    PARAMETERS = {"W": NonlinearRegion.W, "bias": NonlinearRegion.BIAS, "sigma_c": NonlinearRegion.SIGMA,
-                  "alpha": NonlinearRegion.ALPHA, "delta": NonlinearRegion.DELTA, "B": NonlinearRegion.B}
-    ACCUMULATORS = {"acc_yy": NonlinearRegion.ACC_YY, "acc_t": NonlinearRegion.ACC_T,
-                    "acc_tu": NonlinearRegion.ACC_TU, "acc_lc": NonlinearRegion.ACC_LC,
-                    "acc_ty": NonlinearRegion.ACC_TY}
-    COEFFICIENTS = {"alpha": NonlinearRegion.ALPHA, "w": NonlinearRegion.W, "bias": NonlinearRegion.BIAS,
-                    "sigma": NonlinearRegion.SIGMA}
-    BLOCK_PARAMETERS = {"gain": NonlinearRegion.GAIN}
-    BLOCK_ACCUMULATORS = {"kin": NonlinearRegion.KIN}
-    GAIN = NonlinearRegion.GAIN
+    regions = NonlinearBlockRegion
+    PARAMETERS = {"W": NonlinearBlockRegion.W, "bias": NonlinearBlockRegion.BIAS, "sigma_c": NonlinearBlockRegion.SIGMA,
+                  "alpha": NonlinearBlockRegion.ALPHA, "delta": NonlinearBlockRegion.DELTA, "B": NonlinearBlockRegion.B}
+    ACCUMULATORS = {"acc_yy": NonlinearBlockRegion.ACC_YY, "acc_t": NonlinearBlockRegion.ACC_T,
+                    "acc_tu": NonlinearBlockRegion.ACC_TU, "acc_lc": NonlinearBlockRegion.ACC_LC,
+                    "acc_ty": NonlinearBlockRegion.ACC_TY}
+    COEFFICIENTS = {"alpha": NonlinearBlockRegion.ALPHA, "w": NonlinearBlockRegion.W, "bias": NonlinearBlockRegion.BIAS,
+                    "sigma": NonlinearBlockRegion.SIGMA}
+    BLOCK_PARAMETERS = {"gain": NonlinearBlockRegion.GAIN}
+    BLOCK_ACCUMULATORS = {"kin": NonlinearBlockRegion.KIN}
+    GAIN = NonlinearBlockRegion.GAIN
     STEP_WRAPS = 6  # flip/nudge, drift 1, argument, force, kick, drift 2
     READ_OUT_FLAGS = 7  # d, S, Δa, acc_yy, acc_t, acc_lc, acc_ty
 
@@ -147,17 +113,17 @@ class NonlinearLane(HRULane):
         g = gp.advance(d=d, ssum=ssum, darg=darg, arg_sum=plus["arg"] + minus["arg"], dt=dt,
                        ev=d_ovf + s_ovf + darg_ovf)
         flag_events = Mux(g["valid"], g["ev"], 0)
-        updates = {NonlinearRegion.ACC_T: (g["valid"], g["row"], g["dt"])}
+        updates = {NonlinearBlockRegion.ACC_T: (g["valid"], g["row"], g["dt"])}
         # tanh(ā) reads the unwrapped sum a⁺ + a⁻ with one more fractional bit: no rounding
         g = tanh_stages(gp, "arg_sum", base.state_frac + 1, rom, read_out_port, "tm", drop=("dt", "ev"))
         g = gp.multiply(drop=("d", "ssum", "darg", "arg_sum", "tm"), yy=(g["d"], g["ssum"]), lc=(g["tm"], g["darg"]))
-        updates[NonlinearRegion.ACC_YY] = (g["valid"], g["row"], round_shift(g["yy"], base.acc_a_shift))
-        updates[NonlinearRegion.ACC_LC] = (g["valid"], g["row"], round_shift(g["lc"], fmt.acc_logcosh_shift))
+        updates[NonlinearBlockRegion.ACC_YY] = (g["valid"], g["row"], round_shift(g["yy"], base.acc_a_shift))
+        updates[NonlinearBlockRegion.ACC_LC] = (g["valid"], g["row"], round_shift(g["lc"], fmt.acc_logcosh_shift))
         # t·yh of the −ε item (stage tap + 2) and of the +ε item (tap + 3): their difference, then
         # one rounding (the rounding shift sits in front of the accumulator's input register)
         ty_minus, ty_plus = op.stages[tap + 2], op.stages[tap + 3]
         tp = Pipeline(m, "grad_ty", valid=ty_minus["valid"] & ty_minus["echo"] & ty_minus["slot"],
                       row=ty_minus["row"])
         t = tp.advance(ty_diff=ty_plus["ty"] - ty_minus["ty"])
-        updates[NonlinearRegion.ACC_TY] = (t["valid"], t["row"], round_shift(t["ty_diff"], fmt.acc_ty_shift))
+        updates[NonlinearBlockRegion.ACC_TY] = (t["valid"], t["row"], round_shift(t["ty_diff"], fmt.acc_ty_shift))
         return dt, updates, flag_events

@@ -311,14 +311,14 @@ def test_default_core_limits():
         p.CoreConfig(HRUSize(200, 8))
 
 
-def test_regions_match_the_core_address_map():
+def test_protocol_names_the_cores_parameters_and_accumulators_as_the_lanes_do():
+    """The regions themselves are one table (hdl.regions); the host's name -> region maps restate the
+    lanes' (the host side imports no Amaranth)."""
     from echoboard.hdl.hru_lane import HRULane
-    from echoboard.hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
+    from echoboard.hdl.hru_nonlinear import NonlinearLane
 
-    assert {r.name: int(r) for r in p.Region} == {r.name: int(r) for r in address_map.Region}
-    # the HSSM block mode's own regions (hdl: BLOCK_PARAMETERS, BLOCK_ACCUMULATORS) are not the board's yet
-    block = {*NonlinearLane.BLOCK_PARAMETERS.values(), *NonlinearLane.BLOCK_ACCUMULATORS.values()}
-    assert {r.name: int(r) for r in p.NonlinearRegion} == {r.name: int(r) for r in NonlinearRegion if r not in block}
+    assert p.Region is address_map.Region and HRULane.regions is p.LinearBlockRegion
+    assert NonlinearLane.regions is p.NonlinearBlockRegion
     for kind, lane in (("linear", HRULane), ("nonlinear", NonlinearLane)):  # the same names and regions
         for ours, lanes in ((p.PARAMETERS[kind], lane.PARAMETERS), (p.ACCUMULATORS[kind], lane.ACCUMULATORS)):
             assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in lanes.items()}
@@ -387,17 +387,17 @@ def test_docs_examples_are_what_the_code_encodes():
 # ---------------------------------------------------------------- per-step streams (HSSM blocks)
 
 
-def test_block_regions_match_the_core():
-    from echoboard.hdl.address_map import LinearRegion
+def test_block_regions_extend_the_hru_regions():
+    """An HSSM block's core keeps every HRU region's number and adds KIN (and GAIN), as the lanes read them."""
     from echoboard.hdl.hru_lane import HRULane
-    from echoboard.hdl.hru_nonlinear import NonlinearLane, NonlinearRegion
+    from echoboard.hdl.hru_nonlinear import NonlinearLane
 
-    assert {r.name: int(r) for r in p.LinearBlockRegion} == {r.name: int(r) for r in LinearRegion}
-    assert {r.name: int(r) for r in p.NonlinearBlockRegion} == {r.name: int(r) for r in NonlinearRegion}
-    for kind, lane in (("linear", HRULane), ("nonlinear", NonlinearLane)):
-        for ours, lanes in ((p.BLOCK_PARAMETERS[kind], lane.BLOCK_PARAMETERS),
-                            (p.BLOCK_ACCUMULATORS[kind], lane.BLOCK_ACCUMULATORS)):
-            assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in lanes.items()}
+    for hru, lane in (("linear", HRULane), ("nonlinear", NonlinearLane)):
+        plain, block = p.REGIONS[hru], p.BLOCK_REGIONS[hru]
+        assert all(block[r.name] == r for r in plain) and len(block) == len(plain) + 1 + (hru == "nonlinear")
+        for ours, lanes in ((p.BLOCK_PARAMETERS[hru], lane.BLOCK_PARAMETERS),
+                            (p.BLOCK_ACCUMULATORS[hru], lane.BLOCK_ACCUMULATORS)):
+            assert ours == lanes
 
 
 def test_capability_gates_the_block_regions():

@@ -15,7 +15,7 @@ from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
 from echoboard.golden_model.tanh_table import TanhSpec
 from echoboard.hdl.address_map import AddressMap, Region
 from echoboard.hdl.hru_core import HRUCore, lane_class
-from echoboard.hdl.hru_nonlinear import NonlinearRegion
+from echoboard.hdl.regions import NonlinearBlockRegion
 from echoboard.hdl.timing import TIMINGS, SlotLengths, cycles_per_step, oscillator_bound
 from echoboard.hdl.verilog import golden_expectation, random_case
 
@@ -127,16 +127,16 @@ def test_nonlinear_cycles_per_step():
 
 def test_nonlinear_address_map_keeps_the_shared_region_numbers():
     for name in ("B", "DELTA", "NUDGE", "Y0", "Z0", "Y1", "Z1", "POS_SUM", "COUNTERS"):
-        assert NonlinearRegion[name] == Region[name]
+        assert NonlinearBlockRegion[name] == Region[name]
     for nonlinear_name, linear_name in (("ACC_YY", "ACC_A"), ("ACC_TU", "ACC_B"), ("ALPHA", "A")):  # same roles
-        assert NonlinearRegion[nonlinear_name] == Region[linear_name]
-    linear, nonlinear = AddressMap(6, 3, 2), AddressMap(6, 3, 2, NonlinearRegion)
-    assert nonlinear.addr_width == linear.addr_width + 1  # 18 regions: 5 bits
+        assert NonlinearBlockRegion[nonlinear_name] == Region[linear_name]
+    linear, nonlinear = AddressMap(6, 3, 2), AddressMap(6, 3, 2, NonlinearBlockRegion)
+    assert nonlinear.addr_width == linear.addr_width + 1  # 20 regions: 5 bits
     # {region[5], lane[1], index[4]}: oscillator 5 = lane 1, row 2; index row·N + column
-    assert nonlinear.address(NonlinearRegion.ACC_TU, 5, 2) == (10 << 5) | (1 << 4) | (2 * 3 + 2)
-    assert nonlinear.address(NonlinearRegion.ACC_TY, 4) == (17 << 5) | 2
+    assert nonlinear.address(NonlinearBlockRegion.ACC_TU, 5, 2) == (10 << 5) | (1 << 4) | (2 * 3 + 2)
+    assert nonlinear.address(NonlinearBlockRegion.ACC_TY, 4) == (17 << 5) | 2
     lane = lane_class(SMALL_NL)
-    assert lane.kind == "nonlinear" and lane.regions is NonlinearRegion and set(lane.ACCUMULATORS) == set(ACCUMULATORS)
+    assert lane.kind == "nonlinear" and lane.regions is NonlinearBlockRegion and set(lane.ACCUMULATORS) == set(ACCUMULATORS)
 
 
 def test_nonlinear_core_rejects_bad_formats():
