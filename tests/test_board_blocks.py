@@ -20,17 +20,13 @@ from echoboard.host.board import Board
 from echoboard.host.board_blocks import BoardBlocks
 from echoboard.host.train import TrainConfig, train
 
+from block_cases import random_block
+
 
 def _block(hru: str, P: int, N: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    fmt = hb.default_format(hru)
-    if hru == "linear":
-        params = {"A": rng.uniform(0.1, 1, P), "B": rng.uniform(-1, 1, (P, N)) / np.sqrt(N), "delta": rng.uniform(0.5, 0.73, P)}
-    else:
-        params = {"W": rng.uniform(0.5, 1, P), "b": rng.uniform(-.5, .5, P), "c": rng.uniform(-1, 1, P),
-                  "alpha": rng.uniform(0.1, 1, P), "B": rng.uniform(-1, 1, (P, N)) / np.sqrt(N),
-                  "delta": rng.uniform(0.05, 0.2, P)}
-    return fmt, hb.quantize_block_params(hru, params, fmt), rng
+    fmt, _, bq = random_block(hru, P, N, rng)
+    return fmt, bq, rng
 
 
 def _write_block(board: Board, bq) -> None:

@@ -20,17 +20,12 @@ from echoboard.host import cli
 from echoboard.host import train as host_train
 from echoboard.host.train import TrainConfig, train
 
+from block_cases import random_block
+
 
 def _block_case(hru: str, length: int = 300, P: int = 6, N: int = 3, seed: int = 0):
     rng = np.random.default_rng(seed)
-    fmt = hb.default_format(hru)
-    if hru == "linear":
-        params = {"A": rng.uniform(0.1, 1, P), "B": rng.uniform(-1, 1, (P, N)) / np.sqrt(N), "delta": rng.uniform(0.5, 0.73, P)}
-    else:
-        params = {"W": rng.uniform(0.5, 1, P), "b": rng.uniform(-.5, .5, P), "c": rng.uniform(-1, 1, P),
-                  "alpha": rng.uniform(0.1, 1, P), "B": rng.uniform(-1, 1, (P, N)) / np.sqrt(N),
-                  "delta": rng.uniform(0.05, 0.2, P)}
-    bq = hb.quantize_block_params(hru, params, fmt)
+    fmt, _, bq = random_block(hru, P, N, rng)
     pf = {k: jnp.asarray(v) for k, v in hb.dequantize_block_params(hru, bq, fmt).items()}
     uq = hx.quantize_inputs(np.clip(rng.normal(size=(length, N)), -4, 4), hb.base_format(fmt))
     u = jnp.asarray(np.asarray(uq) / 2.0 ** hb.base_format(fmt).input_frac)
