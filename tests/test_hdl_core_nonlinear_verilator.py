@@ -11,7 +11,7 @@ initial state bit for bit.
 import json
 
 import pytest
-from test_hdl_core_verilator import _cases, block_cases, block_compared, the_only_mismatch
+from test_hdl_core_verilator import _cases, block_compared, check_block_mode, the_only_mismatch
 
 from echoboard.golden_model.formats import HRUSize
 from echoboard.golden_model.hru_fixed_nonlinear import NonlinearFormat
@@ -46,13 +46,7 @@ def test_nonlinear_block_mode_checks_every_step_under_verilator():
     """Block mode (golden_model.hru_block): every step's state, y_k, du_j (g = the GAIN words),
     kin and the block's counts, with random idle on the input streams."""
     fmt, size, lanes = CONFIGS["small"]
-    cases = block_cases(fmt, size, seed=72)
-    expected = [golden_expectation(fmt, c, block=True) for c in cases]
-    assert expected[-1]["echo"]["overflows"]["gradient"] > golden_expectation(fmt, cases[-1])["echo"]["overflows"]["gradient"]
-    result = run_core_case(fmt, size, lanes, cases, expected, run_name="block", idle_prob=0.3, block=True)
-    p, n = size.oscillators, size.inputs
-    assert result.scoreboards["hru_core"] == {"compared": block_compared(size, (30, 45, 20), 4 * p + p * n),
-                                              "mismatches": 0, "first_mismatch": None}
+    check_block_mode(fmt, size, lanes, seed=72, accumulator_words=size.oscillators * (4 + size.inputs))
 
 
 def test_nonlinear_corrupted_expectation_fails_and_names_the_field():
