@@ -35,6 +35,14 @@ what the golden board reports (the running phase's counter as 0).
 Echo STREAM mode (capability bit 0): ECHO_START's nudge is the first vector of the core's
 ``nudge`` stream and each ECHO_DATA step's nudge the next one, through :class:`NudgeFeeder`; the
 last step's nudge is dropped. ABORT feeds zero inputs and zero nudges.
+
+Outputs passes (protocol v2 *Per-step streams*; only with a core in HSSM block mode, the
+pipelined one: the serial core's image has none of this logic): a START with the outputs flag
+runs the core with ``block`` set; :class:`OutputBuffer` takes its ``y`` / ``du`` beats into a ring
+of two chunks' words, always draining them (ABORT included), and the reply to chunk c, sent once
+chunk c − 1's last output is in, carries chunk c − 1's part (``first``, ``steps``, the words
+through :class:`DensePacker`) between its header and its body; OUTPUTS reads the last chunk's
+part again without moving anything. KIN and GAIN are plain regions of the block's address map.
 """
 
 from typing import NamedTuple
@@ -45,20 +53,31 @@ from amaranth.lib.wiring import In, Out
 
 from echoboard.firmware import protocol
 from echoboard.firmware.link import FrameByte, FrameHeader, ReplyByte
-from echoboard.firmware.protocol import (IDENTIFY_REQUEST, IDENTIFY_V1_REPLY, Capability, Command, CoreConfig, EchoMode,
-                               ForwardFlags, Messages, PassState, Region, Status, word_bytes)
+from echoboard.firmware.protocol import (ECHO_OUTPUTS_FLAG, IDENTIFY_REQUEST, IDENTIFY_V1_REPLY, PIPELINED_CAPABILITIES,
+                               Capability, Command, CoreConfig, EchoMode, ForwardFlags, Messages, PassState, Region,
+                               Status, word_bytes)
 from echoboard.hdl.address_map import PHASES
+from echoboard.hdl.cores import CORES
 from echoboard.hdl.hru_core import HRUCore, Op
 from echoboard.hdl.memories import MemoryBus
 
-__all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "Sequencer", "core_config"]
+__all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "OutputBuffer", "DensePacker",
+           "Sequencer", "core_config"]
 
 FIELD_BITS = 64  # the widest field: an accumulator word of up to 64 bits
 
 
-def core_config(fmt, size, lanes: int, build_hash: bytes) -> CoreConfig:
-    """The :class:`CoreConfig` that IDENTIFY reports for a core (echo STREAM mode included)."""
-    return CoreConfig(size, fmt, lanes, Capability.ECHO_STREAM, bytes(build_hash))
+def has_block_mode(core_class: type) -> bool:
+    """The pipelined core has HSSM block mode (its ``y`` / ``du`` streams, KIN, GAIN); the serial one
+    (iCE40UP5K) has not, so its image carries none of the outputs passes' logic."""
+    return issubclass(core_class, HRUCore)
+
+
+def core_config(fmt, size, lanes: int, build_hash: bytes, core: str = "pipelined") -> CoreConfig:
+    """The :class:`CoreConfig` that IDENTIFY reports for a ``core`` of hdl.cores.CORES: echo STREAM
+    mode, and with block mode the outputs passes (``protocol.PIPELINED_CAPABILITIES``)."""
+    capabilities = PIPELINED_CAPABILITIES if has_block_mode(CORES[core]) else Capability.ECHO_STREAM
+    return CoreConfig(size, fmt, lanes, capabilities, bytes(build_hash))
 
 
 class ReplyField(data.Struct):
@@ -264,6 +283,94 @@ class NudgeFeeder(wiring.Component):
         return m
 
 
+class OutputBuffer(wiring.Component):
+    """An outputs pass's per-step outputs: the core's ``y`` beats (K words) and ``du`` beats (N
+    words) -> a ring of ``depth`` state words, one word written per clock, and ``written``, the
+    steps whose words are all in.
+
+    A ring of two chunks' words (docs/protocol.md *Replies, double-buffered*): the reply to chunk c
+    reads chunk c − 1's words while the core's outputs of chunk c land behind them, and chunk
+    c + 1's inputs reach the core only after that reply, so two chunks never need more than
+    2 · max_output_steps steps of words and the writer needs no full check. Both ends walk the
+    ring in order (the reader's pointer is the sequencer's), so no chunk boundary, multiply or
+    division is needed. The streams are taken whenever the word register is free (a beat of K
+    words per K clocks: at K = 1 the core never waits; the du stream's N-word beats take N
+    clocks, far less than an echo step), so the core is never held for long, ABORT included.
+    ``restart`` (a pass's START) empties the ring; ``echo`` sets the words per step (N, else P).
+    """
+
+    def __init__(self, width: int, oscillators: int, inputs: int, lanes: int, depth: int, max_length: int):
+        self._width, self._p, self._n, self._lanes, self.depth = width, oscillators, inputs, lanes, depth
+        super().__init__({
+            "y": In(stream.Signature(data.ArrayLayout(signed(width), lanes))),
+            "du": In(stream.Signature(data.ArrayLayout(signed(width), inputs))),
+            "restart": In(1), "echo": In(1),
+            "written": Out(range(max_length + 1)),
+            "raddr": In(range(depth)), "rdata": Out(unsigned(width)),  # rdata: one clock after raddr
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w, P, N, depth = self._width, self._p, self._n, self.depth
+        beat = max(self._lanes, N)
+        m.submodules.ring = ring = memory.Memory(shape=unsigned(w), depth=depth, init=[])
+        wr, rd = ring.write_port(), ring.read_port()
+        m.d.comb += [rd.addr.eq(self.raddr), self.rdata.eq(rd.data)]
+        shift = Signal(w * beat)  # the beat being written, word 0 at the bottom
+        left = Signal(range(beat + 1))  # its words still to write
+        wptr = Signal(range(depth))
+        word = Signal(range(max(P, N)))  # the word's index within its step
+        free = left <= 1  # the register is free after this clock's write
+        m.d.comb += [self.y.ready.eq(free), self.du.ready.eq(free & ~self.y.valid)]
+        with m.If(left != 0):
+            last_word = word == Mux(self.echo, N - 1, P - 1)
+            m.d.comb += [wr.en.eq(1), wr.addr.eq(wptr), wr.data.eq(shift[:w])]
+            m.d.sync += [shift.eq(shift >> w), left.eq(left - 1), wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1)),
+                         word.eq(Mux(last_word, 0, word + 1))]
+            with m.If(last_word):
+                m.d.sync += self.written.eq(self.written + 1)
+        with m.If(self.y.valid & self.y.ready):
+            m.d.sync += [shift.eq(self.y.payload.as_value()), left.eq(self._lanes)]
+        with m.Elif(self.du.valid & self.du.ready):
+            m.d.sync += [shift.eq(self.du.payload.as_value()), left.eq(N)]
+        with m.If(self.restart):
+            m.d.sync += [wptr.eq(0), word.eq(0), self.written.eq(0)]
+        return m
+
+
+class DensePacker(wiring.Component):
+    """Words of ``width`` bits -> bytes of one little-endian bit string (``protocol.pack_dense``):
+    word 0 in bits 0…width−1, zero bits only to fill the byte after the ``last`` word.
+
+    At most width + 7 bits wait in the register; a word is taken when fewer than 8 are left, so
+    a 32-bit word costs 5 clocks for its 4 bytes, far below the link's 10 · divisor per byte.
+    """
+
+    def __init__(self, width: int):
+        self._width = width
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"data": unsigned(width), "last": 1}))),
+            "o": Out(stream.Signature(FrameByte)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self._width
+        bits = Signal(w + 7)
+        count = Signal(range(w + 8))  # valid bits in ``bits``
+        flush = Signal()  # the last word is in: what is left goes out, the last byte zero-filled
+        m.d.comb += [self.i.ready.eq((count < 8) & ~flush),
+                     self.o.valid.eq((count >= 8) | (flush & (count != 0))),
+                     self.o.p.data.eq(bits[:8]), self.o.p.last.eq(flush & (count <= 8))]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [bits.eq(bits | (self.i.p.data << count)), count.eq(count + w), flush.eq(self.i.p.last)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += [bits.eq(bits >> 8), count.eq(count - 8)]
+            with m.If(self.o.p.last):
+                m.d.sync += [bits.eq(0), count.eq(0), flush.eq(0)]
+        return m
+
+
 def region_bits(amap) -> int:
     """Bits of the region field at the top of a core address: 4 (linear), 5 (nonlinear)."""
     return amap.addr_width - amap.lane_width - amap.index_width
@@ -284,15 +391,22 @@ class Sequencer(wiring.Component):
 
     Ports: ``header``, ``payload`` (from the link's receiver), ``reply`` (to its reply cache),
     the link counters ``frames_ok``, ``crc_errors``, ``framing_errors``, ``overruns`` (in), and
-    the core side ``core_cmd``, ``core_u``, ``core_nudge``, ``core_bus`` (initiator), ``core_busy``.
+    the core side ``core_cmd``, ``core_u``, ``core_nudge``, ``core_bus`` (initiator), ``core_busy``,
+    and with a core in block mode (``block``) its outputs ``core_y``, ``core_du``.
     ``build_hash``: 16 bytes reported by IDENTIFY.
     """
 
     def __init__(self, core: HRUCore, build_hash: bytes):
         self._core = core
-        self.config = core_config(core.fmt, core.size, core.lanes, build_hash)
+        self.block = has_block_mode(type(core))
+        kind = next(name for name, cls in CORES.items() if type(core) is cls)
+        self.config = core_config(core.fmt, core.size, core.lanes, build_hash, kind)
         self.messages = Messages(self.config)
         fmt = self.config.base
+        # the core's per-step outputs (block mode only: the serial core's image has no such ports)
+        outputs = {"core_y": In(stream.Signature(data.ArrayLayout(signed(fmt.state_width), core.lanes))),
+                   "core_du": In(stream.Signature(data.ArrayLayout(signed(fmt.state_width), core.size.inputs)))
+                   } if self.block else {}
         super().__init__({
             "header": In(stream.Signature(FrameHeader)),
             "payload": In(stream.Signature(FrameByte)),
@@ -303,6 +417,7 @@ class Sequencer(wiring.Component):
             "core_nudge": Out(stream.Signature(data.ArrayLayout(signed(fmt.state_width), core.lanes))),
             "core_bus": Out(MemoryBus(core.address_map.addr_width, core.data_width)),
             "core_busy": In(1),
+            **outputs,
         })
 
     # -- constants of the configuration
@@ -329,6 +444,8 @@ class Sequencer(wiring.Component):
             fsm.pass_data()
             fsm.pass_end()
             fsm.send_reply()
+            if self.block:
+                fsm.outputs()
         return m
 
 
@@ -474,6 +591,28 @@ class _SequencerFSM:
         with m.If(s.core_u.valid & s.core_u.ready):
             m.d.sync += u_full.eq(0)
 
+        # ---- outputs passes (block mode): the ring of per-step outputs and the reply's part ----
+        # ``outputs``: the pass in progress is one (its core command sets ``block``); ``part``: the
+        # reply being made carries an outputs part (out_first, out_steps: chunk c − 1's, or the
+        # last chunk's for OUTPUTS; 0, 0 after reset, START and ABORT), ``advance``: a DATA reply's,
+        # after which the ring's read pointer and the part move on to the chunk just taken (next_*)
+        self.outputs_pass = outputs_pass = Signal()
+        self.part, self.advance, self.out_echo = Signal(), Signal(), Signal()
+        self.out_first, self.next_first = Signal.like(steps_done), Signal.like(steps_done)
+        if s.block:
+            self.max_steps = {state: msg.max_output_steps(state) for state in (PassState.FORWARD, PassState.ECHO)}
+            depth = 2 * max(steps * msg.output_words(state) for state, steps in self.max_steps.items())
+            m.submodules.output_buffer = self.obuf = obuf = OutputBuffer(
+                fmt.state_width, P, N, core.lanes, depth, c.size.max_length)
+            m.submodules.packer = self.packer = DensePacker(fmt.state_width)
+            wiring.connect(m, wiring.flipped(s.core_y), obuf.y)
+            wiring.connect(m, wiring.flipped(s.core_du), obuf.du)
+            self.out_steps, self.next_steps = (Signal(range(max(self.max_steps.values()) + 1)) for _ in range(2))
+            self.rptr, self.part_word = Signal(range(depth)), Signal(range(max(P, N)))
+            self.part_left = Signal.like(self.out_steps)
+            self.raddr = Signal(range(depth))  # the word being read: rptr onwards
+            m.d.comb += [s.core_cmd.p.block.eq(outputs_pass), obuf.echo.eq(self.out_echo), obuf.raddr.eq(self.raddr)]
+
         self.data_layout = {Command.FORWARD_DATA: msg.forward_data,
                             Command.ECHO_DATA: msg.echo_data(EchoMode.CONSTANT),
                             EchoMode.STREAM: msg.echo_data(EchoMode.STREAM)}
@@ -517,11 +656,12 @@ class _SequencerFSM:
     def start_division(self, dividend, divisor):
         self.m.d.comb += [self.div.start.eq(1), self.div.dividend.eq(dividend), self.div.divisor.eq(divisor)]
 
-    def count_from_division(self, next_state):
-        """Once the divider is done: a remainder means a partial word or step (BAD_LENGTH)."""
+    def count_from_division(self, next_state, too_many=False):
+        """Once the divider is done: a remainder means a partial word or step, ``too_many`` (of
+        the quotient) more than the command allows (BAD_LENGTH)."""
         m, div = self.m, self.div
         with m.If(~div.busy):
-            with m.If(div.remainder != 0):
+            with m.If((div.remainder != 0) | too_many):
                 self.error(Status.BAD_LENGTH)
             with m.Else():
                 m.d.sync += self.count.eq(div.quotient)
@@ -536,7 +676,8 @@ class _SequencerFSM:
             m.d.comb += s.header.ready.eq(1)
             with m.If(s.header.valid):
                 m.d.sync += [self.seq.eq(h.seq), self.cmd.eq(h.cmd), self.length.eq(h.length),
-                             self.got_last.eq(0), self.index.eq(0), self.body.eq(_NONE), self.aborting.eq(0)]
+                             self.got_last.eq(0), self.index.eq(0), self.body.eq(_NONE), self.aborting.eq(0),
+                             self.part.eq(0)]
                 with m.If(h.status != Status.OK):  # a link error: answered, not counted here
                     m.d.sync += [self.status.eq(h.status), self.body.eq(_NONE)]
                     m.next = "HEAD"
@@ -564,7 +705,7 @@ class _SequencerFSM:
                 ((cmd == Command.FORWARD_DATA) & (pass_state == PassState.FORWARD)) |
                 ((cmd == Command.ECHO_DATA) & (pass_state == PassState.ECHO)))
             is_data = (cmd == Command.FORWARD_DATA) | (cmd == Command.ECHO_DATA)
-            known = Cat(*(cmd == code for code in Command)).any()
+            known = Cat(*(cmd == code for code in Command if self.s.block or code != Command.OUTPUTS)).any()
             with m.If(~known):
                 self.error(Status.UNKNOWN_COMMAND)
             with m.Elif(Mux(pass_state == PassState.IDLE, is_data, ~allowed_in_pass)):
@@ -592,6 +733,13 @@ class _SequencerFSM:
                             m.d.sync += [self.count.eq(self.pass_length - self.steps_done),
                                          self.steps_done.eq(self.pass_length), self.aborting.eq(1), self.index.eq(0)]
                             m.next = "DATA_STEPS"
+                    if self.s.block:
+                        with m.Case(Command.OUTPUTS):  # the last completed outputs pass's last part
+                            with m.If(length != 0):
+                                self.error(Status.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += [self.part.eq(1), self.advance.eq(0)]
+                                self.reply()
                     with m.Case(Command.READ):
                         self.proceed_if(length == msg.read_request.size(), "READ_REGION")
                     with m.Case(Command.WRITE):
@@ -672,15 +820,30 @@ class _SequencerFSM:
         overflow_wr, op, stream_mode = self.overflow_wr, self.op, self.stream_mode
         self.field_state("START_LENGTH", 4, arg, "START_FLAGS", saturate=True)
         self.field_state("START_FLAGS", 1, arg8, "START_CHECK")
+        # the outputs flag is FORWARD_START's flag bit 1 and ECHO_START's mode bit 1 (block mode
+        # only: otherwise a reserved bit, an unknown mode)
+        block = self.s.block
+        outputs_flag = ECHO_OUTPUTS_FLAG if block else 0
+        assert ForwardFlags.OUTPUTS == ECHO_OUTPUTS_FLAG
         with m.State("START_CHECK"):
             bad_length = (arg == 0) | (arg > c.size.max_length)
+
+            def started():
+                """Any START (checked): OUTPUTS has no part until this pass completes; the ring restarts."""
+                if block:
+                    m.d.sync += [self.outputs_pass.eq((arg8 & outputs_flag) != 0), self.out_first.eq(0),
+                                 self.out_steps.eq(0), self.rptr.eq(0),
+                                 self.out_echo.eq(self.cmd == Command.ECHO_START)]
+                    m.d.comb += self.obuf.restart.eq(1)
+
             with m.If(self.cmd == Command.FORWARD_START):
-                reserved = ~sum(int(f) for f in ForwardFlags) & 0xFF
+                reserved = ~int(ForwardFlags.ZERO_STATE | outputs_flag) & 0xFF  # int: an IntFlag's ~ keeps its bits
                 with m.If(bad_length | ((arg8 & reserved) != 0)):
                     self.error(Status.BAD_ARGUMENT)
                 with m.Else():
                     m.d.sync += [op.eq(Op.FORWARD), self.pass_length.eq(arg), count.eq(P), region.eq(Region.Y0),
                                  stream_mode.eq(0)]
+                    started()
                     m.d.comb += [walker.load.eq(1), walker.region.eq(Region.Y0),
                                  overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("forward"))]  # := 0
                     with m.If(arg8 & ForwardFlags.ZERO_STATE):
@@ -688,11 +851,13 @@ class _SequencerFSM:
                     with m.Else():
                         m.next = "CORE_CMD"
             with m.Else():
-                with m.If(bad_length | (arg8 > max(EchoMode))):
+                mode = arg8 & ~outputs_flag & 0xFF
+                with m.If(bad_length | (mode > max(EchoMode))):
                     self.error(Status.BAD_ARGUMENT)
                 with m.Else():
                     m.d.sync += [op.eq(Op.ECHO), self.pass_length.eq(arg), count.eq(P), region.eq(Region.NUDGE),
-                                 stream_mode.eq(arg8 == EchoMode.STREAM)]
+                                 stream_mode.eq(mode == EchoMode.STREAM)]
+                    started()
                     m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE),
                                  overflow_wr.en.eq(1), overflow_wr.addr.eq(PHASES.index("echo_plus"))]  # := 0
                     m.next = "NUDGE_WORDS"
@@ -740,13 +905,20 @@ class _SequencerFSM:
         count, index, steps_done, pass_length = self.count, self.index, self.steps_done, self.pass_length
         u_full, aborting, pass_state = self.u_full, self.aborting, self.pass_state
         with m.State("DATA_LENGTH"):
-            self.count_from_division("DATA_OFFSET")
+            too_many = False
+            if self.s.block:  # an outputs pass's chunk: its outputs must fit one reply
+                most = Mux(pass_state == PassState.ECHO, self.max_steps[PassState.ECHO],
+                           self.max_steps[PassState.FORWARD])
+                too_many = self.outputs_pass & (self.div.quotient > most)
+            self.count_from_division("DATA_OFFSET", too_many)
         self.field_state("DATA_OFFSET", 4, self.arg, "DATA_CHECK", saturate=True)
         with m.State("DATA_CHECK"):
             with m.If((self.arg != steps_done) | (steps_done + count > pass_length)):
                 self.error(Status.BAD_ARGUMENT)
             with m.Else():
                 m.d.sync += [steps_done.eq(steps_done + count), index.eq(0)]
+                if self.s.block:  # the part the reply after this chunk's will carry
+                    m.d.sync += [self.next_first.eq(steps_done), self.next_steps.eq(count)]
                 m.next = "DATA_STEPS"
         with m.State("DATA_STEPS"):
             # a step is N input words (one u beat), in STREAM echoes then P nudge words (to the
@@ -776,12 +948,17 @@ class _SequencerFSM:
                         with m.If(count == 1):
                             m.next = "DATA_FLUSH"
         with m.State("DATA_FLUSH"):  # the chunk's last input reaches the core: reply
+            # an outputs pass's reply carries chunk c − 1's part: its last output must be in
+            # the ring (the final chunk's waits for the whole pass in CORE_WAIT)
+            previous_in = 1 if not self.s.block else ~self.outputs_pass | (self.obuf.written >= self.next_first)
             with m.If(~u_full):
+                if self.s.block:
+                    m.d.sync += [self.part.eq(self.outputs_pass & ~aborting), self.advance.eq(1)]
                 with m.If(steps_done == pass_length):
                     m.d.sync += self.body.eq(Mux(aborting, _NONE,
                                                  Mux(pass_state == PassState.FORWARD, _FORWARD, _ECHO)))
                     m.next = "CORE_WAIT"
-                with m.Else():
+                with m.Elif(previous_in):
                     self.reply()
 
     def pass_end(self):
@@ -789,8 +966,15 @@ class _SequencerFSM:
         the core's overflow counters, then the reply (the position sums follow a forward's)."""
         m, P, walker, bus, index, count = self.m, self.P, self.walker, self.bus, self.index, self.count
         with m.State("CORE_WAIT"):
-            with m.If(~self.s.core_busy):
+            # an outputs pass ends when its last output is in the ring too (for OUTPUTS; after
+            # ABORT the outputs are drained and dropped: OUTPUTS then has no part)
+            drained = 1 if not self.s.block else ~self.outputs_pass | (self.obuf.written == self.pass_length)
+            with m.If(~self.s.core_busy & drained):
                 m.d.sync += [index.eq(0), self.pass_state.eq(PassState.IDLE), self.stream_mode.eq(0), count.eq(P)]
+                if self.s.block:
+                    m.d.sync += self.outputs_pass.eq(0)
+                    with m.If(self.aborting):
+                        m.d.sync += [self.out_first.eq(0), self.out_steps.eq(0)]
                 with m.If(self.stream_mode):
                     m.d.comb += [walker.load.eq(1), walker.region.eq(Region.NUDGE)]
                     m.next = "RESTORE_READ"
@@ -821,6 +1005,16 @@ class _SequencerFSM:
                 m.d.comb += [walker.load.eq(1), walker.region.eq(Region.POS_SUM)]
                 m.next = "HEAD"
 
+    def body_next(self):
+        """After the reply's head (and outputs part): the body's words, or IDLE when it has none."""
+        m, body = self.m, self.body
+        with m.If(body == _NONE):
+            m.next = "IDLE"
+        with m.Elif(body == _READ):
+            m.next = "BUS_ISSUE"
+        with m.Else():
+            m.next = "TABLE_FETCH"
+
     def send_reply(self):
         """Drain what is left of the payload, then the reply: [seq][cmd][status], then the body
         (a reply table's fields, then for READ and a forward's final chunk the bus's words)."""
@@ -842,17 +1036,18 @@ class _SequencerFSM:
                 with m.Default():
                     m.d.comb += head_value.eq(self.status)
             m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(head_value), ser.i.p.nbytes.eq(1),
-                         ser.i.p.last.eq((index == 2) & (body == _NONE))]
+                         ser.i.p.last.eq((index == 2) & (body == _NONE) & ~self.part)]
             with m.If(ser.i.ready):
                 m.d.sync += index.eq(index + 1)
                 with m.If(index == 2):
                     m.d.sync += index.eq(0)
-                    with m.If(body == _NONE):
-                        m.next = "IDLE"
-                    with m.Elif(body == _READ):
-                        m.next = "BUS_ISSUE"
-                    with m.Else():
-                        m.next = "TABLE_FETCH"
+                    if self.s.block:
+                        with m.If(self.part):  # an outputs part comes first
+                            m.next = "PART_HEAD"
+                        with m.Else():
+                            self.body_next()
+                    else:
+                        self.body_next()
         with m.State("TABLE_FETCH"):  # the field's overflow counter (if any) is read
             m.next = "TABLE"
         with m.State("TABLE"):
@@ -883,3 +1078,58 @@ class _SequencerFSM:
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "BUS_ISSUE"
+
+    def outputs(self):
+        """An outputs part (block mode): ``first:u32 steps:u16`` and the steps' words from the ring,
+        densely packed, between a reply's head and its body: a DATA reply's in an outputs pass
+        (chunk c − 1's; then the ring's read pointer and the part move on to chunk c) and OUTPUTS'
+        (the last chunk's: it changes nothing, so a repeat gets the same bytes)."""
+        m, ser, packer, obuf, body = self.m, self.ser, self.packer, self.obuf, self.body
+        raddr, part_left, part_word = self.raddr, self.part_left, self.part_word
+
+        def done(end):
+            """The part is out; ``end``: the ring's read pointer after it."""
+            with m.If(self.advance):
+                m.d.sync += [self.rptr.eq(end), self.out_first.eq(self.next_first),
+                             self.out_steps.eq(self.next_steps)]
+            self.body_next()
+
+        def pump():
+            """The packer's bytes to the reply (the part's last byte ends a reply without a body)."""
+            m.d.comb += [ser.i.valid.eq(packer.o.valid), ser.i.p.value.eq(packer.o.p.data), ser.i.p.nbytes.eq(1),
+                         ser.i.p.last.eq(packer.o.p.last & (body == _NONE)), packer.o.ready.eq(ser.i.ready)]
+
+        with m.State("PART_HEAD"):
+            head = self.msg.outputs_head
+            assert [(f.name, f.width) for f in head.fields] == [("first", 32), ("steps", 16)]
+            m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(Cat(self.out_first, Signal(32 - len(self.out_first)),
+                                                                   self.out_steps)),
+                         ser.i.p.nbytes.eq(head.size()), ser.i.p.last.eq((self.out_steps == 0) & (body == _NONE))]
+            with m.If(ser.i.ready):
+                m.d.sync += [raddr.eq(self.rptr), part_left.eq(self.out_steps), part_word.eq(0)]
+                with m.If(self.out_steps == 0):
+                    done(self.rptr)
+                with m.Else():
+                    m.next = "PART_READ"
+        with m.State("PART_READ"):  # the ring's word at raddr: rdata next clock
+            pump()
+            m.next = "PART_WORD"
+        with m.State("PART_WORD"):
+            pump()
+            last_word = part_word == Mux(self.out_echo, self.N - 1, self.P - 1)
+            m.d.comb += [packer.i.valid.eq(1), packer.i.p.data.eq(obuf.rdata),
+                         packer.i.p.last.eq(last_word & (part_left == 1))]
+            with m.If(packer.i.ready):
+                m.d.sync += [raddr.eq(Mux(raddr == obuf.depth - 1, 0, raddr + 1)),
+                             part_word.eq(Mux(last_word, 0, part_word + 1))]
+                with m.If(last_word):
+                    m.d.sync += part_left.eq(part_left - 1)
+                with m.If(last_word & (part_left == 1)):
+                    m.next = "PART_FLUSH"
+                with m.Else():
+                    m.next = "PART_READ"
+        with m.State("PART_FLUSH"):  # the packer's last bytes
+            pump()
+            with m.If(packer.o.valid & packer.o.ready & packer.o.p.last):
+                done(raddr)
+

@@ -60,7 +60,7 @@ class BoardImage(wiring.Component):
                 core: str = "pipelined", **kwargs):
         # a clear error before the object exists (no "unused elaboratable" warning) or anything is elaborated
         check_core(core, fmt or FixedFormat(), size or DEFAULT_SIZE, lanes)
-        image_config(fmt or FixedFormat(), size or DEFAULT_SIZE, lanes, bytes(BUILD_HASH_BYTES))  # the frames' limits
+        image_config(fmt or FixedFormat(), size or DEFAULT_SIZE, lanes, bytes(BUILD_HASH_BYTES), core)  # the frames' limits
         return super().__new__(cls)
 
     def __init__(self, fmt: FixedFormat | None = None, size: HRUSize | None = None, lanes: int = 1,
@@ -83,7 +83,7 @@ class BoardImage(wiring.Component):
     @property
     def config(self) -> CoreConfig:
         """What IDENTIFY reports."""
-        return image_config(self.fmt, self.size, self.lanes, self.build_hash)
+        return image_config(self.fmt, self.size, self.lanes, self.build_hash, self.core)
 
     def elaborate(self, platform):
         m = Module()
@@ -129,12 +129,19 @@ class BoardImage(wiring.Component):
             core.bus.w_data.eq(seq.core_bus.w_data), seq.core_bus.r_data.eq(core.bus.r_data),
             seq.core_busy.eq(core.busy),
         ]
+        if seq.block:  # the per-step outputs of an outputs pass
+            for name in ("y", "du"):
+                ours, theirs = getattr(seq, f"core_{name}"), getattr(core, name)
+                m.d.comb += [ours.valid.eq(theirs.valid), ours.payload.eq(theirs.payload),
+                             theirs.ready.eq(ours.ready)]
         return m
 
 
-def image_config(fmt: FixedFormat, size: HRUSize, lanes: int, build_hash: bytes) -> CoreConfig:
-    """The :class:`CoreConfig` a board image of this configuration reports through IDENTIFY."""
-    return core_config(fmt, size, lanes, build_hash)
+def image_config(fmt: FixedFormat, size: HRUSize, lanes: int, build_hash: bytes, core: str = "pipelined"
+                 ) -> CoreConfig:
+    """The :class:`CoreConfig` a board image of this configuration (``core`` of hdl.cores.CORES)
+    reports through IDENTIFY."""
+    return core_config(fmt, size, lanes, build_hash, core)
 
 
 @functools.lru_cache(maxsize=None)

@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from echoboard.firmware.protocol import (MATRIX_REGION_CODES, Command, CoreConfig, Deframer, EchoMode, Messages, Region, Reply,
-                               Request, identify_request)
+from echoboard.firmware.protocol import (BLOCK_ACCUMULATORS, BLOCK_PARAMETERS, ECHO_OUTPUTS_FLAG, MATRIX_REGION_CODES,
+                               Capability, Command, CoreConfig, Deframer, EchoMode, ForwardFlags, Messages, PassState,
+                               Region, Reply, Request, identify_request)
 from echoboard.golden_model.formats import FixedFormat, HRUSize
 from echoboard.hdl.kinds import hru_kind
 
@@ -131,7 +132,7 @@ def board_config(config) -> CoreConfig:
     from echoboard.firmware.top import design_hash, image_config
 
     c = ImageConfig.of(config)
-    return image_config(c.fmt, c.size, c.lanes, design_hash(c.fmt, c.size, c.lanes, c.core))
+    return image_config(c.fmt, c.size, c.lanes, design_hash(c.fmt, c.size, c.lanes, c.core), c.core)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +235,8 @@ def _decode(wire: bytes) -> Reply:
 
 def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: bool = False, wild: bool = False,
                  address: tuple[str, int] | None = None, build_root: os.PathLike | str | None = None,
-                 corrupt: bool = False, port=None, target: str = "sim", identify: CoreConfig | None = None) -> dict:
+                 corrupt: bool = False, port=None, target: str = "sim", identify: CoreConfig | None = None,
+                 blocks: int = 0) -> dict:
     """One random case through the simulated board of ``config`` (started here unless ``address``
     or ``port``).
 
@@ -250,24 +252,30 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
     full width, so most operations wrap and the overflow counters count);
     the board runs CLEAR, the WRITEs, a FORWARD pass, an ECHO pass and the READs of everything.
     Either HRU: the format's kind sets the parameter regions written and the accumulators read.
+    ``blocks`` K >= 1: K HSSM blocks one after another (seeds ``seed`` .. ``seed`` + K − 1, each
+    with its own parameters, as a stack's blocks are written per block), each pass an *outputs
+    pass* (docs/protocol.md *Per-step streams*): y_k of every forward step and du_j of every echo
+    step, from the DATA replies and OUTPUTS, compared with golden_model.hru_block
+    (hdl.verilog.golden_expectation(block=True)), and KIN; ValueError at once for a board
+    without the capabilities.
     Returns {"level", "steps", "compared", "mismatches", "first_mismatch", "cycles", ...}:
-    ``compared`` counts integers checked against golden_model.hru_fixed (hru_fixed_nonlinear)
-    plus replies checked byte for byte against the golden board; ``corrupt`` flips one expected
-    integer (to prove that a mismatch is caught).
+    ``compared`` counts integers checked against golden_model.hru_fixed (hru_fixed_nonlinear,
+    hru_block) plus replies checked byte for byte against the golden board; ``corrupt`` flips one
+    expected integer (to prove that a mismatch is caught: an accumulator word, with ``blocks`` the
+    first forward step's y).
     """
     from echoboard.firmware.board_model import GoldenBoard
-    from echoboard.hdl.verilog import golden_expectation, random_case
     from echoboard.sim import board_sim
 
     image = ImageConfig.of(config)
     core_config = board_config(image) if identify is None else identify
-    fmt, size = image.fmt, image.size
+    if blocks < 0:
+        raise ValueError(f"blocks must be >= 0, got {blocks}")
+    needed = Capability.FORWARD_OUTPUTS | Capability.ECHO_OUTPUTS
+    if blocks and core_config.capabilities & needed != needed:
+        raise ValueError(f"the {target} board has no outputs passes (capabilities {core_config.capabilities!r}): "
+                         f"HSSM blocks need FORWARD_OUTPUTS and ECHO_OUTPUTS (the pipelined core's image)")
     msg = Messages(core_config)
-    case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge, wild=wild)
-    expected = golden_expectation(fmt, case)
-    first_accumulator = next(iter(core_config.accumulators))
-    if corrupt:
-        expected["echo"][first_accumulator][0] += 1
     golden = GoldenBoard(core_config)
     board = None
     if address is None and port is None:
@@ -276,138 +284,201 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
         address = board.address
     result = {"level": "board", "target": target, "seed": seed, "steps": length, "compared": 0, "mismatches": 0,
               "first_mismatch": None, "cycles": None}
-
-    def mismatch(where: str, got, want):
-        result["mismatches"] += 1
-        if result["first_mismatch"] is None:
-            result["first_mismatch"] = {"where": where, "got": got, "expected": want}
-
+    if blocks:
+        result["blocks"] = blocks
     try:
         with ProtocolClient(address, timeout=60.0, port=port) as client:
-            client.send(b"\x00")
-
-            deferred: list = []  # (where, request, reply) of a timed pass: the golden board runs after it
-
-            def call(cmd, payload=b"", where=None, defer=False) -> Reply:
-                wire = client.next_request(cmd, payload)
-                got = client.exchange(wire)
-                deferred.append((where or Command(cmd).name, wire, got))
-                if not defer:
-                    check_replies()
-                return _decode(got)
-
-            def check_replies():
-                for where, wire, got in deferred:
-                    want = golden.receive(wire)
-                    result["compared"] += 1
-                    if got != want:
-                        mismatch(f"reply to {where}", got.hex(), want.hex())
-                deferred.clear()
-
-            def timed_pass(start_cmd, start, data_cmd, chunks) -> tuple[Reply, int | None, float]:
-                """A whole pass, timed on the board alone (the golden board runs afterwards)."""
-                before = board.stats()["cycles"] if board else None
-                t = time.monotonic()
-                call(start_cmd, start, defer=True)
-                for chunk in chunks:
-                    last = call(data_cmd, chunk, defer=True)
-                seconds = time.monotonic() - t
-                cycles = board.stats()["cycles"] - before if board else None
-                check_replies()
-                return last, cycles, seconds
-
-            def compare(where: str, got: list[int], want: list[int]):
-                result["compared"] += len(want)
-                for k, (g, w) in enumerate(zip(got, want)):
-                    if g != w:
-                        return mismatch(f"{where}[{k}]", g, w)
-                if len(got) != len(want):
-                    mismatch(f"{where} (length)", len(got), len(want))
-
-            def read(region) -> list[int]:
-                depth, words = core_config.region_depth(region), []
-                for start in range(0, depth, msg.max_words(region)):
-                    count = min(msg.max_words(region), depth - start)
-                    r = call(Command.READ, msg.pack_read(region, start, count), f"READ {region.name}")
-                    if r.status == 0:
-                        values = msg.read_reply(region, count).unpack(r.payload)["values"]
-                        words += values if isinstance(values, list) else [values]
-                return words
-
-            def flat(region, values) -> list[int]:
-                """B and its accumulator row-major (P×N words), the others as they are (P)."""
-                return [x for row in values for x in row] if int(region) in MATRIX_REGION_CODES else values
-
-            def write(region, values: list[int]):
-                for start in range(0, len(values), msg.max_words(region, write=True)):
-                    part = values[start:start + msg.max_words(region, write=True)]
-                    call(Command.WRITE, msg.pack_write(region, start, part), f"WRITE {region.name}")
-
-            identify = call(Command.IDENTIFY, identify_request())
-            result["compared"] += 1
-            if identify.payload != msg.pack_identify():
-                mismatch("IDENTIFY", identify.payload.hex(), msg.pack_identify().hex())
-            errors_before = [0, 0, 0, 0]
-            if board is None:  # a board that may have been used: IDLE, and its link counters
-                call(Command.ABORT)
-                wire = client.next_request(Command.STATUS)
-                golden.receive(wire)
-                st = msg.status_reply.unpack(_decode(client.exchange(wire)).check().payload)
-                for name in ("frames_ok", "crc_errors", "framing_errors", "overruns", "command_errors"):
-                    setattr(golden, name, st[name])
-                errors_before = [st["crc_errors"], st["framing_errors"], st["overruns"], st["command_errors"]]
-            call(Command.CLEAR_GRADIENTS)
-            for name, region in core_config.parameters.items():
-                write(region, flat(region, case[name]))
-            write(Region.Y0, case["y0"])
-            write(Region.Z0, case["z0"])
-            final, cycles_forward, t_forward = timed_pass(
-                Command.FORWARD_START, msg.forward_start.pack(length=length, flags=0), Command.FORWARD_DATA,
-                msg.data_payloads(case["u"]))
-            fwd = msg.forward_result.unpack(final.payload) if final.status == 0 and final.payload else \
-                {"overflow_forward": None, "pos_sum": []}
-            compare("forward.pos_sum", fwd["pos_sum"], expected["forward"]["pos_sum"])
-            compare("forward.overflows", [fwd["overflow_forward"]], [expected["forward"]["overflows"]["forward"]])
-            compare("forward.y", read(Region.Y0), expected["forward"]["y"])
-            compare("forward.z", read(Region.Z0), expected["forward"]["z"])
-
-            if per_step_nudge:  # golden order n_0..n_{L-1}; START carries n_{L-1}, step m n_{L-2-m}
-                n = case["nudge"]
-                start = msg.echo_start.pack(length=length, mode=EchoMode.STREAM, nudge=n[-1])
-                chunks = msg.data_payloads(case["u"][::-1], nudges=n[-2::-1] + [[0] * size.oscillators],
-                                           mode=EchoMode.STREAM)
-            else:
-                start = msg.echo_start.pack(length=length, mode=EchoMode.CONSTANT, nudge=case["nudge"])
-                chunks = msg.data_payloads(case["u"][::-1], mode=EchoMode.CONSTANT)
-            final, cycles_echo, t_echo = timed_pass(Command.ECHO_START, start, Command.ECHO_DATA, chunks)
-            echo = msg.echo_result.unpack(final.payload) if final.status == 0 and final.payload else {}
-            e = expected["echo"]
-            compare("echo.overflows", [echo.get(f"overflow_{k}") for k in ("echo_plus", "echo_minus", "gradient")],
-                    [e["overflows"][k] for k in ("echo_plus", "echo_minus", "gradient")])
-            compare("echo.plus.y", read(Region.Y0), e["plus"]["y"])
-            compare("echo.plus.z", read(Region.Z0), e["plus"]["z"])
-            compare("echo.minus.y", read(Region.Y1), e["minus"]["y"])
-            compare("echo.minus.z", read(Region.Z1), e["minus"]["z"])
-            for name, region in core_config.accumulators.items():
-                compare(f"echo.{name}", read(region), flat(region, e[name]))
-            compare("counters", read(Region.COUNTERS),
-                    [expected["forward"]["overflows"]["forward"], *(e["overflows"][k] for k in
-                                                                    ("echo_plus", "echo_minus", "gradient"))])
-            status = call(Command.STATUS)
+            session = _Session(client, golden, msg, result, board)
+            session.identify()
+            errors_before = session.take_over_counters() if board is None else [0, 0, 0, 0]
+            for k in range(max(blocks, 1)):
+                cycles, seconds = session.run_case(image, seed + k, length, per_step_nudge=per_step_nudge,
+                                                   wild=wild, corrupt=corrupt and k == 0, outputs=bool(blocks))
+            status = session.call(Command.STATUS)
             if status.status == 0:
                 st = msg.status_reply.unpack(status.payload)
-                compare("status.errors", [st["crc_errors"], st["framing_errors"], st["overruns"],
-                                          st["command_errors"]], errors_before)
+                session.compare("status.errors", [st["crc_errors"], st["framing_errors"], st["overruns"],
+                                                  st["command_errors"]], errors_before)
             if board:
-                # simulated cycles from START to the final reply (the host's round trips included)
-                result["cycles"] = {"forward": cycles_forward, "echo": cycles_echo,
-                                    "forward_per_step": round(cycles_forward / length, 2),
-                                    "echo_per_step": round(cycles_echo / length, 2)}
-            result["seconds"] = {"forward": round(t_forward, 4), "echo": round(t_echo, 4)}
+                # simulated cycles from START to the final reply (the host's round trips included; the last block's)
+                result["cycles"] = {**cycles, **{f"{k}_per_step": round(v / length, 2) for k, v in cycles.items()}}
+            result["seconds"] = seconds
     finally:
         if board is not None:
             board.stop()
     return result
+
+
+class _Session:
+    """verify_board's requests: every reply compared byte for byte with the golden board's, every
+    returned integer with the golden model's (``compare``), mismatches recorded in ``result``."""
+
+    def __init__(self, client: ProtocolClient, golden, msg: Messages, result: dict, board):
+        self.client, self.golden, self.msg, self.result, self.board = client, golden, msg, result, board
+        self.config = msg.config
+        self.deferred: list = []  # (where, request, reply) of a timed pass: the golden board runs after it
+
+    def mismatch(self, where: str, got, want):
+        self.result["mismatches"] += 1
+        if self.result["first_mismatch"] is None:
+            self.result["first_mismatch"] = {"where": where, "got": got, "expected": want}
+
+    def call(self, cmd, payload=b"", where=None, defer=False) -> Reply:
+        wire = self.client.next_request(cmd, payload)
+        got = self.client.exchange(wire)
+        self.deferred.append((where or Command(cmd).name, wire, got))
+        if not defer:
+            self.check_replies()
+        return _decode(got)
+
+    def check_replies(self):
+        for where, wire, got in self.deferred:
+            want = self.golden.receive(wire)
+            self.result["compared"] += 1
+            if got != want:
+                self.mismatch(f"reply to {where}", got.hex(), want.hex())
+        self.deferred.clear()
+
+    def compare(self, where: str, got: list, want: list):
+        self.result["compared"] += len(want)
+        for k, (g, w) in enumerate(zip(got, want)):
+            if g != w:
+                return self.mismatch(f"{where}[{k}]", g, w)
+        if len(got) != len(want):
+            self.mismatch(f"{where} (length)", len(got), len(want))
+
+    def compare_steps(self, where: str, got: list[list[int]], want: list[list[int]]):
+        """Per-step outputs, every word: a mismatch names the step and the word (``where[k][i]``)."""
+        if len(got) != len(want):
+            self.mismatch(f"{where} (steps)", len(got), len(want))
+        for k, (g, w) in enumerate(zip(got, want)):
+            self.compare(f"{where}[{k}]", g, w)
+
+    def timed_pass(self, start_cmd, start, data_cmd, chunks) -> tuple[list[Reply], int | None, float]:
+        """A whole pass, timed on the board alone (the golden board runs afterwards): every DATA reply."""
+        board = self.board
+        before = board.stats()["cycles"] if board else None
+        t = time.monotonic()
+        self.call(start_cmd, start, defer=True)
+        replies = [self.call(data_cmd, chunk, defer=True) for chunk in chunks]
+        seconds = time.monotonic() - t
+        cycles = board.stats()["cycles"] - before if board else None
+        self.check_replies()
+        return replies, cycles, seconds
+
+    def outputs_pass(self, state: PassState, replies: list[Reply]) -> tuple[list[list[int]], bytes]:
+        """An outputs pass's per-step outputs, in step order (each DATA reply's part, then OUTPUTS'
+        for the last chunk), and the final reply's result bytes (empty when a reply failed)."""
+        rows, final = [], b""
+        for reply in [*replies, self.call(Command.OUTPUTS)]:
+            if reply.status != 0:
+                return rows, b""
+            first, words, rest = self.msg.unpack_outputs(state, reply.payload)
+            self.compare(f"{state.name.lower()} outputs part at", [first], [len(rows)])
+            rows += words
+            final = rest if reply is replies[-1] else final
+        return rows, final
+
+    def read(self, region) -> list[int]:
+        msg, depth, words = self.msg, self.config.region_depth(region), []
+        for start in range(0, depth, msg.max_words(region)):
+            count = min(msg.max_words(region), depth - start)
+            r = self.call(Command.READ, msg.pack_read(region, start, count), f"READ {region.name}")
+            if r.status == 0:
+                values = msg.read_reply(region, count).unpack(r.payload)["values"]
+                words += values if isinstance(values, list) else [values]
+        return words
+
+    def write(self, region, values: list[int]):
+        msg = self.msg
+        for start in range(0, len(values), msg.max_words(region, write=True)):
+            part = values[start:start + msg.max_words(region, write=True)]
+            self.call(Command.WRITE, msg.pack_write(region, start, part), f"WRITE {region.name}")
+
+    def identify(self):
+        identify = self.call(Command.IDENTIFY, identify_request())
+        self.result["compared"] += 1
+        if identify.payload != self.msg.pack_identify():
+            self.mismatch("IDENTIFY", identify.payload.hex(), self.msg.pack_identify().hex())
+
+    def take_over_counters(self) -> list[int]:
+        """A board that may have been used: IDLE, and the golden board takes over its link counters."""
+        self.call(Command.ABORT)
+        wire = self.client.next_request(Command.STATUS)
+        self.golden.receive(wire)
+        st = self.msg.status_reply.unpack(_decode(self.client.exchange(wire)).check().payload)
+        for name in ("frames_ok", "crc_errors", "framing_errors", "overruns", "command_errors"):
+            setattr(self.golden, name, st[name])
+        return [st["crc_errors"], st["framing_errors"], st["overruns"], st["command_errors"]]
+
+    def run_case(self, image: ImageConfig, seed: int, length: int, *, per_step_nudge: bool, wild: bool,
+                 corrupt: bool, outputs: bool) -> tuple[dict, dict]:
+        """CLEAR, the WRITEs, a FORWARD and an ECHO pass (``outputs``: as an HSSM block's outputs
+        passes), the READs of everything; returns the passes' (cycles, seconds)."""
+        from echoboard.hdl.verilog import golden_expectation, random_case
+
+        fmt, size, msg, config = image.fmt, image.size, self.msg, self.config
+        case = random_case(fmt, size, length, seed, per_step_nudge=per_step_nudge, wild=wild)
+        expected = golden_expectation(fmt, case, block=outputs)
+        if corrupt and outputs:
+            expected["steps"]["forward"][0]["y"][0] += 1
+        elif corrupt:
+            expected["echo"][next(iter(config.accumulators))][0] += 1
+        self.call(Command.CLEAR_GRADIENTS)
+        block_parameters = BLOCK_PARAMETERS[config.hru] if outputs else {}
+        for name, region in {**config.parameters, **block_parameters}.items():
+            self.write(region, _flat(region, case[name]))
+        self.write(Region.Y0, case["y0"])
+        self.write(Region.Z0, case["z0"])
+
+        replies, cycles_forward, t_forward = self.timed_pass(
+            Command.FORWARD_START, msg.forward_start.pack(length=length, flags=ForwardFlags.OUTPUTS if outputs else 0),
+            Command.FORWARD_DATA, msg.data_payloads(case["u"], outputs=outputs))
+        final = replies[-1].payload if replies[-1].status == 0 else b""
+        if outputs:
+            ys, final = self.outputs_pass(PassState.FORWARD, replies)
+            self.compare_steps("forward.y_k", ys, [step["y"] for step in expected["steps"]["forward"]])
+        fwd = msg.forward_result.unpack(final) if final else {"overflow_forward": None, "pos_sum": []}
+        self.compare("forward.pos_sum", fwd["pos_sum"], expected["forward"]["pos_sum"])
+        self.compare("forward.overflows", [fwd["overflow_forward"]], [expected["forward"]["overflows"]["forward"]])
+        self.compare("forward.y", self.read(Region.Y0), expected["forward"]["y"])
+        self.compare("forward.z", self.read(Region.Z0), expected["forward"]["z"])
+
+        flag = ECHO_OUTPUTS_FLAG if outputs else 0
+        if per_step_nudge:  # golden order n_0..n_{L-1}; START carries n_{L-1}, step m n_{L-2-m}
+            n = case["nudge"]
+            start = msg.echo_start.pack(length=length, mode=EchoMode.STREAM | flag, nudge=n[-1])
+            chunks = msg.data_payloads(case["u"][::-1], nudges=n[-2::-1] + [[0] * size.oscillators],
+                                       mode=EchoMode.STREAM, outputs=outputs)
+        else:
+            start = msg.echo_start.pack(length=length, mode=EchoMode.CONSTANT | flag, nudge=case["nudge"])
+            chunks = msg.data_payloads(case["u"][::-1], mode=EchoMode.CONSTANT, outputs=outputs)
+        replies, cycles_echo, t_echo = self.timed_pass(Command.ECHO_START, start, Command.ECHO_DATA, chunks)
+        final = replies[-1].payload if replies[-1].status == 0 else b""
+        if outputs:
+            dus, final = self.outputs_pass(PassState.ECHO, replies)
+            self.compare_steps("echo.du_j", dus, expected["steps"]["du"])
+        echo = msg.echo_result.unpack(final) if final else {}
+        e = expected["echo"]
+        self.compare("echo.overflows", [echo.get(f"overflow_{k}") for k in ("echo_plus", "echo_minus", "gradient")],
+                     [e["overflows"][k] for k in ("echo_plus", "echo_minus", "gradient")])
+        self.compare("echo.plus.y", self.read(Region.Y0), e["plus"]["y"])
+        self.compare("echo.plus.z", self.read(Region.Z0), e["plus"]["z"])
+        self.compare("echo.minus.y", self.read(Region.Y1), e["minus"]["y"])
+        self.compare("echo.minus.z", self.read(Region.Z1), e["minus"]["z"])
+        block_accumulators = BLOCK_ACCUMULATORS[config.hru] if outputs else {}
+        for name, region in {**config.accumulators, **block_accumulators}.items():
+            self.compare(f"echo.{name}", self.read(region), _flat(region, e[name]))
+        self.compare("counters", self.read(Region.COUNTERS),
+                     [expected["forward"]["overflows"]["forward"], *(e["overflows"][k] for k in
+                                                                     ("echo_plus", "echo_minus", "gradient"))])
+        return ({"forward": cycles_forward, "echo": cycles_echo} if self.board else {},
+                {"forward": round(t_forward, 4), "echo": round(t_echo, 4)})
+
+
+def _flat(region, values) -> list[int]:
+    """B and its accumulator row-major (P×N words), the others as they are (P)."""
+    return [x for row in values for x in row] if int(region) in MATRIX_REGION_CODES else values
 
 
 # --------------------------------------------------------------------------------------------
