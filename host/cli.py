@@ -193,6 +193,10 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", "-L", type=positive_int, default=256)
     parser.add_argument("--nudge", choices=("constant", "per-step"), default="constant",
                         help="constant nudge vector (NUDGE store) or one per step through the nudge stream")
+    parser.add_argument("--blocks", type=int, default=0, metavar="K",
+                        help="board level: K HSSM blocks one after another, each through outputs passes (y_k and "
+                             "du_j of every step compared, and KIN; the pipelined core's image) (default 0: plain "
+                             "passes)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--waves", action="store_true",
                         help="write a VCD of the simulation (core, or the simulated board) and, on a core-level "
@@ -223,6 +227,11 @@ def run_verify(args) -> int:
         raise ValueError(f"--waves records a simulation: --level core, or --level board --target sim "
                          f"(not {args.target})")
     per_step = args.nudge == "per-step"
+    if args.blocks < 0:
+        raise ValueError(f"--blocks must be >= 0, got {args.blocks}")
+    if args.blocks and args.level != "board":
+        raise ValueError("--blocks is a board-level option (the core level always checks the pipelined core's "
+                         "block mode): add --level board")
     with stdout_to_stderr(), (waves.recording() if args.waves else contextlib.nullcontext()) as traces:
         if args.level == "core":
             from echoboard.hdl.verilog import verify_core
@@ -233,7 +242,7 @@ def run_verify(args) -> int:
             from echoboard.host.selftest import verify_board_at
 
             result = verify_board_at(args.target, fmt, size, lanes, args.core, seed=args.seed, length=args.length,
-                                     per_step_nudge=per_step)
+                                     per_step_nudge=per_step, blocks=args.blocks)
             report = {k: result[k] for k in ("level", "target", "steps", "compared", "mismatches", "first_mismatch",
                                              "cycles")}
             passed = report["mismatches"] == 0
