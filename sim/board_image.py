@@ -12,7 +12,8 @@
 - :func:`verify_board`: one random case through the simulated board (or a board the host opened:
   the golden board, ``socket://``, ``serial://``); every reply is compared
   byte for byte with the golden board (firmware/board_model.py) and every returned integer
-  with golden_model.hru_fixed (via hdl.verilog.golden_expectation).
+  with golden_model.hru_fixed (via hdl.verilog.golden_expectation); with ``blocks``, HSSM blocks
+  through outputs passes, every step's y_k and du_j compared with golden_model.hru_block.
 - what ``echoboard sim-board`` and ``echoboard verify --level board`` (host/cli.py) run.
 """
 from __future__ import annotations
