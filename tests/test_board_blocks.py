@@ -176,17 +176,29 @@ def test_board_blocks_equal_the_in_process_blocks(hru, board_size):
     assert not all(np.array_equal(got.grads[k], changed[k]) for k in want.grads)
 
 
-@pytest.mark.parametrize("hru", hb.HRU_KINDS)
-def test_train_blocks_on_the_golden_board_equals_in_process(tmp_path, hru):
-    def run(target):
-        return train(TrainConfig(dataset="BasicMotions", algo="rhel", target=target, epochs=1, batch=16, blocks=2,
-                                 hidden=4, oscillators=4, hru=hru, seed=5, out=str(tmp_path / target)), progress=False)
+@pytest.fixture(scope="module")
+def inprocess_runs(tmp_path_factory):
+    """The in-process reference of the runs below, once per HRU kind."""
+    return {hru: _train_blocks(tmp_path_factory.mktemp("inprocess"), "inprocess", hru) for hru in hb.HRU_KINDS}
 
-    board, inprocess = run("golden"), run("inprocess")
+
+def _train_blocks(out, target: str, hru: str) -> dict:
+    """Three minibatches of a 2-block HSSM of P = 4, H = 2: the simulated board of that size is
+    test_board_image's (P4/N2, linear and nonlinear), built once for the suite."""
+    return train(TrainConfig(dataset="BasicMotions", algo="rhel", target=target, epochs=1, batch=16, blocks=2,
+                             hidden=2, oscillators=4, hru=hru, seed=5, out=str(out / target)), progress=False)
+
+
+@pytest.mark.parametrize("target", ["golden", "sim"])
+@pytest.mark.parametrize("hru", hb.HRU_KINDS)
+def test_train_blocks_on_a_board_equals_in_process(tmp_path, inprocess_runs, target, hru):
+    """Issue 11's acceptance: ``train --blocks 2`` on the golden board and on the Verilated board image
+    (every HRU block through the outputs passes) ends with the in-process run's parameters bit for bit."""
+    board, inprocess = _train_blocks(tmp_path, target, hru), inprocess_runs[hru]
     assert board["params_sha256"] == inprocess["params_sha256"]
     assert board["history"][0]["test_accuracy"] == inprocess["history"][0]["test_accuracy"]
     assert board["link"]["retries"] == 0 and board["link"]["requests"] > 0 and inprocess["link"] is None
-    assert board["architecture"] == inprocess["architecture"]
+    assert board["architecture"] == inprocess["architecture"] and board["architecture"]["hru"] == hru
 
 
 def test_board_blocks_refuse_a_board_that_cannot_hold_them():
