@@ -16,7 +16,7 @@ from test_board_image import SMALL, Pair, _frames, _load_case, _nonlinear_config
 
 from echoboard.firmware.board_model import GoldenBoard
 from echoboard.firmware.protocol import (ECHO_OUTPUTS_FLAG, PIPELINED_CAPABILITIES, Capability, Command, EchoMode,
-                                         ForwardFlags, LinearBlockRegion, Messages, PassState, Reply, Request,
+                                         ForwardFlags, LinearBlockRegion, Messages, PassState, Region, Reply, Request,
                                          Status, pack_dense)
 from echoboard.golden_model.formats import FixedFormat, HRUSize
 from echoboard.sim import board_image
@@ -182,13 +182,23 @@ def test_abort_refusals_and_no_part(pair):
 # ---------------------------------------------------------------- amaranth.sim (no build)
 
 
-def _pysim_replies(image, requests: list[bytes]) -> list[bytes]:
-    """The byte-stream image's reply frames to ``requests``, each sent after the previous reply."""
+def _pysim_replies(image, requests: list[bytes], *, overlap: bool = False) -> list[bytes]:
+    """The byte-stream image's reply frames to ``requests``, each sent after the previous reply,
+    or with ``overlap`` as soon as its first byte is out (docs/protocol.md *Pace*)."""
     from amaranth.sim import Simulator
 
     got = bytearray()
 
+    def replies_begun() -> int:
+        return got.count(0) + (1 if got and got[-1] != 0 else 0)
+
     async def host(ctx):
+        async def wait(condition):  # a dropped frame's reply never comes: give up, what came is compared
+            for _ in range(20_000):
+                if condition():
+                    return
+                await ctx.tick()
+
         ctx.set(image.tx.ready, 1)
         for k, request in enumerate(requests):
             for byte in request:
@@ -196,8 +206,8 @@ def _pysim_replies(image, requests: list[bytes]) -> list[bytes]:
                 ctx.set(image.rx.payload, byte)
                 await ctx.tick().until(image.rx.ready)
             ctx.set(image.rx.valid, 0)
-            while got.count(0) < k + 1:
-                await ctx.tick()
+            await wait(lambda: (replies_begun() if overlap else got.count(0)) >= k + 1)
+        await wait(lambda: got.count(0) >= len(requests))
 
     async def collector(ctx):
         async for _clk, _rst, valid, byte in ctx.tick().sample(image.tx.valid, image.tx.payload):
@@ -228,6 +238,32 @@ def test_serial_image_refuses_outputs_passes():
     want = [golden.receive(r) for r in requests]
     assert _pysim_replies(image, requests) == want
     assert [w[3] for w in want[:3]] == [0x04, 0x07, 0x07]  # COBS: body byte 2 is the status
+
+
+def test_the_next_chunk_may_overlap_the_reply():
+    """Each request sent as soon as the previous reply has begun: request c + 1 and reply c share
+    the line, nothing is dropped (STATUS: no overrun), every reply the golden board's."""
+    from echoboard.firmware.top import BoardImage
+    from echoboard.hdl.verilog import random_case
+
+    size, L = HRUSize(4, 2, 64), 20
+    image = BoardImage(FixedFormat(), size, 1, build_hash=bytes(16))
+    msg = Messages(image.config)
+    case = random_case(FixedFormat(), size, L, 2, per_step_nudge=True)
+    u, rev, n = case["u"], case["u"][::-1], case["nudge"]
+    nudges = n[-2::-1] + [[0] * 4]
+    payloads = [(Command.WRITE, msg.pack_write(Region.B, 0, [x for r in case["B"] for x in r])),
+                (Command.WRITE, msg.pack_write(Region.DELTA, 0, case["delta"])),
+                (Command.FORWARD_START, msg.forward_start.pack(length=L, flags=OUTPUTS))]
+    payloads += [(Command.FORWARD_DATA, _chunk(msg, u, offset, k)) for offset, k in ((0, 6), (6, 6), (12, 8))]
+    payloads += [(Command.ECHO_START, msg.echo_start.pack(length=L, mode=EchoMode.STREAM | ECHO_OUTPUTS_FLAG,
+                                                          nudge=n[-1]))]
+    payloads += [(Command.ECHO_DATA, _chunk(msg, rev, offset, k, EchoMode.STREAM, nudges))
+                 for offset, k in ((0, 7), (7, 7), (14, 6))]
+    payloads += [(Command.OUTPUTS, b""), (Command.STATUS, b"")]
+    requests = [Request(seq, cmd, payload).encode() for seq, (cmd, payload) in enumerate(payloads, start=1)]
+    golden = GoldenBoard(image.config)
+    assert _pysim_replies(image, requests, overlap=True) == [golden.receive(r) for r in requests]
 
 
 @pytest.mark.parametrize("width", [5, 13, 32])
