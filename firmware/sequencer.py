@@ -596,10 +596,10 @@ class _SequencerFSM:
         # reply being made carries an outputs part (out_first, out_steps: chunk c − 1's, or the
         # last chunk's for OUTPUTS; 0, 0 after reset, START and ABORT), ``advance``: a DATA reply's,
         # after which the ring's read pointer and the part move on to the chunk just taken (next_*)
-        self.outputs_pass = outputs_pass = Signal()
-        self.part, self.advance, self.out_echo = Signal(), Signal(), Signal()
-        self.out_first, self.next_first = Signal.like(steps_done), Signal.like(steps_done)
         if s.block:
+            self.outputs_pass = outputs_pass = Signal()
+            self.part, self.advance, self.out_echo = Signal(), Signal(), Signal()
+            self.out_first, self.next_first = Signal.like(steps_done), Signal.like(steps_done)
             self.max_steps = {state: msg.max_output_steps(state) for state in (PassState.FORWARD, PassState.ECHO)}
             depth = 2 * max(steps * msg.output_words(state) for state, steps in self.max_steps.items())
             m.submodules.output_buffer = self.obuf = obuf = OutputBuffer(
@@ -676,8 +676,9 @@ class _SequencerFSM:
             m.d.comb += s.header.ready.eq(1)
             with m.If(s.header.valid):
                 m.d.sync += [self.seq.eq(h.seq), self.cmd.eq(h.cmd), self.length.eq(h.length),
-                             self.got_last.eq(0), self.index.eq(0), self.body.eq(_NONE), self.aborting.eq(0),
-                             self.part.eq(0)]
+                             self.got_last.eq(0), self.index.eq(0), self.body.eq(_NONE), self.aborting.eq(0)]
+                if self.s.block:
+                    m.d.sync += self.part.eq(0)
                 with m.If(h.status != Status.OK):  # a link error: answered, not counted here
                     m.d.sync += [self.status.eq(h.status), self.body.eq(_NONE)]
                     m.next = "HEAD"
@@ -1035,8 +1036,9 @@ class _SequencerFSM:
                     m.d.comb += head_value.eq(self.cmd)
                 with m.Default():
                     m.d.comb += head_value.eq(self.status)
+            no_part = ~self.part if self.s.block else 1
             m.d.comb += [ser.i.valid.eq(1), ser.i.p.value.eq(head_value), ser.i.p.nbytes.eq(1),
-                         ser.i.p.last.eq((index == 2) & (body == _NONE) & ~self.part)]
+                         ser.i.p.last.eq((index == 2) & (body == _NONE) & no_part)]
             with m.If(ser.i.ready):
                 m.d.sync += index.eq(index + 1)
                 with m.If(index == 2):
