@@ -119,6 +119,21 @@ def test_missing_serial_device_is_one_line(monkeypatch, capsys):
     assert_one_line_failure(1, err, "verilog", "could not open port /dev/ttyEchoboardNone")
 
 
+def test_a_failing_tool_is_one_line_naming_its_log_and_its_error(monkeypatch, capsys):
+    """A ToolError (yosys, nextpnr), whose message quotes its log's tail: one line, exit 1, the log's
+    path and the tail's last line (what went wrong) kept."""
+    from echoboard.hdl.synth import ToolError
+
+    def fail(args):
+        raise ToolError("sh build_top.sh failed with exit status 1 (log: build/x/build.log)\n...\n"
+                        "ERROR: Assert `GetSize(a) == GetSize(b)' failed.\n")
+
+    monkeypatch.setattr(cli, "run_verilog", fail)
+    assert cli.main(["verilog"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert_one_line_failure(1, err, "verilog", "(log: build/x/build.log) ... ERROR: Assert")
+
+
 def test_ctrl_c_is_one_line(tmp_path):
     """SIGINT while a command waits on a child process (`program` on a stand-in loader that
     hangs): the child is stopped, one line, exit 130."""
