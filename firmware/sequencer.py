@@ -61,8 +61,8 @@ from echoboard.hdl.cores import CORES
 from echoboard.hdl.hru_core import HRUCore, Op
 from echoboard.hdl.memories import MemoryBus
 
-__all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "OutputBuffer", "DensePacker",
-           "Sequencer", "core_config"]
+__all__ = ["FieldAssembler", "FieldSerializer", "Divider", "AddressWalker", "NudgeFeeder", "OutputBuffer",
+           "DensePacker", "Sequencer", "core_config", "has_block_mode"]
 
 FIELD_BITS = 64  # the widest field: an accumulator word of up to 64 bits
 

@@ -60,7 +60,8 @@ class BoardImage(wiring.Component):
                 core: str = "pipelined", **kwargs):
         # a clear error before the object exists (no "unused elaboratable" warning) or anything is elaborated
         check_core(core, fmt or FixedFormat(), size or DEFAULT_SIZE, lanes)
-        image_config(fmt or FixedFormat(), size or DEFAULT_SIZE, lanes, bytes(BUILD_HASH_BYTES), core)  # the frames' limits
+        # the frames' limits
+        image_config(fmt or FixedFormat(), size or DEFAULT_SIZE, lanes, bytes(BUILD_HASH_BYTES), core)
         return super().__new__(cls)
 
     def __init__(self, fmt: FixedFormat | None = None, size: HRUSize | None = None, lanes: int = 1,

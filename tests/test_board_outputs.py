@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_board_image import SMALL, Pair, _frames, _load_case, _nonlinear_config, executable, nonlinear_executable, pair  # noqa: F401
+from test_board_image import (SMALL, _frames, _load_case, _nonlinear_config, executable,  # noqa: F401 (fixtures)
+                              nonlinear_executable, pair)
 
 from echoboard.firmware.board_model import GoldenBoard
 from echoboard.firmware.protocol import (ECHO_OUTPUTS_FLAG, PIPELINED_CAPABILITIES, Capability, Command, EchoMode,
