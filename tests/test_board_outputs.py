@@ -113,6 +113,8 @@ def test_chunks_outputs_kin_and_clear(pair):
     for offset, k in ((0, 5), (5, 1), (6, 1), (7, 16)):
         reply = pair.call(Command.FORWARD_DATA, _chunk(msg, u, offset, k))
         parts.append(msg.unpack_outputs(PassState.FORWARD, reply.payload)[:2])
+        if offset == 5:  # a retry: the cached reply, chunk 0's part again, nothing runs twice
+            pair.send(pair.request(Command.FORWARD_DATA, _chunk(msg, u, offset, k), seq=pair.seq))
     assert [(first, len(words)) for first, words in parts] == [(0, 0), (0, 5), (5, 1), (6, 1)]
     last = _outputs(pair, PassState.FORWARD)
     assert last[0] == 7 and len(last[1]) == 16 and _outputs(pair, PassState.FORWARD) == last
