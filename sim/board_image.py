@@ -274,8 +274,9 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
         raise ValueError(f"blocks must be >= 0, got {blocks}")
     needed = Capability.FORWARD_OUTPUTS | Capability.ECHO_OUTPUTS
     if blocks and core_config.capabilities & needed != needed:
-        raise ValueError(f"the {target} board has no outputs passes (capabilities {core_config.capabilities!r}): "
-                         f"HSSM blocks need FORWARD_OUTPUTS and ECHO_OUTPUTS (the pipelined core's image)")
+        raise ValueError(f"the {target} board has no outputs passes (capabilities: "
+                         f"{core_config.capabilities.name or 'none'}): HSSM blocks need FORWARD_OUTPUTS and "
+                         f"ECHO_OUTPUTS (the pipelined core's image)")
     msg = Messages(core_config)
     golden = GoldenBoard(core_config)
     board = None
