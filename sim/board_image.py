@@ -274,6 +274,8 @@ def verify_board(config, *, seed: int = 0, length: int = 64, per_step_nudge: boo
         raise ValueError(f"blocks must be >= 0, got {blocks}")
     needed = Capability.FORWARD_OUTPUTS | Capability.ECHO_OUTPUTS
     if blocks and core_config.capabilities & needed != needed:
+        if port is not None:
+            port.close()
         raise ValueError(f"the {target} board has no outputs passes (capabilities: "
                          f"{core_config.capabilities.name or 'none'}): HSSM blocks need FORWARD_OUTPUTS and "
                          f"ECHO_OUTPUTS (the pipelined core's image)")
