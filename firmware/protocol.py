@@ -389,7 +389,7 @@ def dense_bytes(count: int, width: int) -> int:
 
 def pack_dense(values: Iterable[int], width: int) -> bytes:
     """Signed ``width``-bit words as one little-endian bit string (word 0 in the lowest bits), zero
-    bits only to fill the last byte: the per-step outputs' packing (draft), which wastes no bits
+    bits only to fill the last byte: the per-step outputs' packing, which wastes no bits
     on a width that is not a whole number of bytes. ValueError if a value does not fit."""
     lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
     bits, count = 0, 0
