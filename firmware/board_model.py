@@ -268,7 +268,7 @@ class GoldenBoard:
         self._check_length(v["length"])
         known = ForwardFlags.ZERO_STATE | (ForwardFlags.OUTPUTS if self.config.capabilities & Capability.FORWARD_OUTPUTS
                                            else 0)
-        if v["flags"] & ~known:
+        if v["flags"] & ~int(known):  # int: ~ of an IntFlag flips only its defined bits
             raise ProtocolError(f"FORWARD_START flags 0x{v['flags']:02x} set reserved bits")
         if v["flags"] & ForwardFlags.ZERO_STATE:
             self._regions[Region.Y0][:] = 0
@@ -310,6 +310,8 @@ class GoldenBoard:
         if p.outputs and steps > self.messages.max_output_steps(p.state):
             raise PayloadLengthError(f"{steps} steps in one chunk of an outputs pass; at most "
                                      f"{self.messages.max_output_steps(p.state)} fit a reply")
+        if p.outputs and p.state is PassState.ECHO and steps == 1 and 0 < p.steps_done < p.length - 1:
+            raise PayloadLengthError("a chunk inside an outputs echo needs 2 steps or more")
         if v["offset"] != p.steps_done:
             raise ProtocolError(f"offset {v['offset']} but {p.steps_done} steps are done")
         if p.steps_done + steps > p.length:

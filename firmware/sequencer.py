@@ -907,10 +907,13 @@ class _SequencerFSM:
         u_full, aborting, pass_state = self.u_full, self.aborting, self.pass_state
         with m.State("DATA_LENGTH"):
             too_many = False
-            if self.s.block:  # an outputs pass's chunk: its outputs must fit one reply
-                most = Mux(pass_state == PassState.ECHO, self.max_steps[PassState.ECHO],
-                           self.max_steps[PassState.FORWARD])
-                too_many = self.outputs_pass & (self.div.quotient > most)
+            if self.s.block:  # an outputs pass's chunk: its outputs must fit one reply; in an echo a
+                # chunk inside the pass needs 2 steps, since the core emits du_j one step after it
+                # takes the next input (the reply waits for the previous chunk's last du_j)
+                echo, steps = pass_state == PassState.ECHO, self.div.quotient
+                most = Mux(echo, self.max_steps[PassState.ECHO], self.max_steps[PassState.FORWARD])
+                inside = (steps_done != 0) & (steps_done + 1 != pass_length)
+                too_many = self.outputs_pass & ((steps > most) | (echo & (steps == 1) & inside))
             self.count_from_division("DATA_OFFSET", too_many)
         self.field_state("DATA_OFFSET", 4, self.arg, "DATA_CHECK", saturate=True)
         with m.State("DATA_CHECK"):

@@ -286,8 +286,7 @@ def _bad_frames(pair) -> list[tuple[bytes, int]]:
         (pair.request(Command.READ, bytes([99, 0, 0, 1, 0])), 1),
         (pair.request(Command.FORWARD_START, msg.forward_start.pack(length=0, flags=0)), 1),
         (pair.request(Command.FORWARD_START, msg.forward_start.pack(length=65537, flags=0)), 1),
-        # (a reserved FORWARD_START flag bit: test_board_outputs, against the specification alone,
-        # while the golden board accepts every flag bit)
+        (pair.request(Command.FORWARD_START, msg.forward_start.pack(length=5, flags=4)), 1),  # a reserved bit
         (pair.request(Command.ECHO_START, msg.echo_start.pack(length=5, mode=4, nudge=[1] * P)), 1),
         (pair.request(Command.ECHO_START, msg.echo_start.pack(length=0, mode=0, nudge=[1] * P)), 1),
         (pair.request(Command.ECHO_START, msg.echo_start.pack(length=0, mode=EchoMode.STREAM, nudge=[1] * P)), 1),

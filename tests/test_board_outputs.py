@@ -174,12 +174,30 @@ def test_abort_refusals_and_no_part(pair):
     pair.snapshot()
     for mode in (4, 4 | ECHO_OUTPUTS_FLAG):
         pair.call(Command.ECHO_START, msg.echo_start.pack(length=5, mode=mode, nudge=[0] * 4), Status.BAD_ARGUMENT)
+    pair.call(Command.FORWARD_START, msg.forward_start.pack(length=5, flags=4), Status.BAD_ARGUMENT)  # reserved
     pair.call(Command.STATUS)
-    # a reserved flag bit, checked against the specification alone (last: the golden board does
-    # not see it, so it does not count it): the golden board of dbd8025 accepts every flag bit
-    # (``~known`` of an IntFlag is 0)
-    reply = pair.client.exchange(pair.request(Command.FORWARD_START, msg.forward_start.pack(length=5, flags=4)))
-    assert Reply.decode(reply[:-1]).status == Status.BAD_ARGUMENT
+
+
+def test_an_outputs_echo_refuses_a_one_step_chunk_inside_the_pass(pair):
+    """The core emits du_j one step after it takes the next input, so a 1-step chunk inside an outputs
+    echo would wait for ever for its reply: BAD_LENGTH (the first and the last chunk may be 1 step)."""
+    from echoboard.hdl.verilog import random_case
+
+    msg, L = pair.msg, 8
+    case = random_case(SMALL.fmt, SMALL.size, L, 5)
+    _load_case(pair, case)
+    pair.call(Command.FORWARD_START, msg.forward_start.pack(length=L, flags=OUTPUTS | ForwardFlags.ZERO_STATE))
+    pair.call(Command.FORWARD_DATA, _chunk(msg, case["u"], 0, L))
+    rev = case["u"][::-1]
+    for chunks, refused in (([(0, 3), (3, 1)], (3, 1)), ([(0, 1), (1, 3), (4, 3), (7, 1)], None)):
+        pair.call(Command.ECHO_START, msg.echo_start.pack(length=L, mode=ECHO_OUTPUTS_FLAG, nudge=case["nudge"]))
+        for offset, k in chunks:
+            status = Status.BAD_LENGTH if (offset, k) == refused else Status.OK
+            pair.call(Command.ECHO_DATA, _chunk(msg, rev, offset, k, EchoMode.CONSTANT), status)
+        if refused:
+            pair.call(Command.ECHO_DATA, _chunk(msg, rev, 3, 5, EchoMode.CONSTANT))  # the pass goes on
+    assert _outputs(pair, PassState.ECHO)[0] == 7
+    pair.snapshot()
 
 
 # ---------------------------------------------------------------- amaranth.sim (no build)
