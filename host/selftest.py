@@ -39,7 +39,7 @@ from contextlib import suppress
 
 import numpy as np
 
-from echoboard.firmware.protocol import Capability, Command, CoreConfig, ProtocolError, Region, Status
+from echoboard.firmware.protocol import PIPELINED_CAPABILITIES, Command, CoreConfig, ProtocolError, Region, Status
 
 __all__ = ["BOARD_TARGETS", "board_target", "expected_config", "run_selftest", "verify_board_at",
            "add_selftest_arguments"]
@@ -66,8 +66,8 @@ def expected_config(target: str, reported: CoreConfig, *, size=None, fmt=None, c
     if target == "golden":
         from echoboard.firmware.board_model import MODEL_BUILD_HASH
 
-        return CoreConfig(size or HRUSize(16, 8), fmt or image_format(), capabilities=Capability.ECHO_STREAM,
-                          build_hash=MODEL_BUILD_HASH)
+        return CoreConfig(size or HRUSize(16, 8), fmt or image_format(), capabilities=PIPELINED_CAPABILITIES,
+                          build_hash=MODEL_BUILD_HASH)  # Board.open("golden")'s: the pipelined image's
     from echoboard.sim.board_image import ImageConfig, board_config
 
     if target == "sim":
@@ -295,7 +295,7 @@ def verify_board_at(target: str, fmt, size, lanes: int, core: str, **case) -> di
         return verify_board(ImageConfig(size, fmt, lanes, core), **case)
     if target == "golden":
         image = ImageConfig(size, fmt, lanes, core)
-        identify = image_config(fmt, size, lanes, MODEL_BUILD_HASH)
+        identify = image_config(fmt, size, lanes, MODEL_BUILD_HASH, core)
         size.check_length(case["length"])
         return verify_board(image, port=GoldenTransport(GoldenBoard(identify)), target=target, identify=identify,
                             **case)

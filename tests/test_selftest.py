@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from echoboard.firmware.board_model import GoldenBoard
-from echoboard.firmware.protocol import READ_ONLY_REGIONS, Region
+from echoboard.firmware.protocol import READ_ONLY_REGIONS, LinearBlockRegion, Region, read_only_regions
 from echoboard.host import selftest
 from echoboard.host.board import Board
 from echoboard.host.cli import main
@@ -59,8 +59,9 @@ def test_json_shape(capsys):
     assert [c["name"] for c in result["checks"]] == list(selftest.CHECKS)
     assert all({"name", "passed", "detail"} <= set(c) and c["passed"] is True for c in result["checks"])
     regions = result["checks"][1]
-    assert set(regions["writable"]) | set(regions["read_only"]) == {r.name for r in Region}
-    assert set(regions["read_only"]) == {r.name for r in READ_ONLY_REGIONS}
+    # the golden board is the pipelined image's: its HRU's regions and an HSSM block's KIN
+    assert set(regions["writable"]) | set(regions["read_only"]) == {r.name for r in LinearBlockRegion}
+    assert set(regions["read_only"]) == {r.name for r in read_only_regions(LinearBlockRegion)} >= {"KIN"}
     retrace = result["checks"][2]
     assert [p["result"] for p in retrace["passes"]] == ["retraced"] * 2
     assert retrace["passes"][0]["overflows"] == {"forward": 0, "echo_plus": 0, "echo_minus": 0}
@@ -164,7 +165,7 @@ def test_a_simulated_board_on_a_socket_twice(capsys):
             status, report = _json(capsys, "verify", "--level", "board", "--target", board.url, "-L", "40")
             assert status == 0 and report["mismatches"] == 0 and report["target"] == board.url
         status, out, _ = _run(capsys, "selftest", "--target", board.url, "--core", "serial", *FAST)
-        assert status == 1 and "identify: build_hash" in out and "--core pipelined" in out
+        assert status == 1 and "identify: capabilities 7, expected 1; build_hash" in out and "--core pipelined" in out
 
 
 def test_verify_board_on_golden(capsys):
@@ -194,7 +195,7 @@ def test_nonlinear_golden_and_sim_pass_selftest_and_verify(capsys):
     status, result = _json(capsys, "selftest", "--target", "golden", "--hru", "nonlinear", *FAST)
     assert status == 0 and result["verdict"] == "PASS", result
     assert set(result["checks"][1]["writable"]) == {"ALPHA", "B", "DELTA", "NUDGE", "Y0", "Z0", "Y1", "Z1", "W",
-                                                    "BIAS", "SIGMA"}
+                                                    "BIAS", "SIGMA", "GAIN"}  # GAIN: an HSSM block's
     status, report = _json(capsys, "verify", "--level", "board", "--target", "golden", "--hru", "nonlinear", "-L", "30")
     assert status == 0 and report["mismatches"] == 0 and report["compared"] > 30, report
     status, report = _json(capsys, "verify", "--level", "board", "--target", "sim", "--hru", "nonlinear",
