@@ -402,11 +402,13 @@ def baseline_name(board: str, oscillators=None, inputs=None, lanes=None, hru: st
     return f"{board}-{kind}p{oscillators}-n{inputs}-k{lanes}"
 
 
-def default_build_dir(board: str) -> Path:
-    """Where ``echoboard build --board B`` builds without ``--build-dir`` (under the current directory)."""
+def default_build_dir(board: str, hru: str = "linear") -> Path:
+    """Where ``echoboard build --board B [--hru H]`` builds without ``--build-dir`` (under the current
+    directory): ``build/B``, the nonlinear image's ``build/B-nonlinear``, so that the two images can
+    build at the same time without overwriting each other's files."""
     from echoboard.sim.paths import build_root
 
-    return build_root(board, relative=True)
+    return build_root(board if hru == "linear" else f"{board}-{hru}", relative=True)
 
 
 def default_bitstream(board: str) -> Path:
@@ -445,7 +447,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the HRU of the image (nonlinear: ULX3S only)")
     parser.add_argument("--clock-mhz", type=float, default=None,
                         help="system clock; default: ULX3S 45 (PLL), iCEBreaker 12 (oscillator)")
-    parser.add_argument("--build-dir", type=Path, default=None, help="default: build/<board>")
+    parser.add_argument("--build-dir", type=Path, default=None,
+                        help="default: build/<board> (the nonlinear image: build/<board>-nonlinear)")
     parser.add_argument("--check-baseline", action="store_true",
                         help="compare with firmware/baselines/<board>-<config>.json (exit 1 outside the tolerances)")
     parser.add_argument("--write-baseline", action="store_true", help="store the result as that baseline")
@@ -477,7 +480,7 @@ def run_build(args, top_factory=None) -> int:
         return 2
     clock_hz = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     try:
-        result = build_board(args.board, factory, args.build_dir or default_build_dir(args.board), clock_hz=clock_hz,
+        result = build_board(args.board, factory, args.build_dir or default_build_dir(args.board, hru), clock_hz=clock_hz,
                              timeout_s=args.timeout_s)
     except DesignDoesNotFit as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -369,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the machine: unwritable output, port in use, missing device, unreachable socket
         return _fail(command, exc, 1)
     except RuntimeError as exc:  # a tool failed (yosys, nextpnr, Verilator, the simulated board): the message
-        # names its log; of the log's tail quoted after it, the last line says what went wrong
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        return _fail(command, lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else ""), 1)
+        # names its log; of the log's tail quoted after it, its last error line (else its last line)
+        first, *tail = [line for line in str(exc).splitlines() if line.strip()]
+        errors = [line for line in tail if "error" in line.lower()]
+        return _fail(command, first + (f" ... {(errors or tail)[-1]}" if tail else ""), 1)
     except KeyboardInterrupt:
         return _fail(command, "interrupted", 130)
 

@@ -121,12 +121,12 @@ def test_missing_serial_device_is_one_line(monkeypatch, capsys):
 
 def test_a_failing_tool_is_one_line_naming_its_log_and_its_error(monkeypatch, capsys):
     """A ToolError (yosys, nextpnr), whose message quotes its log's tail: one line, exit 1, the log's
-    path and the tail's last line (what went wrong) kept."""
+    path and the tail's last error line (what went wrong, not a warning after it) kept."""
     from echoboard.hdl.synth import ToolError
 
     def fail(args):
         raise ToolError("sh build_top.sh failed with exit status 1 (log: build/x/build.log)\n...\n"
-                        "ERROR: Assert `GetSize(a) == GetSize(b)' failed.\n")
+                        "ERROR: Assert `GetSize(a) == GetSize(b)' failed.\nWarning: a later warning\n")
 
     monkeypatch.setattr(cli, "run_verilog", fail)
     assert cli.main(["verilog"]) == 1
