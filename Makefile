@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-## The main job: train the on-board model on real data (defaults: BasicMotions on the simulated board,
-## whose Verilated image is built on first use).
+## The main job: train the paper's HSSM (2 blocks, H = P = 16) on BasicMotions with every HRU block on
+## the simulated board (whose Verilated image is built on first use); ARGS adds or overrides options.
+TRAIN_ARGS ?= --blocks 2 --hidden 16 --oscillators 16 --epochs 20
 train: venv
-	$(RUN) -m echoboard.host.cli train $(ARGS)
+	$(RUN) -m echoboard.host.cli train $(TRAIN_ARGS) $(ARGS)
 
 ## The default test suite (what CI runs).
 test: venv
