@@ -323,14 +323,15 @@ def build_board(board: str, top_factory, build_dir, *, clock_hz: int | None = No
     kwargs["nextpnr_opts"] = f"--seed {seed} --timing-allow-fail --report {name}.report.json {extra_nextpnr}".strip()
     after_synth = kwargs.pop("script_after_synth", "")
     if spec.family == "ecp5":
-        # synth_ecp5 in two halves with `opt_clean -purge` between: yosys (0.70 here) aborts in ABC9's
-        # reintegration ("Assert `GetSize(conn.first) == GetSize(conn.second)'") when a module holds a
-        # wire X beside wires named X[0], X[1], … (YosysHQ/yosys#4349), as Amaranth names the elements
-        # of ArrayLayout ports; the image's per-step output streams first brought it about. The purge
-        # drops those debug names before ABC9 runs (the issue's workaround); the logic is unchanged.
+        # synth_ecp5 in two halves with `opt_clean -purge` before its LUT mapping: yosys (0.70 here)
+        # aborts in ABC9's reintegration ("Assert `GetSize(conn.first) == GetSize(conn.second)'") when
+        # the flattened design holds a wire X beside wires named X[0], X[1], … (YosysHQ/yosys#4349),
+        # as Amaranth names the elements of ArrayLayout ports; the image with per-step output streams
+        # brought it about, depending on the netlist. The purge drops those debug names once the
+        # design is flat and before ABC9 runs (the issue's workaround); the logic is unchanged.
         synth_opts = kwargs.pop("synth_opts", "")
-        kwargs["synth_opts"] = f"{synth_opts} -run :coarse".strip()
-        after_synth = f"opt_clean -purge\nsynth_ecp5 {synth_opts} -top {name} -run coarse:\n{after_synth}"
+        kwargs["synth_opts"] = f"{synth_opts} -run :map_luts".strip()
+        after_synth = f"opt_clean -purge\nsynth_ecp5 {synth_opts} -top {name} -run map_luts:\n{after_synth}"
     kwargs["script_after_synth"] = f"{after_synth}\ntee -q -o {name}.stat.json stat -json".strip()
     start = time.monotonic()
     plan = platform.build(top, name=name, build_dir=str(build_dir), do_build=False, emit_src=False, **kwargs)
