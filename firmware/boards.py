@@ -418,21 +418,29 @@ def default_bitstream(board: str) -> Path:
 
 
 def next_commands(board: str, bitstream, size: tuple[int, int, int], baud: int, hru: str = "linear") -> list[str]:
-    """The ``program`` and ``train`` (nonlinear: ``selftest``) command lines for a built image of
+    """The ``program`` and ``train`` (nonlinear: ``selftest`` first) command lines for a built image of
     ``size`` = (P, N, K) at ``baud``: a build ends with them so the user needs no guess of device,
-    rate or model size."""
+    rate or model size. An image with HSSM block mode (the pipelined core) also gets the HSSM's
+    ``train --blocks``, its blocks sized for the image (P oscillators, H = N)."""
     import shlex
 
+    from echoboard.firmware.sequencer import has_block_mode
+    from echoboard.hdl.cores import CORES
+
     oscillators, inputs, lanes = size
-    target = f"serial://{BOARDS[board].serial_device}?baud={baud}"
-    program = f"next: echoboard program --board {board} {shlex.quote(str(bitstream))}"
-    if hru != "linear":  # training drives the linear HRU only so far
-        return [program, f"then: echoboard selftest --target {shlex.quote(target)} --hru {hru} "
-                         f"-P {oscillators} -N {inputs}"]
-    return [program,
-            f"then: echoboard train --target {shlex.quote(target)} --oscillators {oscillators}"
-            f"   # the image: P={oscillators}, N={inputs}, K={lanes}; the data set's input features must "
-            f"number at most {inputs} (--features energy: 2 per channel, raw: 1)"]
+    target = shlex.quote(f"serial://{BOARDS[board].serial_device}?baud={baud}")
+    lines = [f"next: echoboard program --board {board} {shlex.quote(str(bitstream))}"]
+    if hru == "linear":  # the single-HRU model is linear
+        lines.append(f"then: echoboard train --target {target} --oscillators {oscillators}"
+                     f"   # the image: P={oscillators}, N={inputs}, K={lanes}; the data set's input features must "
+                     f"number at most {inputs} (--features energy: 2 per channel, raw: 1)")
+    else:
+        lines.append(f"then: echoboard selftest --target {target} --hru {hru} -P {oscillators} -N {inputs}")
+    if has_block_mode(CORES[BOARDS[board].core]):
+        lines.append(f"or: echoboard train --target {target} --blocks 2 --hidden {inputs} --oscillators {oscillators}"
+                     + (f" --hru {hru}" if hru != "linear" else "")
+                     + "   # the paper's HSSM, each HRU block on the board")
+    return lines
 
 
 # ---- echoboard build ------------------------------------------------------------------------

@@ -237,15 +237,18 @@ def test_build_cli_refuses_the_nonlinear_hru_on_the_icebreaker(tmp_path, capsys)
     assert boards.baseline_name("ulx3s-85f", hru="nonlinear") == "ulx3s-85f-nonlinear-p16-n8-k1"
 
 
-def test_a_nonlinear_build_ends_with_the_program_and_selftest_commands():
-    """train drives the linear HRU only: a nonlinear image's build suggests its selftest, which parses."""
+def test_a_nonlinear_build_ends_with_the_program_selftest_and_hssm_commands():
+    """The single-HRU model is linear: a nonlinear image's build suggests its selftest and the HSSM's
+    training with the image's blocks, both of which parse."""
     from echoboard.host.cli import build_parser
 
-    program, then = boards.next_commands("ulx3s-85f", "/b/top.bit", (16, 8, 1), 3_000_000, "nonlinear")
+    program, then, hssm = boards.next_commands("ulx3s-85f", "/b/top.bit", (16, 8, 1), 3_000_000, "nonlinear")
     assert program == "next: echoboard program --board ulx3s-85f /b/top.bit"
     assert then == "then: echoboard selftest --target 'serial:///dev/ttyUSB0?baud=3000000' --hru nonlinear -P 16 -N 8"
     args = build_parser().parse_args(shlex.split(then)[2:])
     assert (args.command, args.hru, args.oscillators, args.inputs) == ("selftest", "nonlinear", 16, 8)
+    args = build_parser().parse_args(shlex.split(hssm.split("#")[0])[2:])
+    assert (args.command, args.blocks, args.hidden, args.oscillators, args.hru) == ("train", 2, 8, 16, "nonlinear")
 
 
 def test_build_cli_json(tmp_path, capsys):
@@ -303,11 +306,13 @@ def test_build_cli_builds_the_real_image_by_default(monkeypatch, capsys):
     assert json.loads(printed.out)["board"] == "ulx3s-85f"
     assert boards.baseline_name("ulx3s-85f") == "ulx3s-85f-p16-n8-k1"
     # it ends with the commands that load this image and train on it (the build's baud rate)
-    assert printed.err.splitlines()[-2:] == [
+    assert printed.err.splitlines()[-3:] == [
         "next: echoboard program --board ulx3s-85f /b/top.bit",
         "then: echoboard train --target 'serial:///dev/ttyUSB0?baud=3000000' --oscillators 16   # the image: "
         "P=16, N=8, K=1; the data set's input features must number at most 8 (--features energy: 2 per channel, "
-        "raw: 1)"]
+        "raw: 1)",
+        "or: echoboard train --target 'serial:///dev/ttyUSB0?baud=3000000' --blocks 2 --hidden 8 --oscillators 16"
+        "   # the paper's HSSM, each HRU block on the board"]
 
 
 def test_build_refuses_impossible_sizes_before_building(tmp_path):
