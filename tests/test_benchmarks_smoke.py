@@ -43,6 +43,7 @@ def test_gradient_cost_memory_child_and_run_all(tmp_path, capsys):
     assert "gradient_cost done" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 70 s (a simulated-board run); the targets' equality is also tests/test_host_training's
 def test_board_training_on_every_target_is_bit_identical(tmp_path, capsys):
     out = tmp_path / "bt.json"
     assert run_all.main(["--only", "board_training", "--models", "single", "--samples", "8", "--epochs", "1",
@@ -94,6 +95,7 @@ def test_core_cycles_linear_and_nonlinear_rows(tmp_path):
             assert v["cycles"] >= 8 * write_back
 
 
+@pytest.mark.slow  # 80 s of child processes; the default suite stays under 20 min
 def test_stack_cost_tiny_timing_memory_and_table(tmp_path):
     from benchmarks import stack_cost
 

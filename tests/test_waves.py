@@ -93,6 +93,7 @@ def test_waves_need_a_simulation(capfd):
     assert "--waves records a simulation" in capfd.readouterr().err
 
 
+@pytest.mark.slow  # two core builds, 75 s: the default suite stays under 20 min
 def test_tracing_is_a_separate_build_that_plain_runs_do_not_pay_for(tmp_path):
     from echoboard.golden_model.formats import FixedFormat, HRUSize
     from echoboard.sim import board_sim, waves
