@@ -46,8 +46,9 @@ class BoardBlocks(StagedBlocks):
             raise ValueError(f"the board holds the {config.hru} HRU; the model's blocks are {arch.hru}: "
                              f"use a board built with --hru {arch.hru}")
         if ~config.capabilities & NEEDED:
-            raise ValueError("this board has no per-step streams for HSSM blocks (IDENTIFY capabilities "
-                             f"{config.capabilities!r}): rebuild it with the pipelined core")
+            names = "|".join(c.name for c in Capability if c & config.capabilities) or "none"
+            raise ValueError(f"this board has no per-step streams for HSSM blocks (IDENTIFY capabilities: {names}): "
+                             "the serial core (the iCEBreaker's) has none; use an image with the pipelined core")
         if config.size.oscillators < arch.oscillators or config.size.inputs < arch.hidden:
             raise ValueError(f"the board has {config.size.oscillators} oscillators and {config.size.inputs} inputs; "
                              f"the model's blocks need at least {arch.oscillators} and {arch.hidden} "
