@@ -443,6 +443,7 @@ def test_icebreaker_image_matches_its_baseline(icebreaker_build):
     check_default_baseline(icebreaker_build, "icebreaker")
 
 
+@pytest.mark.slow  # a second build (55 s); the default suite's baseline check compares the sha256 already
 def test_icebreaker_build_is_reproducible(icebreaker_build, tmp_path):
     """A second build of the iCEBreaker image, in this process and another directory: the same bitstream."""
     again = boards.build_board("icebreaker", boards.firmware_image_factory(core="serial"), tmp_path)
