@@ -386,15 +386,23 @@ class GoldenBoard:
 
     def _stored_block_accumulators(self):
         """(the HRU's accumulators as hru_block keeps them, KIN) from the stored regions."""
-        stored = {name: self._shaped(region) for name, region in self.config.accumulators.items()}
-        if self.config.hru == "linear":
-            hru_acc = (stored["acc_a"].copy(), stored["acc_b"].copy())
-        else:
-            from echoboard.golden_model.hru_fixed_nonlinear import NonlinearAccumulators
+        return self._stored_accumulators(), self._regions[BLOCK_ACCUMULATORS[self.config.hru]["kin"]].copy()
 
-            hru_acc = NonlinearAccumulators(**{name[4:]: value.copy() for name, value in stored.items()})
-        kin = self._regions[BLOCK_ACCUMULATORS[self.config.hru]["kin"]]
-        return hru_acc, kin.copy()
+    def _stored_accumulators(self):
+        """The stored accumulators as the golden model takes them (copies): linear (acc_a, acc_b),
+        nonlinear a NonlinearAccumulators (its fields are the region names without "acc_")."""
+        stored = {name: self._shaped(region).copy() for name, region in self.config.accumulators.items()}
+        if self.config.hru == "linear":
+            return stored["acc_a"], stored["acc_b"]
+        from echoboard.golden_model.hru_fixed_nonlinear import NonlinearAccumulators
+
+        return NonlinearAccumulators(**{name[len("acc_"):]: value for name, value in stored.items()})
+
+    def _accumulator_regions_of(self, acc) -> dict:
+        """The golden model's accumulators (:meth:`_stored_accumulators`' form) by accumulator name."""
+        if self.config.hru == "linear":
+            return dict(zip(("acc_a", "acc_b"), acc))
+        return {f"acc_{name}": value for name, value in acc._asdict().items()}
 
     def _store_forward(self, p: _Pass) -> bytes:
         y, z, pos_sum, overflows = (np.asarray(x) for x in p.carry)
@@ -402,10 +410,7 @@ class GoldenBoard:
 
     def _store_echo(self, p: _Pass) -> bytes:
         y, z, (hru_acc, kin), echo_overflows, gradient_overflows = p.carry
-        if self.config.hru == "linear":
-            sums = {"acc_a": hru_acc[0], "acc_b": hru_acc[1]}
-        else:
-            sums = {f"acc_{name}": value for name, value in hru_acc._asdict().items()}
+        sums = self._accumulator_regions_of(hru_acc)
         self._regions[BLOCK_ACCUMULATORS[self.config.hru]["kin"]][:] = np.asarray(kin)
         return self._echo_stores(np.asarray(y), np.asarray(z), sums, *(int(x) for x in echo_overflows),
                                  int(gradient_overflows))
@@ -448,14 +453,14 @@ class GoldenBoard:
         else:
             nudge = r[Region.NUDGE]
         model, q = self._model()
-        stored = {name: self._shaped(region) for name, region in self.config.accumulators.items()}
+        stored = self._stored_accumulators()
         if self.config.hru == "linear":
-            result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, **stored)
-            sums = {"acc_a": result.acc_a, "acc_b": result.acc_b}
-        else:  # NonlinearAccumulators' fields are the accumulator names without "acc_"
-            acc = model.NonlinearAccumulators(**{name[4:]: value for name, value in stored.items()})
-            result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, acc=acc)
-            sums = {f"acc_{name}": value for name, value in result.acc._asdict().items()}
+            acc_a, acc_b = stored
+            result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, acc_a=acc_a, acc_b=acc_b)
+            sums = self._accumulator_regions_of((result.acc_a, result.acc_b))
+        else:
+            result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, acc=stored)
+            sums = self._accumulator_regions_of(result.acc)
         return self._echo_stores(result.y, result.z, sums, *(int(x) for x in result.overflows))
 
     def _echo_stores(self, y, z, sums: dict, plus: int, minus: int, gradient: int) -> bytes:
