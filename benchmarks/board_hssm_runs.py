@@ -21,7 +21,7 @@ from echoboard.host.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "board_hssm_runs.json"
-#: make train's model (Makefile TRAIN_ARGS)
+#: make train's model (Makefile TRAIN_ARGS; tests/test_benchmarks_smoke.py keeps the two equal)
 MODEL = {"dataset": "BasicMotions", "algo": "rhel", "blocks": 2, "hidden": 16, "oscillators": 16, "epochs": 20}
 
 

@@ -147,3 +147,22 @@ def test_long_range_table_names_each_run():
            "overflow_events": 0, "wall_s": 120.0, "command": "echoboard train --dataset DelayedRecall-16000"}
     assert long_range.format_table({"runs": [run]}).splitlines()[-1] == (
         "| 16,000 | rhel | 30.0, 50.0 | 25 | 0 | 2.0 min | `echoboard train --dataset DelayedRecall-16000` |")
+
+
+def test_board_hssm_runs_trains_make_trains_model():
+    """board_hssm_runs.MODEL restates the Makefile's TRAIN_ARGS (make train's model): parsed with the
+    CLI's own parser, the two must name the same run."""
+    import argparse
+    import re
+    import shlex
+    from pathlib import Path
+
+    from benchmarks import board_hssm_runs
+    from echoboard.host.train import add_train_arguments
+
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    train_args = re.search(r"^TRAIN_ARGS \?= (.*)$", makefile, re.MULTILINE).group(1)
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    make_train = vars(parser.parse_args(shlex.split(train_args)))
+    assert {k: make_train[k] for k in board_hssm_runs.MODEL} == board_hssm_runs.MODEL
