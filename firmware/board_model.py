@@ -389,20 +389,9 @@ class GoldenBoard:
         return self._stored_accumulators(), self._regions[BLOCK_ACCUMULATORS[self.config.hru]["kin"]].copy()
 
     def _stored_accumulators(self):
-        """The stored accumulators as the golden model takes them (copies): linear (acc_a, acc_b),
-        nonlinear a NonlinearAccumulators (its fields are the region names without "acc_")."""
-        stored = {name: self._shaped(region).copy() for name, region in self.config.accumulators.items()}
-        if self.config.hru == "linear":
-            return stored["acc_a"], stored["acc_b"]
-        from echoboard.golden_model.hru_fixed_nonlinear import NonlinearAccumulators
-
-        return NonlinearAccumulators(**{name[len("acc_"):]: value for name, value in stored.items()})
-
-    def _accumulator_regions_of(self, acc) -> dict:
-        """The golden model's accumulators (:meth:`_stored_accumulators`' form) by accumulator name."""
-        if self.config.hru == "linear":
-            return dict(zip(("acc_a", "acc_b"), acc))
-        return {f"acc_{name}": value for name, value in acc._asdict().items()}
+        """The stored accumulators (copies) as the golden model takes them (CoreConfig.golden_accumulators)."""
+        return self.config.golden_accumulators({name: self._shaped(region).copy()
+                                                for name, region in self.config.accumulators.items()})
 
     def _store_forward(self, p: _Pass) -> bytes:
         y, z, pos_sum, overflows = (np.asarray(x) for x in p.carry)
@@ -410,7 +399,7 @@ class GoldenBoard:
 
     def _store_echo(self, p: _Pass) -> bytes:
         y, z, (hru_acc, kin), echo_overflows, gradient_overflows = p.carry
-        sums = self._accumulator_regions_of(hru_acc)
+        sums = self.config.accumulators_by_name(hru_acc)
         self._regions[BLOCK_ACCUMULATORS[self.config.hru]["kin"]][:] = np.asarray(kin)
         return self._echo_stores(np.asarray(y), np.asarray(z), sums, *(int(x) for x in echo_overflows),
                                  int(gradient_overflows))
@@ -457,10 +446,10 @@ class GoldenBoard:
         if self.config.hru == "linear":
             acc_a, acc_b = stored
             result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, acc_a=acc_a, acc_b=acc_b)
-            sums = self._accumulator_regions_of((result.acc_a, result.acc_b))
+            sums = self.config.accumulators_by_name((result.acc_a, result.acc_b))
         else:
             result = model.echo(q, p.inputs[::-1], r[Region.Y0], r[Region.Z0], nudge, fmt, acc=stored)
-            sums = self._accumulator_regions_of(result.acc)
+            sums = self.config.accumulators_by_name(result.acc)
         return self._echo_stores(result.y, result.z, sums, *(int(x) for x in result.overflows))
 
     def _echo_stores(self, y, z, sums: dict, plus: int, minus: int, gradient: int) -> bytes:

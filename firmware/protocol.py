@@ -628,6 +628,22 @@ class CoreConfig:
         in :data:`BLOCK_ACCUMULATORS`)."""
         return ACCUMULATORS[self.hru]
 
+    def golden_accumulators(self, by_name: dict):
+        """Accumulator words by :attr:`accumulators` name, in the form the golden model takes them:
+        linear (acc_a, acc_b), nonlinear a hru_fixed_nonlinear.NonlinearAccumulators (its fields are
+        the names without "acc_"). Host and golden board convert through this pair alone."""
+        if self.hru == "linear":
+            return by_name["acc_a"], by_name["acc_b"]
+        from echoboard.golden_model.hru_fixed_nonlinear import NonlinearAccumulators  # JAX: only here
+
+        return NonlinearAccumulators(**{name[len("acc_"):]: value for name, value in by_name.items()})
+
+    def accumulators_by_name(self, acc) -> dict:
+        """The inverse of :meth:`golden_accumulators`."""
+        if self.hru == "linear":
+            return dict(zip(("acc_a", "acc_b"), acc))
+        return {f"acc_{name}": value for name, value in acc._asdict().items()}
+
     def region(self, code: int) -> enum.IntEnum:
         """The region of ``code`` in this HRU's enum; ProtocolError (BAD_ARGUMENT) if unknown."""
         if code not in self.regions._value2member_map_:

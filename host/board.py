@@ -204,12 +204,8 @@ class Board:
     def read_gradients(self):
         """The accumulators, every echo since the last clear summed: linear (acc_a (P,), acc_b (P, N));
         nonlinear a hru_fixed_nonlinear.NonlinearAccumulators (yy, t, lc, ty (P,), tu (P, N))."""
-        sums = {name: self._read_shaped(region) for name, region in self.config.accumulators.items()}
-        if self.config.hru == "linear":
-            return sums["acc_a"], sums["acc_b"]
-        from echoboard.golden_model.hru_fixed_nonlinear import NonlinearAccumulators
-
-        return NonlinearAccumulators(**{name[len("acc_"):]: value for name, value in sums.items()})
+        return self.config.golden_accumulators({name: self._read_shaped(region)
+                                                for name, region in self.config.accumulators.items()})
 
     def _params_class(self):
         """hru_fixed.LinearParamsInt or hru_fixed_nonlinear.NonlinearParamsInt (imported only then: JAX)."""
