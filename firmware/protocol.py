@@ -714,6 +714,17 @@ class Messages:
         room = MAX_REPLY_PAYLOAD - self.outputs_head.size() - final
         return room * 8 // (self.output_words(state) * self.config.base.state_width)
 
+    def check_outputs_fit(self) -> None:
+        """ValueError unless an outputs pass can be cut into chunks: >= 1 forward step, >= 2 echo steps
+        (an echo's inner chunk of 1 step is BAD_LENGTH, docs/protocol.md). Large P or N leave too little
+        room in one reply; the image still runs plain passes then."""
+        room = {state: self.max_output_steps(state) for state in (PassState.FORWARD, PassState.ECHO)}
+        if room[PassState.FORWARD] < 1 or room[PassState.ECHO] < 2:
+            size = self.config.size
+            raise ValueError(f"with {size.oscillators} oscillators and {size.inputs} inputs one reply has room for "
+                             f"{room[PassState.FORWARD]} forward and {room[PassState.ECHO]} echo steps of outputs; "
+                             "outputs passes (HSSM blocks) need 1 and 2: use a board with fewer oscillators or inputs")
+
     def pack_outputs(self, state: PassState, first: int, outputs) -> bytes:
         """An outputs part: ``first`` step, the step count, the steps' words densely packed."""
         rows = [list(r) for r in outputs]
@@ -841,6 +852,7 @@ class Messages:
         nudge_rows = None if nudges is None else [list(r) for r in nudges]
         per = layout.max_steps(MAX_REQUEST_PAYLOAD)
         if outputs:
+            self.check_outputs_fit()
             per = min(per, self.max_output_steps(PassState.FORWARD if mode is None else PassState.ECHO))
         payloads = []
         for offset in range(0, len(rows), per):

@@ -53,6 +53,7 @@ class BoardBlocks(StagedBlocks):
             raise ValueError(f"the board has {config.size.oscillators} oscillators and {config.size.inputs} inputs; "
                              f"the model's blocks need at least {arch.oscillators} and {arch.hidden} "
                              f"(--oscillators, --hidden)")
+        board.messages.check_outputs_fit()
         self.arch, self.board, self.fmt, self.base = arch, board, config.fmt, config.base
         self.overflow_events = self.clipped = 0
 

@@ -209,3 +209,6 @@ def test_board_blocks_refuse_a_board_that_cannot_hold_them():
     with Board.open("golden", size=HRUSize(4, 4, 64), fmt=hb.default_format("nonlinear")) as small:
         with pytest.raises(ValueError, match="4 oscillators and 4 inputs; the model's blocks need at least 5 and 4"):
             BoardBlocks(arch, small)
+    with Board.open("golden", size=HRUSize(100, 8, 64), fmt=hb.default_format("nonlinear")) as wide:
+        with pytest.raises(ValueError, match="room for 0 forward and .* echo steps of outputs"):
+            BoardBlocks(arch, wide)

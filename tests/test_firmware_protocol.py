@@ -446,6 +446,17 @@ def test_dense_packing_example_and_errors():
         p.unpack_dense(bytes(3), 5, 2)
 
 
+def test_outputs_passes_need_room_for_a_chunk_in_one_reply():
+    """Large P or N leave a reply no room for an outputs chunk (>= 1 forward, >= 2 echo steps): the
+    host refuses them in one line instead of cutting chunks it cannot send."""
+    assert p.Messages(p.CoreConfig(size=HRUSize(16, 64))).max_output_steps(p.PassState.ECHO) == 3
+    p.Messages(p.CoreConfig(size=HRUSize(16, 64))).check_outputs_fit()
+    for size, room in ((HRUSize(16, 128), "13 forward and 1 echo"), (HRUSize(100, 8), "0 forward and 31 echo")):
+        m = p.Messages(p.CoreConfig(size=size, capabilities=p.PIPELINED_CAPABILITIES))
+        with pytest.raises(ValueError, match=f"room for {room} steps of outputs"):
+            m.data_payloads([[0] * size.inputs] * 40, outputs=True)
+
+
 def test_outputs_parts_fit_a_reply_beside_the_final_result():
     m = p.Messages(p.CoreConfig())  # P16/N8, Ws = 32: docs/protocol.md's numbers
     assert (m.max_output_steps(p.PassState.FORWARD), m.max_output_steps(p.PassState.ECHO)) == (13, 31)
