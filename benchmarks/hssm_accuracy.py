@@ -3,7 +3,9 @@
 Every cell is one command, ``echoboard train --dataset D --blocks 2 --hru H --algo A --target
 inprocess --epochs E --seed S --out runs/accuracy/D-H-A-S`` (the architecture's defaults
 otherwise), run as its own process, ``--jobs`` at a time. A run whose summary.json exists is
-reused, so an interrupted benchmark continues where it stopped. The JSON
+reused and one interrupted mid-way resumes from its checkpoint, so an interrupted benchmark
+continues where it stopped; ``--datasets`` / ``--seeds`` re-run a part, the JSON keeps the other
+runs. The JSON
 (benchmarks/results/hssm_accuracy.json) keeps every run's command, accuracy, wall time and
 overflow count; ``--table`` prints README's table from it.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks import save_result
+from echoboard.host.train import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hssm_accuracy.json"
@@ -43,11 +47,15 @@ def run_cell(cmd: list[str]) -> dict:
     out = Path(cmd[cmd.index("--out") + 1])
     summary = out / "summary.json"
     if not summary.exists():
+        # an interrupted run continues from its checkpoint; its wall time is then unknown
+        resumed = (out / CHECKPOINT).exists()
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "echoboard.host.cli", *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "echoboard.host.cli", *cmd[1:], *["--resume"] * resumed], cwd=ROOT,
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-        (out / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+        if not resumed:
+            (out / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     wall = float((out / "wall_s.txt").read_text()) if (out / "wall_s.txt").exists() else None
     s = json.loads(summary.read_text())
     return {"command": " ".join(cmd), "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"],
@@ -76,6 +84,8 @@ def format_table(result: dict) -> str:
              "overflow events (RHEL) | wall time per RHEL run |", "|---|---|---|---|---|---|---|---|"]
 
     def cell(runs):
+        if not runs:  # not run (yet)
+            return math.nan, "—"
         accs = [100 * r["test_accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
         return statistics.mean(accs), f"**{statistics.mean(accs):.1f}** ({', '.join(f'{a:.1f}' for a in accs)})"
 
@@ -83,9 +93,10 @@ def format_table(result: dict) -> str:
         b_mean, b_text = cell(by_algo.get("bptt", []))
         r_mean, r_text = cell(by_algo.get("rhel", []))
         rhel = by_algo.get("rhel", [])
+        diff = "—" if math.isnan(r_mean - b_mean) else f"{r_mean - b_mean:+.1f}"
         walls = [r["wall_s"] for r in rhel if r["wall_s"]]
         wall = f"{min(walls) / 60:.1f}–{max(walls) / 60:.1f} min" if walls else "—"
-        lines.append(f"| {dataset} | {hru} | {epochs} | {b_text} | {r_text} | {r_mean - b_mean:+.1f} | "
+        lines.append(f"| {dataset} | {hru} | {epochs} | {b_text} | {r_text} | {diff} | "
                      f"{', '.join(str(r['overflow_events']) for r in rhel)} | {wall} |")
     return "\n".join(lines)
 
@@ -104,6 +115,11 @@ def main(argv=None):
         return None
     cells = [c for c in CELLS if args.datasets is None or c[0] in args.datasets]
     result = run(cells, ALGOS, args.seeds, args.jobs, args.runs.resolve())
+    if args.out.exists():  # a partial re-run replaces its own runs only
+        def key(r):
+            return r["dataset"], r["hru"], r["algo"], r["seed"]
+        fresh = {key(r) for r in result["runs"]}
+        result["runs"] = [r for r in json.loads(args.out.read_text())["runs"] if key(r) not in fresh] + result["runs"]
     print(format_table(result))
     save_result(args.out, result)
     return result

@@ -1,5 +1,7 @@
 """Smoke test of benchmarks/: tiny sizes, so the benchmark code cannot rot. No timing assertions."""
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +128,36 @@ def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", None)  # reused: nothing may train again
     assert hssm_accuracy.main(args)["runs"] == first["runs"]
     assert "| BasicMotions | linear | 1 |" in hssm_accuracy.format_table(first)
+
+
+def test_hssm_accuracy_resumes_an_interrupted_run_and_keeps_other_runs(tmp_path, monkeypatch):
+    """A run with a checkpoint but no summary continues with --resume; a partial re-run keeps the
+    JSON's other runs."""
+    from benchmarks import hssm_accuracy
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({"test_accuracy": 0.5, "train_accuracy": 0.5, "overflow_events": 0,
+                                                      "params_sha256": "x"}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(hssm_accuracy.subprocess, "run", fake_run)
+    monkeypatch.setattr(hssm_accuracy, "CELLS", (("GunPoint", "linear", 1),))
+    out = tmp_path / "acc.json"
+    run = {"hru": "linear", "epochs": 1, "algo": "bptt", "seed": 0, "test_accuracy": 0.5, "overflow_events": 0, "wall_s": 1.0}
+    out.write_text(json.dumps({"runs": [{**run, "dataset": "BasicMotions"}, {**run, "dataset": "GunPoint", "old": 1}]}))
+    interrupted = tmp_path / "runs" / "GunPoint-linear-bptt-0"
+    interrupted.mkdir(parents=True)
+    (interrupted / "checkpoint.npz").write_bytes(b"")
+    result = hssm_accuracy.main(["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    assert [c[-1] == "--resume" for c in calls] == [True, False]  # bptt was interrupted, rhel never ran
+    assert [(r["dataset"], r["algo"], "old" in r) for r in result["runs"]] == [
+        ("BasicMotions", "bptt", False), ("GunPoint", "bptt", False), ("GunPoint", "rhel", False)]
+    assert json.loads(out.read_text())["runs"] == result["runs"]
 
 
 def test_check_gradients_table_names_the_command_of_each_report(tmp_path):
