@@ -29,17 +29,22 @@ from echoboard.host.train import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hssm_accuracy.json"
-#: (data set, HRU, epochs): the sets of the issue, nonlinear blocks on JapaneseVowels
-CELLS = (("BasicMotions", "linear", 60), ("JapaneseVowels", "linear", 30), ("ACSF1", "linear", 30),
-         ("JapaneseVowels", "nonlinear", 30))
+#: (data set, HRU, epochs, options): the sets of the issue, nonlinear blocks on JapaneseVowels, with
+#: the defaults ("") and with CANDIDATE, the defaults proposed next, each cell a full set of seeds
+CANDIDATE = "--lr 0.01 --delta-init log-uniform"
+CELLS = (("BasicMotions", "linear", 60, ""), ("JapaneseVowels", "linear", 30, ""), ("ACSF1", "linear", 30, ""),
+         ("JapaneseVowels", "nonlinear", 30, ""),
+         ("BasicMotions", "linear", 60, CANDIDATE), ("JapaneseVowels", "linear", 30, CANDIDATE),
+         ("ACSF1", "linear", 60, CANDIDATE), ("JapaneseVowels", "nonlinear", 30, CANDIDATE))
 ALGOS = ("bptt", "rhel")
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def command(dataset: str, hru: str, algo: str, epochs: int, seed: int, runs: Path) -> list[str]:
+def command(dataset: str, hru: str, algo: str, epochs: int, seed: int, runs: Path, options: str = "") -> list[str]:
+    tag = "".join(f"-{word.lstrip('-')}" for word in options.split())  # the defaults' runs keep their names
     return ["echoboard", "train", "--dataset", dataset, "--blocks", "2", "--hru", hru, "--algo", algo,
-            "--target", "inprocess", "--epochs", str(epochs), "--seed", str(seed),
-            "--out", str(runs / f"{dataset}-{hru}-{algo}-{seed}")]
+            "--target", "inprocess", "--epochs", str(epochs), "--seed", str(seed), *options.split(),
+            "--out", str(runs / f"{dataset}-{hru}-{algo}-{seed}{tag}")]
 
 
 def run_cell(cmd: list[str]) -> dict:
@@ -65,12 +70,13 @@ def run_cell(cmd: list[str]) -> dict:
 
 def run(cells, algos, seeds, jobs: int, runs: Path, log=print) -> dict:
     plan = [(c, a, s) for c in cells for a in algos for s in seeds]
-    cmds = [command(d, h, a, e, s, runs) for (d, h, e), a, s in plan]
+    cmds = [command(d, h, a, e, s, runs, o) for (d, h, e, o), a, s in plan]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = []
         for (cell, algo, seed), r in zip(plan, pool.map(run_cell, cmds)):
             log(f"[hssm_accuracy] {cell[0]} {cell[1]} {algo} seed {seed}: {100 * r['test_accuracy']:.1f} %", flush=True)
-            results.append({"dataset": cell[0], "hru": cell[1], "epochs": cell[2], "algo": algo, "seed": seed, **r})
+            results.append({"dataset": cell[0], "hru": cell[1], "epochs": cell[2], "options": cell[3], "algo": algo,
+                            "seed": seed, **r})
     return {"benchmark": "hssm_accuracy", "architecture": "2 blocks, defaults of `echoboard train --blocks 2`",
             "runs": results, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -79,9 +85,9 @@ def format_table(result: dict) -> str:
     """Mean and per-seed test accuracy per (data set, HRU, algorithm), the command of each cell."""
     rows = {}
     for r in result["runs"]:
-        rows.setdefault((r["dataset"], r["hru"], r["epochs"]), {}).setdefault(r["algo"], []).append(r)
-    lines = ["| data set | HRU | epochs | float BPTT, seeds 0–4 | fixed-point RHEL, seeds 0–4 | RHEL − BPTT | "
-             "overflow events (RHEL) | wall time per RHEL run |", "|---|---|---|---|---|---|---|---|"]
+        rows.setdefault((r["dataset"], r["hru"], r["epochs"], r.get("options", "")), {}).setdefault(r["algo"], []).append(r)
+    lines = ["| data set | HRU | epochs | other options | float BPTT, seeds 0–4 | fixed-point RHEL, seeds 0–4 | RHEL − BPTT | "
+             "overflow events (RHEL) | wall time per RHEL run |", "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(runs):
         if not runs:  # not run (yet)
@@ -89,14 +95,14 @@ def format_table(result: dict) -> str:
         accs = [100 * r["test_accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
         return statistics.mean(accs), f"**{statistics.mean(accs):.1f}** ({', '.join(f'{a:.1f}' for a in accs)})"
 
-    for (dataset, hru, epochs), by_algo in rows.items():
+    for (dataset, hru, epochs, options), by_algo in rows.items():
         b_mean, b_text = cell(by_algo.get("bptt", []))
         r_mean, r_text = cell(by_algo.get("rhel", []))
         rhel = by_algo.get("rhel", [])
         diff = "—" if math.isnan(r_mean - b_mean) else f"{r_mean - b_mean:+.1f}"
         walls = [r["wall_s"] for r in rhel if r["wall_s"]]
         wall = f"{min(walls) / 60:.1f}–{max(walls) / 60:.1f} min" if walls else "—"
-        lines.append(f"| {dataset} | {hru} | {epochs} | {b_text} | {r_text} | {diff} | "
+        lines.append(f"| {dataset} | {hru} | {epochs} | {f'`{options}`' if options else '(defaults)'} | {b_text} | {r_text} | {diff} | "
                      f"{', '.join(str(r['overflow_events']) for r in rhel)} | {wall} |")
     return "\n".join(lines)
 
@@ -106,6 +112,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=list(SEEDS))
     ap.add_argument("--datasets", type=lambda s: s.split(","), default=None, help="subset of the data sets")
+    ap.add_argument("--options", choices=("defaults", "candidate"), default=None,
+                    help="only the cells with the defaults, or only those with CANDIDATE's options")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "accuracy", help="where the runs go")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--table", action="store_true", help="print README's table from --out and exit")
@@ -113,11 +121,12 @@ def main(argv=None):
     if args.table:
         print(format_table(json.loads(args.out.read_text())))
         return None
-    cells = [c for c in CELLS if args.datasets is None or c[0] in args.datasets]
+    cells = [c for c in CELLS if (args.datasets is None or c[0] in args.datasets)
+             and args.options in (None, "candidate" if c[3] else "defaults")]
     result = run(cells, ALGOS, args.seeds, args.jobs, args.runs.resolve())
     if args.out.exists():  # a partial re-run replaces its own runs only
         def key(r):
-            return r["dataset"], r["hru"], r["algo"], r["seed"]
+            return r["dataset"], r["hru"], r.get("options", ""), r["algo"], r["seed"]
         fresh = {key(r) for r in result["runs"]}
         result["runs"] = [r for r in json.loads(args.out.read_text())["runs"] if key(r) not in fresh] + result["runs"]
     print(format_table(result))

@@ -120,7 +120,7 @@ def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
     """The accuracy table from a tiny grid; a second call reuses the runs (no training)."""
     from benchmarks import hssm_accuracy
 
-    monkeypatch.setattr(hssm_accuracy, "CELLS", (("BasicMotions", "linear", 1),))
+    monkeypatch.setattr(hssm_accuracy, "CELLS", (("BasicMotions", "linear", 1, ""),))
     args = ["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "acc.json")]
     first = hssm_accuracy.main(args)
     assert [r["algo"] for r in first["runs"]] == ["bptt", "rhel"]
@@ -146,7 +146,7 @@ def test_hssm_accuracy_resumes_an_interrupted_run_and_keeps_other_runs(tmp_path,
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", fake_run)
-    monkeypatch.setattr(hssm_accuracy, "CELLS", (("GunPoint", "linear", 1),))
+    monkeypatch.setattr(hssm_accuracy, "CELLS", (("GunPoint", "linear", 1, ""),))
     out = tmp_path / "acc.json"
     run = {"hru": "linear", "epochs": 1, "algo": "bptt", "seed": 0, "test_accuracy": 0.5, "overflow_events": 0, "wall_s": 1.0}
     out.write_text(json.dumps({"runs": [{**run, "dataset": "BasicMotions"}, {**run, "dataset": "GunPoint", "old": 1}]}))
@@ -198,3 +198,13 @@ def test_board_hssm_runs_trains_make_trains_model():
     add_train_arguments(parser)
     make_train = vars(parser.parse_args(shlex.split(train_args)))
     assert {k: make_train[k] for k in board_hssm_runs.MODEL} == board_hssm_runs.MODEL
+
+
+def test_hssm_accuracy_candidate_cells_spell_out_their_options():
+    from benchmarks import hssm_accuracy as h
+
+    cmd = h.command("ACSF1", "linear", "rhel", 60, 3, Path("runs"), h.CANDIDATE)
+    assert " ".join(cmd).startswith("echoboard train --dataset ACSF1 --blocks 2 --hru linear --algo rhel --target "
+                                    "inprocess --epochs 60 --seed 3 --lr 0.01 --delta-init log-uniform --out ")
+    assert cmd[-1] == str(Path("runs") / "ACSF1-linear-rhel-3-lr-0.01-delta-init-log-uniform")
+    assert h.command("ACSF1", "linear", "rhel", 30, 3, Path("runs"))[-1] == str(Path("runs") / "ACSF1-linear-rhel-3")
