@@ -29,29 +29,34 @@ from echoboard.host.train import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hssm_accuracy.json"
-#: (data set, HRU, epochs, options): the sets of the issue, nonlinear blocks on JapaneseVowels, with
-#: the defaults ("") and with CANDIDATE, the defaults proposed next, each cell a full set of seeds
-CANDIDATE = "--lr 0.01 --delta-init log-uniform"
-CELLS = (("BasicMotions", "linear", 60, ""), ("JapaneseVowels", "linear", 30, ""), ("ACSF1", "linear", 30, ""),
-         ("JapaneseVowels", "nonlinear", 30, ""),
-         ("BasicMotions", "linear", 60, CANDIDATE), ("JapaneseVowels", "linear", 30, CANDIDATE),
-         ("ACSF1", "linear", 60, CANDIDATE), ("JapaneseVowels", "nonlinear", 30, CANDIDATE))
+#: The HSSM's training defaults (host.train.TrainConfig; a test keeps them equal), and those before them.
+#: Every command spells its options out, so it reproduces its cell whatever the defaults become.
+DEFAULTS = "--lr 0.01 --delta-init log-uniform"
+BEFORE = "--lr 0.005 --delta-init paper"
+#: (data set, HRU, epochs, options): the sets of the issue, nonlinear blocks on JapaneseVowels
+CELLS = (("BasicMotions", "linear", 60, DEFAULTS), ("JapaneseVowels", "linear", 30, DEFAULTS),
+         ("ACSF1", "linear", 60, DEFAULTS), ("JapaneseVowels", "nonlinear", 30, DEFAULTS),
+         ("BasicMotions", "linear", 60, BEFORE), ("JapaneseVowels", "linear", 30, BEFORE), ("ACSF1", "linear", 30, BEFORE),
+         ("JapaneseVowels", "nonlinear", 30, BEFORE))
 ALGOS = ("bptt", "rhel")
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def command(dataset: str, hru: str, algo: str, epochs: int, seed: int, runs: Path, options: str = "") -> list[str]:
-    tag = "".join(f"-{word.lstrip('-')}" for word in options.split())  # the defaults' runs keep their names
+def command(dataset: str, hru: str, algo: str, epochs: int, seed: int, runs: Path, options: str) -> list[str]:
+    tag = "".join(f"-{word.lstrip('-')}" for word in options.split())
     return ["echoboard", "train", "--dataset", dataset, "--blocks", "2", "--hru", hru, "--algo", algo,
             "--target", "inprocess", "--epochs", str(epochs), "--seed", str(seed), *options.split(),
             "--out", str(runs / f"{dataset}-{hru}-{algo}-{seed}{tag}")]
 
 
-def run_cell(cmd: list[str]) -> dict:
-    """One training run (reused when its summary exists): accuracy, wall time, overflows."""
+def run_cell(cmd: list[str], train: bool = True) -> dict | None:
+    """One training run (reused when its summary exists; without ``train`` None when it does not):
+    accuracy, wall time, overflows."""
     out = Path(cmd[cmd.index("--out") + 1])
     summary = out / "summary.json"
     if not summary.exists():
+        if not train:
+            return None
         # an interrupted run continues from its checkpoint; its wall time is then unknown
         resumed = (out / CHECKPOINT).exists()
         t0 = time.perf_counter()
@@ -68,12 +73,14 @@ def run_cell(cmd: list[str]) -> dict:
             "params_sha256": s["params_sha256"]}
 
 
-def run(cells, algos, seeds, jobs: int, runs: Path, log=print) -> dict:
+def run(cells, algos, seeds, jobs: int, runs: Path, log=print, train: bool = True) -> dict:
     plan = [(c, a, s) for c in cells for a in algos for s in seeds]
     cmds = [command(d, h, a, e, s, runs, o) for (d, h, e, o), a, s in plan]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = []
-        for (cell, algo, seed), r in zip(plan, pool.map(run_cell, cmds)):
+        for (cell, algo, seed), r in zip(plan, pool.map(lambda cmd: run_cell(cmd, train), cmds)):
+            if r is None:
+                continue
             log(f"[hssm_accuracy] {cell[0]} {cell[1]} {algo} seed {seed}: {100 * r['test_accuracy']:.1f} %", flush=True)
             results.append({"dataset": cell[0], "hru": cell[1], "epochs": cell[2], "options": cell[3], "algo": algo,
                             "seed": seed, **r})
@@ -85,8 +92,8 @@ def format_table(result: dict) -> str:
     """Mean and per-seed test accuracy per (data set, HRU, algorithm), the command of each cell."""
     rows = {}
     for r in result["runs"]:
-        rows.setdefault((r["dataset"], r["hru"], r["epochs"], r.get("options", "")), {}).setdefault(r["algo"], []).append(r)
-    lines = ["| data set | HRU | epochs | other options | float BPTT, seeds 0–4 | fixed-point RHEL, seeds 0–4 | RHEL − BPTT | "
+        rows.setdefault((r["dataset"], r["hru"], r["epochs"], r["options"]), {}).setdefault(r["algo"], []).append(r)
+    lines = ["| data set | HRU | epochs | options | float BPTT, seeds 0–4 | fixed-point RHEL, seeds 0–4 | RHEL − BPTT | "
              "overflow events (RHEL) | wall time per RHEL run |", "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(runs):
@@ -102,7 +109,8 @@ def format_table(result: dict) -> str:
         diff = "—" if math.isnan(r_mean - b_mean) else f"{r_mean - b_mean:+.1f}"
         walls = [r["wall_s"] for r in rhel if r["wall_s"]]
         wall = f"{min(walls) / 60:.1f}–{max(walls) / 60:.1f} min" if walls else "—"
-        lines.append(f"| {dataset} | {hru} | {epochs} | {f'`{options}`' if options else '(defaults)'} | {b_text} | {r_text} | {diff} | "
+        label = f"`{options}`" + (" (defaults)" if options == DEFAULTS else "")
+        lines.append(f"| {dataset} | {hru} | {epochs} | {label} | {b_text} | {r_text} | {diff} | "
                      f"{', '.join(str(r['overflow_events']) for r in rhel)} | {wall} |")
     return "\n".join(lines)
 
@@ -112,8 +120,11 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=list(SEEDS))
     ap.add_argument("--datasets", type=lambda s: s.split(","), default=None, help="subset of the data sets")
-    ap.add_argument("--options", choices=("defaults", "candidate"), default=None,
-                    help="only the cells with the defaults, or only those with CANDIDATE's options")
+    ap.add_argument("--options", choices=("defaults", "before"), default=None,
+                    help="only the cells with the defaults, or only those with the defaults before them")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="collect the finished runs into --out without training the others (a benchmark "
+                         "spread over several sittings)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "accuracy", help="where the runs go")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--table", action="store_true", help="print README's table from --out and exit")
@@ -122,11 +133,11 @@ def main(argv=None):
         print(format_table(json.loads(args.out.read_text())))
         return None
     cells = [c for c in CELLS if (args.datasets is None or c[0] in args.datasets)
-             and args.options in (None, "candidate" if c[3] else "defaults")]
-    result = run(cells, ALGOS, args.seeds, args.jobs, args.runs.resolve())
+             and args.options in (None, "defaults" if c[3] == DEFAULTS else "before")]
+    result = run(cells, ALGOS, args.seeds, args.jobs, args.runs.resolve(), train=not args.finished_only)
     if args.out.exists():  # a partial re-run replaces its own runs only
         def key(r):
-            return r["dataset"], r["hru"], r.get("options", ""), r["algo"], r["seed"]
+            return r["dataset"], r["hru"], r["options"], r["algo"], r["seed"]
         fresh = {key(r) for r in result["runs"]}
         result["runs"] = [r for r in json.loads(args.out.read_text())["runs"] if key(r) not in fresh] + result["runs"]
     print(format_table(result))

@@ -72,13 +72,13 @@ class TrainConfig:
     algo: str = "rhel"
     epochs: int = 60
     batch: int = 8
-    lr: float | None = None  # None: 0.02 for the single HRU, 0.005 for an HSSM
+    lr: float | None = None  # None: 0.02 for the single HRU, 0.01 for an HSSM
     seed: int = 0
     oscillators: int = model.DEFAULT_OSCILLATORS
     blocks: int = 0  # 0: the single-HRU on-board model; K >= 1: an HSSM of K blocks
     hidden: int = 32  # H, the HSSM's width between blocks
     hru: str = "linear"  # the HSSM blocks' HRU
-    delta_init: str = "paper"  # the HSSM's linear δ: the paper's, or log-uniform timescales (hssm._delta_init)
+    delta_init: str = "log-uniform"  # the HSSM's linear δ: log-uniform timescales, or the paper's (hssm._delta_init)
     schedule: str = "blocks"  # the HSSM's RHEL: block by block (a board's) or all blocks at once (hssm_lockstep)
     out: str | None = None  # default runs/<dataset>-<algo>-<seed>
     resume: bool = False
@@ -90,7 +90,7 @@ class TrainConfig:
         if self.features is None:
             object.__setattr__(self, "features", "raw" if self.blocks else "energy")
         if self.lr is None:
-            object.__setattr__(self, "lr", 0.005 if self.blocks else 0.02)
+            object.__setattr__(self, "lr", 0.01 if self.blocks else 0.02)
 
     def out_dir(self) -> str:
         return self.out or os.path.join("runs", f"{self.dataset}-{self.algo}-{self.seed}")
@@ -562,7 +562,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default {d.epochs})")
     parser.add_argument("--batch", type=int, default=d.batch, help=f"minibatch size (default {d.batch})")
     parser.add_argument("--lr", type=float, default=None,
-                        help="Adam learning rate (default: 0.02 for the single HRU, 0.005 for an HSSM)")
+                        help="Adam learning rate (default: 0.02 for the single HRU, 0.01 for an HSSM)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"init and shuffling seed (default {d.seed})")
     parser.add_argument("--oscillators", type=int, default=d.oscillators,
                         help=f"P, the number of oscillators (default {d.oscillators})")
@@ -576,8 +576,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hru", default=d.hru, choices=hb.HRU_KINDS,
                         help=f"the HSSM blocks' HRU (default {d.hru})")
     parser.add_argument("--delta-init", default=d.delta_init, choices=hssm.DELTA_INITS,
-                        help="the linear HSSM's initial δ: the paper's sigmoid(U(0, 1)), or log-uniform over "
-                             f"[2^-6, 1] for events slower than ~13 steps (default {d.delta_init})")
+                        help="the linear HSSM's initial δ: log-uniform over [2^-6, 1] (timescales from ~2 to "
+                             "~2,000 steps), or the paper's sigmoid(U(0, 1)) (every period below ~13 steps) "
+                             f"(default {d.delta_init})")
     parser.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                         help="an HSSM's RHEL in process: blocks = block by block, as one board runs it (keeps every "
                              "block's input and output sequence); lockstep = all blocks one step at a time, each "

@@ -120,14 +120,28 @@ def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
     """The accuracy table from a tiny grid; a second call reuses the runs (no training)."""
     from benchmarks import hssm_accuracy
 
-    monkeypatch.setattr(hssm_accuracy, "CELLS", (("BasicMotions", "linear", 1, ""),))
+    monkeypatch.setattr(hssm_accuracy, "CELLS", (("BasicMotions", "linear", 1, hssm_accuracy.DEFAULTS),))
     args = ["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "acc.json")]
     first = hssm_accuracy.main(args)
     assert [r["algo"] for r in first["runs"]] == ["bptt", "rhel"]
     assert first["runs"][1]["command"].startswith("echoboard train --dataset BasicMotions --blocks 2")
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", None)  # reused: nothing may train again
     assert hssm_accuracy.main(args)["runs"] == first["runs"]
-    assert "| BasicMotions | linear | 1 |" in hssm_accuracy.format_table(first)
+    assert "| BasicMotions | linear | 1 | `--lr 0.01 --delta-init log-uniform` (defaults) |" in hssm_accuracy.format_table(first)
+
+
+def test_hssm_accuracy_defaults_are_the_training_defaults():
+    """The cells labelled defaults spell out exactly what `echoboard train --blocks K` does without options."""
+    import argparse
+
+    from benchmarks import hssm_accuracy
+    from echoboard.host.train import TrainConfig, add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    spelled = vars(parser.parse_args(["--blocks", "2", *hssm_accuracy.DEFAULTS.split()]))
+    implied = TrainConfig(blocks=2)
+    assert (spelled["lr"], spelled["delta_init"]) == (implied.lr, implied.delta_init)
 
 
 def test_hssm_accuracy_resumes_an_interrupted_run_and_keeps_other_runs(tmp_path, monkeypatch):
@@ -146,11 +160,12 @@ def test_hssm_accuracy_resumes_an_interrupted_run_and_keeps_other_runs(tmp_path,
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", fake_run)
-    monkeypatch.setattr(hssm_accuracy, "CELLS", (("GunPoint", "linear", 1, ""),))
+    monkeypatch.setattr(hssm_accuracy, "CELLS", (("GunPoint", "linear", 1, "--lr 0.02"),))
     out = tmp_path / "acc.json"
-    run = {"hru": "linear", "epochs": 1, "algo": "bptt", "seed": 0, "test_accuracy": 0.5, "overflow_events": 0, "wall_s": 1.0}
+    run = {"hru": "linear", "epochs": 1, "options": "--lr 0.02", "algo": "bptt", "seed": 0, "test_accuracy": 0.5,
+           "overflow_events": 0, "wall_s": 1.0}
     out.write_text(json.dumps({"runs": [{**run, "dataset": "BasicMotions"}, {**run, "dataset": "GunPoint", "old": 1}]}))
-    interrupted = tmp_path / "runs" / "GunPoint-linear-bptt-0"
+    interrupted = tmp_path / "runs" / "GunPoint-linear-bptt-0-lr-0.02"
     interrupted.mkdir(parents=True)
     (interrupted / "checkpoint.npz").write_bytes(b"")
     result = hssm_accuracy.main(["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(out)])
@@ -158,6 +173,11 @@ def test_hssm_accuracy_resumes_an_interrupted_run_and_keeps_other_runs(tmp_path,
     assert [(r["dataset"], r["algo"], "old" in r) for r in result["runs"]] == [
         ("BasicMotions", "bptt", False), ("GunPoint", "bptt", False), ("GunPoint", "rhel", False)]
     assert json.loads(out.read_text())["runs"] == result["runs"]
+    calls.clear()
+    (tmp_path / "runs" / "GunPoint-linear-rhel-0-lr-0.02" / "summary.json").unlink()
+    collected = hssm_accuracy.main(["--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(out), "--finished-only"])
+    assert calls == [] and [(r["dataset"], r["algo"]) for r in collected["runs"]] == [
+        ("BasicMotions", "bptt"), ("GunPoint", "rhel"), ("GunPoint", "bptt")]  # the stored rhel run stays
 
 
 def test_check_gradients_table_names_the_command_of_each_report(tmp_path):
@@ -203,8 +223,9 @@ def test_board_hssm_runs_trains_make_trains_model():
 def test_hssm_accuracy_candidate_cells_spell_out_their_options():
     from benchmarks import hssm_accuracy as h
 
-    cmd = h.command("ACSF1", "linear", "rhel", 60, 3, Path("runs"), h.CANDIDATE)
+    cmd = h.command("ACSF1", "linear", "rhel", 60, 3, Path("runs"), h.DEFAULTS)
     assert " ".join(cmd).startswith("echoboard train --dataset ACSF1 --blocks 2 --hru linear --algo rhel --target "
                                     "inprocess --epochs 60 --seed 3 --lr 0.01 --delta-init log-uniform --out ")
     assert cmd[-1] == str(Path("runs") / "ACSF1-linear-rhel-3-lr-0.01-delta-init-log-uniform")
-    assert h.command("ACSF1", "linear", "rhel", 30, 3, Path("runs"))[-1] == str(Path("runs") / "ACSF1-linear-rhel-3")
+    assert h.command("ACSF1", "linear", "rhel", 30, 3, Path("runs"), h.BEFORE)[-1] == str(
+        Path("runs") / "ACSF1-linear-rhel-3-lr-0.005-delta-init-paper")
