@@ -116,18 +116,34 @@ def test_stack_cost_tiny_timing_memory_and_table(tmp_path):
     assert "| 32 | rhel_fixed |" in stack_cost.format_table(saved)
 
 
+def _fake_training(calls: list):
+    """A stand-in for the CLI run hssm_accuracy starts: records the command, writes a summary."""
+    def run(cmd, **kw):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({"test_accuracy": 0.5, "train_accuracy": 0.5, "overflow_events": 0,
+                                                      "params_sha256": "x"}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
 def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
-    """The accuracy table from a tiny grid; a second call reuses the runs (no training)."""
+    """The accuracy table from a tiny grid; a second call reuses the runs (no training). The runs
+    are stand-ins: the commands themselves are the CLI's, tested on their own."""
     from benchmarks import hssm_accuracy
 
+    calls = []
+    monkeypatch.setattr(hssm_accuracy.subprocess, "run", _fake_training(calls))
     monkeypatch.setattr(hssm_accuracy, "CELLS", (("BasicMotions", "linear", 1, hssm_accuracy.DEFAULTS),))
     args = ["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "acc.json")]
     first = hssm_accuracy.main(args)
-    assert [r["algo"] for r in first["runs"]] == ["bptt", "rhel"]
+    assert [r["algo"] for r in first["runs"]] == ["bptt", "rhel"] and len(calls) == 2
     assert first["runs"][1]["command"].startswith("echoboard train --dataset BasicMotions --blocks 2")
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", None)  # reused: nothing may train again
     assert hssm_accuracy.main(args)["runs"] == first["runs"]
-    assert "| BasicMotions | linear | 1 | `--lr 0.01 --delta-init log-uniform` (defaults) |" in hssm_accuracy.format_table(first)
+    assert "| BasicMotions | linear | 1 | `--lr 0.01 --delta-init log-uniform` (defaults) | **50.0** (50.0) |" in (
+        hssm_accuracy.format_table(first))
 
 
 def test_hssm_accuracy_defaults_are_the_training_defaults():
@@ -150,16 +166,7 @@ def test_hssm_accuracy_resumes_an_interrupted_run_and_keeps_other_runs(tmp_path,
     from benchmarks import hssm_accuracy
 
     calls = []
-
-    def fake_run(cmd, **kw):
-        calls.append(cmd)
-        out = Path(cmd[cmd.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps({"test_accuracy": 0.5, "train_accuracy": 0.5, "overflow_events": 0,
-                                                      "params_sha256": "x"}))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(hssm_accuracy.subprocess, "run", fake_run)
+    monkeypatch.setattr(hssm_accuracy.subprocess, "run", _fake_training(calls))
     monkeypatch.setattr(hssm_accuracy, "CELLS", (("GunPoint", "linear", 1, "--lr 0.02"),))
     out = tmp_path / "acc.json"
     run = {"hru": "linear", "epochs": 1, "options": "--lr 0.02", "algo": "bptt", "seed": 0, "test_accuracy": 0.5,
@@ -227,5 +234,13 @@ def test_hssm_accuracy_candidate_cells_spell_out_their_options():
     assert " ".join(cmd).startswith("echoboard train --dataset ACSF1 --blocks 2 --hru linear --algo rhel --target "
                                     "inprocess --epochs 60 --seed 3 --lr 0.01 --delta-init log-uniform --out ")
     assert cmd[-1] == str(Path("runs") / "ACSF1-linear-rhel-3-lr-0.01-delta-init-log-uniform")
+    import argparse
+
+    from echoboard.host.train import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    parsed = parser.parse_args(cmd[2:])  # what the CLI's train makes of it
+    assert (parsed.dataset, parsed.blocks, parsed.epochs, parsed.seed, parsed.lr) == ("ACSF1", 2, 60, 3, 0.01)
     assert h.command("ACSF1", "linear", "rhel", 30, 3, Path("runs"), h.BEFORE)[-1] == str(
         Path("runs") / "ACSF1-linear-rhel-3-lr-0.005-delta-init-paper")

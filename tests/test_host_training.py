@@ -147,6 +147,7 @@ def test_cli_train_with_faults_ends_as_the_clean_run(tmp_path, capsys):
     assert "--faults needs a board link" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~40 s; the simulated board's training = golden: test_simulated_board_trains_bit_identically_...
 def test_cli_train_defaults_to_the_simulated_board(tmp_path, capsys):
     """`echoboard train` on its defaults trains on the simulated board (built for the model's size,
     saying so) with energy features, bit-identically to the in-process reference."""

@@ -112,11 +112,16 @@ def test_cut_vcd_keeps_window_with_initial_values(tmp_path):
 
 # ---------------------------------------------------------------- Verilator runs
 
-def test_unchanged_design_is_not_rebuilt(fifo_verilog):
+def test_unchanged_design_is_not_rebuilt_and_keeps_no_precompiled_header(fifo_verilog):
+    """A cache hit takes no build; a finished build keeps no precompiled headers (~74 MB each, two
+    per build), and a cache hit removes one an older version left."""
     first = build(fifo_verilog, "stream_fifo", BUILD)
+    assert (first / "stream_fifo").is_file() and not list(first.glob("*.gch"))
+    (first / "Vtop__pch.h.fast.gch").write_bytes(b"left by an older version")
     start = time.monotonic()
     assert build(fifo_verilog, "stream_fifo", BUILD) == first
     assert time.monotonic() - start < 1.0
+    assert not list(first.glob("*.gch"))
     assert build(fifo_verilog, "stream_fifo", BUILD, waves=True) != first  # traced build is another design
 
 
