@@ -34,7 +34,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hssm_accuracy.json"
 DEFAULTS = "--lr 0.01 --delta-init log-uniform"
 BEFORE = "--lr 0.005 --delta-init paper"
 #: (data set, HRU, epochs, options): the sets of the issue, nonlinear blocks on JapaneseVowels, and
-#: two sets no default was ever tried on before (ItalyPowerDemand, GunPoint: univariate, short)
+#: two sets the defaults were not chosen on (ItalyPowerDemand, GunPoint: univariate, short)
 CELLS = (("BasicMotions", "linear", 60, DEFAULTS), ("JapaneseVowels", "linear", 30, DEFAULTS),
          ("ACSF1", "linear", 60, DEFAULTS), ("JapaneseVowels", "nonlinear", 30, DEFAULTS),
          ("ItalyPowerDemand", "linear", 60, DEFAULTS), ("GunPoint", "linear", 60, DEFAULTS),
