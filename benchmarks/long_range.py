@@ -12,6 +12,7 @@ lengths already in the JSON are kept.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -25,14 +26,17 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "long_range.json"
 CHANCE = 0.25
 
 
-def run_one(length: int, algo: str, epochs: int, hidden: int, oscillators: int, seed: int, delta_init: str) -> dict:
-    cfg = dict(dataset=f"DelayedRecall-{length}", blocks=2, hidden=hidden, oscillators=oscillators, algo=algo,
-               target="inprocess", epochs=epochs, seed=seed, delta_init=delta_init)
+def run_one(length: int, algo: str, epochs: int, hidden: int, oscillators: int, seed: int, delta_init: str,
+            lr: float | None = None) -> dict:
+    cfg = TrainConfig(dataset=f"DelayedRecall-{length}", blocks=2, hidden=hidden, oscillators=oscillators, algo=algo,
+                      target="inprocess", epochs=epochs, seed=seed, delta_init=delta_init, lr=lr)
+    # the learning rate spelled out (the default's, unless given): the command reproduces the run
     command = (f"echoboard train --dataset DelayedRecall-{length} --blocks 2 --hidden {hidden} --oscillators "
-               f"{oscillators} --delta-init {delta_init} --algo {algo} --target inprocess --epochs {epochs} --seed {seed}")
+               f"{oscillators} --delta-init {delta_init} --lr {cfg.lr} --algo {algo} --target inprocess "
+               f"--epochs {epochs} --seed {seed}")
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        s = train(TrainConfig(**cfg, out=out), progress=False)
+        s = train(dataclasses.replace(cfg, out=out), progress=False)
         wall = time.perf_counter() - t0
     return {"length": length, "algo": algo, "command": command, "chance": CHANCE,
             "test_accuracy": s["test_accuracy"], "train_accuracy": s["train_accuracy"],
@@ -59,6 +63,7 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--oscillators", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=None, help="Adam's rate (default: train's for an HSSM)")
     ap.add_argument("--delta-init", default="log-uniform", help="hssm.DELTA_INITS (default log-uniform: the "
                     "paper's δ leaves no oscillator slow enough for the 64-step pulse of L = 16k)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -70,7 +75,7 @@ def main(argv=None):
     runs = []
     for length in args.lengths:
         for algo in args.algos:
-            r = run_one(length, algo, args.epochs, args.hidden, args.oscillators, args.seed, args.delta_init)
+            r = run_one(length, algo, args.epochs, args.hidden, args.oscillators, args.seed, args.delta_init, args.lr)
             print(f"[long_range] L = {length} {algo}: test accuracy {100 * r['test_accuracy']:.1f} % (chance 25 %), "
                   f"{r['wall_s'] / 60:.1f} min, overflow events {r['overflow_events']}", flush=True)
             runs.append(r)
