@@ -208,7 +208,7 @@ def test_hssm_trains_and_resumes_bit_identically(tmp_path, monkeypatch):
     resumed = train(_hssm_config(tmp_path / "b", resume=True), progress=False)
     assert resumed["params_sha256"] == full["params_sha256"] and resumed["history"] == full["history"]
     assert full["architecture"] == {"model": "hssm", "inputs": 6, "classes": 4, "blocks": 2, "hidden": 8,
-                                    "oscillators": 6, "hru": "linear", "delta_init": "paper"}
+                                    "oscillators": 6, "hru": "linear", "delta_init": "log-uniform"}  # train's default
     assert full["history"][-1]["loss"] < full["history"][0]["loss"]
     with np.load(tmp_path / "a" / "run" / "checkpoint.npz") as z:
         assert "param/block1.norm.var" in z.files and "m/block1.delta" in z.files and "m/block1.norm.var" not in z.files
