@@ -76,6 +76,7 @@ def test_core_pass_json_lists_the_trace(capfd):
     assert Path(trace).stat().st_size > 0 and "clk" in vcd_header(Path(trace))[1]
 
 
+@pytest.mark.slow  # its own traced board build, ~39 s: the default suite stays under 20 min
 def test_board_sim_run_is_traced(capfd):
     status, out = run_cli(capfd, "verify", "--level", "board", "-P", "4", "-N", "2", "-K", "1", "-L", "9",
                           "--waves", "--json")
