@@ -116,6 +116,17 @@ def test_stack_cost_tiny_timing_memory_and_table(tmp_path):
     assert "| 32 | rhel_fixed |" in stack_cost.format_table(saved)
 
 
+def _train_parser():
+    """`echoboard train`'s own argument parser."""
+    import argparse
+
+    from echoboard.host.train import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser
+
+
 def _fake_training(calls: list):
     """A stand-in for the CLI run hssm_accuracy starts: records the command, writes a summary."""
     def run(cmd, **kw):
@@ -148,14 +159,10 @@ def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
 
 def test_hssm_accuracy_defaults_are_the_training_defaults():
     """The cells labelled defaults spell out exactly what `echoboard train --blocks K` does without options."""
-    import argparse
-
     from benchmarks import hssm_accuracy
-    from echoboard.host.train import TrainConfig, add_train_arguments
+    from echoboard.host.train import TrainConfig
 
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    spelled = vars(parser.parse_args(["--blocks", "2", *hssm_accuracy.DEFAULTS.split()]))
+    spelled = vars(_train_parser().parse_args(["--blocks", "2", *hssm_accuracy.DEFAULTS.split()]))
     implied = TrainConfig(blocks=2)
     assert (spelled["lr"], spelled["delta_init"]) == (implied.lr, implied.delta_init)
 
@@ -211,36 +218,25 @@ def test_long_range_table_names_each_run():
 def test_board_hssm_runs_trains_make_trains_model():
     """board_hssm_runs.MODEL restates the Makefile's TRAIN_ARGS (make train's model): parsed with the
     CLI's own parser, the two must name the same run."""
-    import argparse
     import re
     import shlex
-    from pathlib import Path
 
     from benchmarks import board_hssm_runs
-    from echoboard.host.train import add_train_arguments
 
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     train_args = re.search(r"^TRAIN_ARGS \?= (.*)$", makefile, re.MULTILINE).group(1)
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    make_train = vars(parser.parse_args(shlex.split(train_args)))
+    make_train = vars(_train_parser().parse_args(shlex.split(train_args)))
     assert {k: make_train[k] for k in board_hssm_runs.MODEL} == board_hssm_runs.MODEL
 
 
-def test_hssm_accuracy_candidate_cells_spell_out_their_options():
+def test_hssm_accuracy_cells_spell_out_their_options():
     from benchmarks import hssm_accuracy as h
 
     cmd = h.command("ACSF1", "linear", "rhel", 60, 3, Path("runs"), h.DEFAULTS)
     assert " ".join(cmd).startswith("echoboard train --dataset ACSF1 --blocks 2 --hru linear --algo rhel --target "
                                     "inprocess --epochs 60 --seed 3 --lr 0.01 --delta-init log-uniform --out ")
     assert cmd[-1] == str(Path("runs") / "ACSF1-linear-rhel-3-lr-0.01-delta-init-log-uniform")
-    import argparse
-
-    from echoboard.host.train import add_train_arguments
-
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    parsed = parser.parse_args(cmd[2:])  # what the CLI's train makes of it
+    parsed = _train_parser().parse_args(cmd[2:])  # what the CLI's train makes of it
     assert (parsed.dataset, parsed.blocks, parsed.epochs, parsed.seed, parsed.lr) == ("ACSF1", 2, 60, 3, 0.01)
     assert h.command("ACSF1", "linear", "rhel", 30, 3, Path("runs"), h.BEFORE)[-1] == str(
         Path("runs") / "ACSF1-linear-rhel-3-lr-0.005-delta-init-paper")
