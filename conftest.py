@@ -33,7 +33,8 @@ prepare_environment()
 #: order: the short default-suite build first. Times: one core of a 2-core machine, warm YoWASP cache.
 BOARD_BUILDS = {
     # the real images as `echoboard build --board B` builds them (P16/N8/K1): the iCEBreaker's
-    # (serial core) ~30 s, the ULX3S's (pipelined core) ~4 min, mostly nextpnr's routing
+    # (serial core) ~30 s; the ULX3S's (pipelined core; slow tests only) 18.5 min beside the suite
+    # from a fresh clone (cold YoWASP cache), mostly nextpnr's routing
     "icebreaker_build": {"board": "icebreaker"},
     "ulx3s_build": {"board": "ulx3s-85f"},
     # the nonlinear HRU's ULX3S image (slow tests only): 46 min measured on 2 cores at load ~10, mostly routing
