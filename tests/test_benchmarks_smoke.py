@@ -146,15 +146,20 @@ def test_hssm_accuracy_reuses_runs_and_tabulates(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", _fake_training(calls))
-    monkeypatch.setattr(hssm_accuracy, "CELLS", (("BasicMotions", "linear", 1, hssm_accuracy.DEFAULTS),))
+    cells = (("BasicMotions", "linear", 1, hssm_accuracy.DEFAULTS), ("GunPoint", "linear", 1, hssm_accuracy.DEFAULTS))
+    monkeypatch.setattr(hssm_accuracy, "CELLS", cells)
+    monkeypatch.setattr(hssm_accuracy, "CONTROL_CELLS", cells[1:])
     args = ["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "acc.json")]
     first = hssm_accuracy.main(args)
-    assert [r["algo"] for r in first["runs"]] == ["bptt", "rhel"] and len(calls) == 2
+    assert [r["algo"] for r in first["runs"]] == ["bptt", "rhel", "bptt", "rhel", "rhel-float"] and len(calls) == 5
     assert first["runs"][1]["command"].startswith("echoboard train --dataset BasicMotions --blocks 2")
     monkeypatch.setattr(hssm_accuracy.subprocess, "run", None)  # reused: nothing may train again
     assert hssm_accuracy.main(args)["runs"] == first["runs"]
-    assert "| BasicMotions | linear | 1 | `--lr 0.01 --delta-init log-uniform` (defaults) | **50.0** (50.0) |" in (
-        hssm_accuracy.format_table(first))
+    table = hssm_accuracy.format_table(first)
+    assert "| BasicMotions | linear | 1 | `--lr 0.01 --delta-init log-uniform` (defaults) | **50.0** (50.0) | " \
+           "**50.0** (50.0) | +0.0 | — |" in table
+    assert "| GunPoint | linear | 1 | `--lr 0.01 --delta-init log-uniform` (defaults) | **50.0** (50.0) | " \
+           "**50.0** (50.0) | +0.0 | **50.0** (50.0), +0.0 vs BPTT |" in table
 
 
 def test_hssm_accuracy_defaults_are_the_training_defaults():
