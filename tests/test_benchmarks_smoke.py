@@ -183,20 +183,23 @@ def test_hssm_accuracy_resumes_an_interrupted_run_and_keeps_other_runs(tmp_path,
     out = tmp_path / "acc.json"
     run = {"hru": "linear", "epochs": 1, "options": "--lr 0.02", "algo": "bptt", "seed": 0, "test_accuracy": 0.5,
            "overflow_events": 0, "wall_s": 1.0}
-    out.write_text(json.dumps({"runs": [{**run, "dataset": "BasicMotions"}, {**run, "dataset": "GunPoint", "old": 1}]}))
-    interrupted = tmp_path / "runs" / "GunPoint-linear-bptt-0-lr-0.02"
+    out.write_text(json.dumps({"runs": [{**run, "dataset": "BasicMotions"}, {**run, "dataset": "GunPoint", "epochs": 2},
+                                        {**run, "dataset": "GunPoint", "old": 1}]}))
+    interrupted = tmp_path / "runs" / "GunPoint-linear-bptt-0-epochs-1-lr-0.02"
     interrupted.mkdir(parents=True)
     (interrupted / "checkpoint.npz").write_bytes(b"")
     result = hssm_accuracy.main(["--seeds", "0", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(out)])
     assert [c[-1] == "--resume" for c in calls] == [True, False]  # bptt was interrupted, rhel never ran
-    assert [(r["dataset"], r["algo"], "old" in r) for r in result["runs"]] == [
-        ("BasicMotions", "bptt", False), ("GunPoint", "bptt", False), ("GunPoint", "rhel", False)]
+    assert [(r["dataset"], r["epochs"], r["algo"], "old" in r) for r in result["runs"]] == [
+        ("BasicMotions", 1, "bptt", False), ("GunPoint", 2, "bptt", False),  # another cell: kept
+        ("GunPoint", 1, "bptt", False), ("GunPoint", 1, "rhel", False)]
     assert json.loads(out.read_text())["runs"] == result["runs"]
     calls.clear()
-    (tmp_path / "runs" / "GunPoint-linear-rhel-0-lr-0.02" / "summary.json").unlink()
+    (tmp_path / "runs" / "GunPoint-linear-rhel-0-epochs-1-lr-0.02" / "summary.json").unlink()
     collected = hssm_accuracy.main(["--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(out), "--finished-only"])
-    assert calls == [] and [(r["dataset"], r["algo"]) for r in collected["runs"]] == [
-        ("BasicMotions", "bptt"), ("GunPoint", "rhel"), ("GunPoint", "bptt")]  # the stored rhel run stays
+    assert calls == [] and [(r["dataset"], r["epochs"], r["algo"]) for r in collected["runs"]] == [
+        ("BasicMotions", 1, "bptt"), ("GunPoint", 2, "bptt"), ("GunPoint", 1, "rhel"),  # the stored rhel run stays
+        ("GunPoint", 1, "bptt")]
 
 
 def test_check_gradients_table_names_the_command_of_each_report(tmp_path):
@@ -240,8 +243,8 @@ def test_hssm_accuracy_cells_spell_out_their_options():
     cmd = h.command("ACSF1", "linear", "rhel", 60, 3, Path("runs"), h.DEFAULTS)
     assert " ".join(cmd).startswith("echoboard train --dataset ACSF1 --blocks 2 --hru linear --algo rhel --target "
                                     "inprocess --epochs 60 --seed 3 --lr 0.01 --delta-init log-uniform --out ")
-    assert cmd[-1] == str(Path("runs") / "ACSF1-linear-rhel-3-lr-0.01-delta-init-log-uniform")
+    assert cmd[-1] == str(Path("runs") / "ACSF1-linear-rhel-3-epochs-60-lr-0.01-delta-init-log-uniform")
     parsed = _train_parser().parse_args(cmd[2:])  # what the CLI's train makes of it
     assert (parsed.dataset, parsed.blocks, parsed.epochs, parsed.seed, parsed.lr) == ("ACSF1", 2, 60, 3, 0.01)
     assert h.command("ACSF1", "linear", "rhel", 30, 3, Path("runs"), h.BEFORE)[-1] == str(
-        Path("runs") / "ACSF1-linear-rhel-3-lr-0.005-delta-init-paper")
+        Path("runs") / "ACSF1-linear-rhel-3-epochs-30-lr-0.005-delta-init-paper")
