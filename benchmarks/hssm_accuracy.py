@@ -44,9 +44,8 @@ CELLS = (("BasicMotions", "linear", 60, DEFAULTS), ("JapaneseVowels", "linear", 
          ("JapaneseVowels", "nonlinear", 30, BEFORE))
 ALGOS = ("bptt", "rhel")
 #: Cells whose RHEL − BPTT is beyond issue 10's 2 points also run float RHEL, as a control: its
-#: gradients equal BPTT's to float64 rounding (ACSF1 at trained parameters: cosine 1.0, norm ratio
-#: 1.0, while fixed RHEL's are >= 0.99992), so where float RHEL trails BPTT as well, the
-#: difference is how far runs with almost equal gradients drift apart, not fixed point.
+#: gradients equal BPTT's to float64 rounding (README's check-gradients table), so how far it lands
+#: from BPTT shows how far runs with (almost) equal gradients drift apart, fixed point aside.
 CONTROL = "rhel-float"
 CONTROL_CELLS = (("ACSF1", "linear", 60, DEFAULTS),)
 SEEDS = (0, 1, 2, 3, 4)
@@ -113,7 +112,10 @@ def format_table(result: dict) -> str:
         accs = [100 * r["test_accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
         return statistics.mean(accs), f"**{statistics.mean(accs):.1f}** ({', '.join(f'{a:.1f}' for a in accs)})"
 
-    for (dataset, hru, epochs, options), by_algo in rows.items():
+    def cells_order(key):  # CELLS' order, whatever order the runs were merged in; others after
+        return CELLS.index(key) if key in CELLS else len(CELLS)
+
+    for (dataset, hru, epochs, options), by_algo in sorted(rows.items(), key=lambda item: cells_order(item[0])):
         b_mean, b_text = cell(by_algo.get("bptt", []))
         r_mean, r_text = cell(by_algo.get("rhel", []))
         c_mean, c_text = cell(by_algo.get(CONTROL, []))
