@@ -83,7 +83,7 @@ def run_cell(cmd: list[str], train: bool = True) -> dict | None:
 
 
 def run(cells, algos, seeds, jobs: int, runs: Path, log=print, train: bool = True) -> dict:
-    plan = [(c, a, s) for c in cells for a in (*algos, *[CONTROL] * (c in CONTROL_CELLS)) for s in seeds]
+    plan = [(c, a, s) for c in cells for a in (algos + (CONTROL,) if c in CONTROL_CELLS else algos) for s in seeds]
     cmds = [command(d, h, a, e, s, runs, o) for (d, h, e, o), a, s in plan]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = []
